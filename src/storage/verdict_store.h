@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "common/verdict.h"
 
 namespace verdictd {
@@ -61,7 +62,8 @@ class VerdictStore {
   // history in the same transaction.
   virtual void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) = 0;
 
-  // Blocks until every write queued before this call is committed or failed.
+  // Blocks until every write queued before this call is committed or failed and its callback
+  // has returned. REQUIRES: not called from a write callback (it would wait for itself).
   virtual void Flush() = 0;
 };
 
@@ -72,8 +74,10 @@ struct SqliteStoreOptions {
   // synchronous=FULL (durable against power loss) instead of NORMAL (durable against process
   // crashes). Default: false.
   bool synchronous_full = false;
-  // Most writes committed in one transaction. Default: 256.
+  // Most writes committed in one transaction. REQUIRES: >= 1. Default: 256.
   int max_group = 256;
+  // Stamps clicks' completed_at. Not owned; must outlive the store. Default: the real clock.
+  Clock* clock = Clock::Real();
 };
 
 // Opens (creating or migrating) the SQLite store. Fails with a clear status when the file is not
