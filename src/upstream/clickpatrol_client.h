@@ -27,6 +27,8 @@ struct FetchOutcome {
   // False only when the request provably never left this process (DNS failure, connection
   // refused, TLS handshake failure): the only failures that are safe to retry unbilled.
   bool maybe_sent = true;
+  // Time the request spent on the wire (from when it left the FIFO queue until it finished);
+  // time spent waiting for a concurrency slot is not included.
   absl::Duration latency;
 };
 
@@ -61,6 +63,10 @@ struct CurlClientOptions {
 };
 
 // A libcurl-multi client: one event thread, keep-alive connections and shared DNS/TLS caches.
+// Redirects are never followed (the token is in the query string) and TLS peer verification is
+// always on. Destroying the client answers every queued or in-flight request with UNAVAILABLE
+// "ClickPatrol client shutting down" (queued ones with maybe_sent=false) before it returns; it
+// must not be destroyed from inside one of its own callbacks.
 absl::StatusOr<std::unique_ptr<ClickPatrolClient>> NewCurlClickPatrolClient(
     CurlClientOptions options);
 
