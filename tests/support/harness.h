@@ -1,0 +1,80 @@
+#ifndef VERDICTD_TESTS_SUPPORT_HARNESS_H_
+#define VERDICTD_TESTS_SUPPORT_HARNESS_H_
+
+// The real binaries for end-to-end tests: the simulated ClickPatrol over loopback HTTP and
+// verdictd over loopback gRPC, each on a port chosen by the OS, with a SQLite file in a temp dir.
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "grpcpp/grpcpp.h"
+#include "nlohmann/json.hpp"
+#include "support/process.h"
+#include "verdict/v1/verdict.grpc.pb.h"
+
+namespace verdictd::testing {
+
+class Simulator {
+ public:
+  // Starts clickpatrol_sim on 127.0.0.1:0 with `token` and extra flags.
+  Simulator(const TempDir& dir, std::string token = "sim-token",
+            std::vector<std::string> extra_flags = {});
+
+  int port() const { return port_; }
+  std::string url() const;
+  const std::string& token() const { return token_; }
+
+  nlohmann::json Stats() const;
+  // Requests to "/" received so far: the clicks ClickPatrol would bill.
+  int64_t Requests() const { return Stats().at("requests").get<int64_t>(); }
+  // POST /_sim/config with `config` (e.g. {"mode":"5xx"}).
+  void Configure(const nlohmann::json& config) const;
+
+ private:
+  std::string token_;
+  std::unique_ptr<ChildProcess> process_;
+  int port_ = 0;
+};
+
+class Verdictd {
+ public:
+  // Starts verdictd against `upstream_url` with the token in CLICKPATROL_TOKEN, its database at
+  // dir/verdicts.db (unless --db is among extra_flags), listening on 127.0.0.1:0.
+  Verdictd(const TempDir& dir, const std::string& upstream_url, const std::string& token,
+           std::vector<std::string> extra_flags = {});
+  ~Verdictd();
+
+  int port() const { return port_; }
+  const std::string& db_path() const { return db_path_; }
+  const std::string& log_path() const { return log_path_; }
+  std::string Log() const { return ReadFileOrEmpty(log_path_); }
+  verdict::v1::VerdictService::Stub& stub() { return *stub_; }
+  // A new stub on its own channel (for concurrent callers).
+  std::unique_ptr<verdict::v1::VerdictService::Stub> NewStub() const;
+
+  // SIGTERM and wait; the exit code.
+  int Stop();
+  // SIGKILL: a crash.
+  void Crash();
+
+ private:
+  std::string db_path_;
+  std::string log_path_;
+  std::unique_ptr<ChildProcess> process_;
+  int port_ = 0;
+  std::unique_ptr<verdict::v1::VerdictService::Stub> stub_;
+};
+
+// A client context carrying `caller` as x-caller metadata, with a 30 s deadline.
+std::unique_ptr<grpc::ClientContext> CallerContext(const std::string& caller = "e2e");
+
+// Runs CheckIp; on error returns the status in `status`.
+grpc::Status CheckIp(verdict::v1::VerdictService::Stub& stub, const std::string& ip,
+                     verdict::v1::CheckIpResponse* response, const std::string& caller = "e2e",
+                     const std::string& user_agent = "");
+
+}  // namespace verdictd::testing
+
+#endif  // VERDICTD_TESTS_SUPPORT_HARNESS_H_

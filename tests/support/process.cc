@@ -1,0 +1,186 @@
+#include "support/process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+
+extern char** environ;
+
+namespace verdictd::testing {
+namespace {
+
+int ExitCodeOf(int wait_status) {
+  if (WIFEXITED(wait_status)) {
+    return WEXITSTATUS(wait_status);
+  }
+  if (WIFSIGNALED(wait_status)) {
+    return 128 + WTERMSIG(wait_status);
+  }
+  return -1;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
+    const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+    const std::string& log_path) {
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string entry(*e);
+    const std::string name = entry.substr(0, entry.find('='));
+    if (name == "CLICKPATROL_TOKEN" || env.count(name) > 0) {
+      continue;
+    }
+    env_strings.push_back(std::move(entry));
+  }
+  for (const auto& [name, value] : env) {
+    if (!value.empty()) {
+      env_strings.push_back(absl::StrCat(name, "=", value));
+    }
+  }
+  std::vector<char*> c_env;
+  for (std::string& s : env_strings) {
+    c_env.push_back(s.data());
+  }
+  c_env.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> c_argv;
+  for (std::string& s : args) {
+    c_argv.push_back(s.data());
+  }
+  c_argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  // The child must not inherit a blocked signal mask or ignored signals from gtest's thread.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty;
+  sigemptyset(&empty);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGTERM);
+  sigaddset(&defaults, SIGINT);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, c_argv[0], &actions, &attr, c_argv.data(), c_env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    return absl::InternalError(absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(rc)));
+  }
+  return std::unique_ptr<ChildProcess>(new ChildProcess(pid));
+}
+
+ChildProcess::~ChildProcess() {
+  if (!reaped_) {
+    Kill();
+  }
+}
+
+bool ChildProcess::Running() {
+  if (reaped_) {
+    return false;
+  }
+  int status = 0;
+  if (waitpid(pid_, &status, WNOHANG) == pid_) {
+    reaped_ = true;
+    exit_code_ = ExitCodeOf(status);
+    return false;
+  }
+  return true;
+}
+
+absl::StatusOr<int> ChildProcess::Wait(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (Running()) {
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("pid ", pid_, " still running"));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return exit_code_;
+}
+
+absl::StatusOr<int> ChildProcess::Terminate(absl::Duration timeout) {
+  if (Running()) {
+    kill(pid_, SIGTERM);
+  }
+  absl::StatusOr<int> code = Wait(timeout);
+  if (!code.ok()) {
+    Kill();
+  }
+  return code;
+}
+
+void ChildProcess::Kill() {
+  if (reaped_) {
+    return;
+  }
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  reaped_ = true;
+  exit_code_ = ExitCodeOf(status);
+}
+
+absl::StatusOr<int> WaitForPortFile(const std::string& path, ChildProcess& process,
+                                    absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    std::string text = ReadFileOrEmpty(path);
+    int port = 0;
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &port) && port > 0) {
+      return port;
+    }
+    if (!process.Running()) {
+      return absl::FailedPreconditionError(absl::StrCat("process exited before writing ", path));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("no port in ", path));
+}
+
+TempDir::TempDir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "verdictd-test-XXXXXX").string();
+  char* made = mkdtemp(pattern.data());
+  path_ = made != nullptr ? std::string(made) : std::string();
+}
+
+TempDir::~TempDir() {
+  if (!path_.empty() && std::getenv("VERDICTD_KEEP_TEST_DIRS") == nullptr) {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+}
+
+std::string ReadFileOrEmpty(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace verdictd::testing
