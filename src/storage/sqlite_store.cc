@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +15,8 @@
 #include <climits>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,14 +34,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/civil_time.h"
 #include "absl/time/time.h"
-#include "spdlog/spdlog.h"
+#include "common/logging.h"
 #include "storage/sqlite_store_internal.h"
 #include "storage/verdict_store.h"
 
 namespace verdictd {
 namespace {
 
+using sqlite_store_internal::kClicksSinceSql;
+using sqlite_store_internal::kHistorySql;
 using sqlite_store_internal::kLatestForIpAndUserAgentSql;
 using sqlite_store_internal::kLatestForIpSql;
 using sqlite_store_internal::kSchemaVersion;
@@ -80,6 +87,18 @@ constexpr const char* kMigrations[] = {
       CREATE INDEX clicks_by_time ON clicks(requested_at_us);
       CREATE INDEX clicks_by_caller ON clicks(caller, requested_at_us);
     )sql",
+    // 2: pruning by age, batched usage counters, named secrets. usage.day counts days since
+    // 1970-01-01 UTC. meta keys are namespaced ("secret:<name>", see Secret).
+    R"sql(
+      CREATE INDEX verdicts_by_time ON verdicts(checked_at_us);
+      CREATE TABLE usage(
+        caller TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        cache_hits INTEGER NOT NULL DEFAULT 0,
+        requests INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY(caller, day)) WITHOUT ROWID;
+      CREATE TABLE meta(name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+    )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion,
               "kSchemaVersion must equal the number of migrations");
@@ -94,6 +113,52 @@ constexpr char kClickExistsSql[] = "SELECT 1 FROM clicks WHERE id = ?1";
 constexpr char kInsertVerdictSql[] =
     "INSERT INTO verdicts(ip, user_agent, score, proxy, tor, vpn, crawler, bot, checked_at_us, "
     "caller, raw_body, click_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+constexpr char kAddUsageSql[] =
+    "INSERT INTO usage(caller, day, cache_hits, requests) VALUES (?1, ?2, ?3, ?4) "
+    "ON CONFLICT(caller, day) DO UPDATE SET cache_hits = cache_hits + excluded.cache_hits, "
+    "requests = requests + excluded.requests";
+// Pruning deletes the oldest rows first (walking the time indexes), ?2 at most. Pending clicks
+// that old are deleted too: they are left by a crash long ago and are history like the rest.
+constexpr char kPruneVerdictsSql[] =
+    "DELETE FROM verdicts WHERE id IN "
+    "(SELECT id FROM verdicts WHERE checked_at_us < ?1 ORDER BY checked_at_us LIMIT ?2)";
+constexpr char kPruneClicksSql[] =
+    "DELETE FROM clicks WHERE id IN "
+    "(SELECT id FROM clicks WHERE requested_at_us < ?1 ORDER BY requested_at_us LIMIT ?2)";
+// Usage rows are few (callers x days) and have no day index; any old ones will do.
+constexpr char kPruneUsageSql[] =
+    "DELETE FROM usage WHERE (caller, day) IN "
+    "(SELECT caller, day FROM usage WHERE day < ?1 LIMIT ?2)";
+// Of two racing writers of the same secret, the first wins and both read it back.
+constexpr char kInsertMetaSql[] = "INSERT OR IGNORE INTO meta(name, value) VALUES (?1, ?2)";
+// Ping's trial write after a failure: a real page write, so that a full disk is not mistaken for
+// recovery the way an empty transaction would be.
+constexpr char kWriteProbeSql[] =
+    "INSERT OR REPLACE INTO meta(name, value) VALUES ('write_probe', ?1)";
+
+// Reads. Usage merges the ledger's clicks (by requested_at day) with the batched counters in one
+// statement, so both come from one snapshot. ?1, ?2: [start, end) in microseconds of whole UTC
+// days; ?3, ?4: the same days as day numbers, inclusive; ?5: the caller (second form only).
+#define VERDICTD_USAGE_SQL(CALLER_FILTER)                                                     \
+  "SELECT caller, day, sum(clicks), sum(errors), sum(cache_hits), sum(requests) FROM ("       \
+  "SELECT caller, requested_at_us / 86400000000 AS day, 1 AS clicks, outcome = 2 AS errors, " \
+  "0 AS cache_hits, 0 AS requests FROM clicks "                                               \
+  "WHERE requested_at_us >= ?1 AND requested_at_us < ?2 AND outcome != 3" CALLER_FILTER       \
+  " UNION ALL "                                                                               \
+  "SELECT caller, day, 0, 0, cache_hits, requests FROM usage "                                \
+  "WHERE day >= ?3 AND day <= ?4" CALLER_FILTER ") GROUP BY caller, day ORDER BY caller, day"
+constexpr char kUsageAllSql[] = VERDICTD_USAGE_SQL("");
+constexpr char kUsageOneSql[] = VERDICTD_USAGE_SQL(" AND caller = ?5");
+#undef VERDICTD_USAGE_SQL
+constexpr char kReadMetaSql[] = "SELECT value FROM meta WHERE name = ?1";
+constexpr char kPingSql[] = "SELECT 1 FROM verdicts LIMIT 1";
+
+constexpr int64_t kMicrosPerDay = int64_t{86'400'000'000};
+constexpr absl::CivilDay kEpochDay(1970, 1, 1);
+// Usage's day range is clamped to these (and so never reaches an overflowing microsecond).
+constexpr absl::CivilDay kLastDay(9999, 12, 31);
+// Secret sizes accepted; a secret is a key, not a payload.
+constexpr size_t kMaxSecretBytes = 1024;
 
 struct StmtDeleter {
   void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
@@ -145,6 +210,54 @@ std::string ColumnBytes(sqlite3_stmt* stmt, int index) {
     return std::string();
   }
   return std::string(static_cast<const char*>(data), static_cast<size_t>(size));
+}
+
+// The first whole microsecond at or after `t` (ToUnixMicros rounds down), so that "t <= x" and
+// "x < t" hold for stored microseconds exactly when they hold for the times. Saturates for
+// infinite times.
+int64_t CeilUnixMicros(absl::Time t) {
+  const int64_t us = absl::ToUnixMicros(t);
+  return us != std::numeric_limits<int64_t>::max() && absl::FromUnixMicros(us) < t ? us + 1 : us;
+}
+
+int64_t DayNumber(absl::CivilDay day) { return day - kEpochDay; }
+
+// A verdict from the ten columns ip, user_agent, score, proxy, tor, vpn, crawler, bot,
+// checked_at_us, caller starting at column `first`.
+Verdict ColumnVerdict(sqlite3_stmt* stmt, int first) {
+  Verdict verdict;
+  verdict.ip = ColumnBytes(stmt, first);
+  verdict.user_agent = ColumnBytes(stmt, first + 1);
+  const int score = sqlite3_column_int(stmt, first + 2);
+  verdict.assessment.score =
+      score >= static_cast<int>(Score::kUnspecified) && score <= static_cast<int>(Score::kFake)
+          ? static_cast<Score>(score)
+          : Score::kUnspecified;
+  verdict.assessment.proxy = sqlite3_column_int(stmt, first + 3) != 0;
+  verdict.assessment.tor = sqlite3_column_int(stmt, first + 4) != 0;
+  verdict.assessment.vpn = sqlite3_column_int(stmt, first + 5) != 0;
+  verdict.assessment.crawler = sqlite3_column_int(stmt, first + 6) != 0;
+  verdict.assessment.bot = sqlite3_column_int(stmt, first + 7) != 0;
+  verdict.checked_at = absl::FromUnixMicros(sqlite3_column_int64(stmt, first + 8));
+  verdict.caller = ColumnBytes(stmt, first + 9);
+  return verdict;
+}
+
+// Fills `out` from the kernel's CSPRNG (getrandom(2), blocking only until it is seeded at boot).
+absl::Status FillRandom(std::string& out) {
+  size_t filled = 0;
+  while (filled < out.size()) {
+    const ssize_t n = getrandom(out.data() + filled, out.size() - filled, 0);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return absl::InternalError(
+          absl::StrCat("getrandom failed: ", std::generic_category().message(errno)));
+    }
+    filled += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status WriteFailed(sqlite3* db) {
@@ -336,6 +449,12 @@ struct ReadConnection {
   Db db;
   Stmt latest_for_ip;
   Stmt latest_for_ip_and_user_agent;
+  Stmt history;
+  Stmt usage_all;
+  Stmt usage_one;
+  Stmt clicks_since;
+  Stmt read_meta;
+  Stmt ping;
 };
 
 struct WriteConnection {
@@ -350,7 +469,26 @@ struct WriteConnection {
   Stmt complete_click;
   Stmt click_exists;
   Stmt insert_verdict;
+  Stmt add_usage;
+  Stmt prune_verdicts;
+  Stmt prune_clicks;
+  Stmt prune_usage;
+  Stmt insert_meta;
+  Stmt write_probe;
 };
+
+// Prepares every statement of `statements` on `db`.
+absl::Status PrepareAll(sqlite3* db, const std::pair<Stmt*, const char*>* begin,
+                        const std::pair<Stmt*, const char*>* end) {
+  for (auto it = begin; it != end; ++it) {
+    absl::StatusOr<Stmt> stmt = Prepare(db, it->second);
+    if (!stmt.ok()) {
+      return stmt.status();
+    }
+    *it->first = *std::move(stmt);
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db) {
   auto conn = std::make_unique<WriteConnection>();
@@ -366,13 +504,36 @@ absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db) {
       {&conn->complete_click, kCompleteClickSql},
       {&conn->click_exists, kClickExistsSql},
       {&conn->insert_verdict, kInsertVerdictSql},
+      {&conn->add_usage, kAddUsageSql},
+      {&conn->prune_verdicts, kPruneVerdictsSql},
+      {&conn->prune_clicks, kPruneClicksSql},
+      {&conn->prune_usage, kPruneUsageSql},
+      {&conn->insert_meta, kInsertMetaSql},
+      {&conn->write_probe, kWriteProbeSql},
   };
-  for (const auto& [slot, sql] : statements) {
-    absl::StatusOr<Stmt> stmt = Prepare(conn->db.get(), sql);
-    if (!stmt.ok()) {
-      return stmt.status();
-    }
-    *slot = *std::move(stmt);
+  absl::Status status = PrepareAll(conn->db.get(), std::begin(statements), std::end(statements));
+  if (!status.ok()) {
+    return status;
+  }
+  return conn;
+}
+
+absl::StatusOr<std::unique_ptr<ReadConnection>> PrepareReader(Db db) {
+  auto conn = std::make_unique<ReadConnection>();
+  conn->db = std::move(db);
+  const std::pair<Stmt*, const char*> statements[] = {
+      {&conn->latest_for_ip, kLatestForIpSql},
+      {&conn->latest_for_ip_and_user_agent, kLatestForIpAndUserAgentSql},
+      {&conn->history, kHistorySql},
+      {&conn->usage_all, kUsageAllSql},
+      {&conn->usage_one, kUsageOneSql},
+      {&conn->clicks_since, kClicksSinceSql},
+      {&conn->read_meta, kReadMetaSql},
+      {&conn->ping, kPingSql},
+  };
+  absl::Status status = PrepareAll(conn->db.get(), std::begin(statements), std::end(statements));
+  if (!status.ok()) {
+    return status;
   }
   return conn;
 }
@@ -381,8 +542,13 @@ absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db) {
 
 class SqliteStore final : public VerdictStore {
  public:
-  SqliteStore(SqliteStoreOptions options, std::unique_ptr<WriteConnection> writer)
-      : options_(std::move(options)), writer_(std::move(writer)) {
+  // `file` identifies the database file the writer opened (see Ping).
+  SqliteStore(SqliteStoreOptions options, std::unique_ptr<WriteConnection> writer,
+              const struct stat& file)
+      : options_(std::move(options)),
+        file_dev_(file.st_dev),
+        file_ino_(file.st_ino),
+        writer_(std::move(writer)) {
     writer_thread_ = std::thread([this] { WriterLoop(); });
   }
 
@@ -401,6 +567,16 @@ class SqliteStore final : public VerdictStore {
   void BeginClick(std::string caller, std::string ip, absl::Time requested_at,
                   ClickCallback done) override;
   void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override;
+  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query) override;
+  void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override;
+  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
+                                                absl::Time until) override;
+  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ClicksSince(
+      absl::Time since) override;
+  void PruneBefore(absl::Time cutoff, int max_rows,
+                   std::function<void(absl::StatusOr<int64_t>)> done) override;
+  absl::StatusOr<std::string> Secret(absl::string_view name, size_t bytes) override;
+  absl::Status Ping() override;
   void Flush() override;
 
  private:
@@ -416,7 +592,26 @@ class SqliteStore final : public VerdictStore {
     int64_t completed_at_us;
     DoneCallback done;
   };
-  using WriteOp = std::variant<BeginClickOp, CompleteClickOp>;
+  struct AddUsageOp {
+    std::vector<UsageDelta> deltas;
+    DoneCallback done;
+  };
+  struct PruneOp {
+    int64_t cutoff_us;
+    int64_t max_rows;
+    std::function<void(absl::StatusOr<int64_t>)> done;
+  };
+  struct PutMetaOp {
+    std::string name;
+    std::string value;
+    DoneCallback done;
+  };
+  // Ping's trial write; its result is what it does to the recorded write health.
+  struct ProbeOp {
+    int64_t now_us;
+  };
+  using WriteOp =
+      std::variant<BeginClickOp, CompleteClickOp, AddUsageOp, PruneOp, PutMetaOp, ProbeOp>;
 
   // The result of one operation inside a group, and whether the group's transaction survived it.
   struct Applied {
@@ -433,12 +628,26 @@ class SqliteStore final : public VerdictStore {
   Applied ApplyInSavepoint(WriteOp& op);
   absl::StatusOr<int64_t> Apply(BeginClickOp& op);
   absl::StatusOr<int64_t> Apply(CompleteClickOp& op);
-  static void Deliver(WriteOp& op, const absl::StatusOr<int64_t>& result);
+  absl::StatusOr<int64_t> Apply(AddUsageOp& op);
+  absl::StatusOr<int64_t> Apply(PruneOp& op);
+  absl::StatusOr<int64_t> Apply(PutMetaOp& op);
+  absl::StatusOr<int64_t> Apply(ProbeOp& op);
+  void Deliver(WriteOp& op, const absl::StatusOr<int64_t>& result);
+  // Records how the latest write attempt went, for Ping.
+  void RecordWriteHealth(const absl::Status& status);
 
   absl::StatusOr<std::unique_ptr<ReadConnection>> AcquireReader();
   void ReleaseReader(std::unique_ptr<ReadConnection> reader);
+  // Runs `read` on a pooled read connection; the connection is dropped rather than pooled when
+  // the read fails, since it may be the cause.
+  template <typename T>
+  absl::StatusOr<T> WithReader(const std::function<absl::StatusOr<T>(ReadConnection&)>& read);
+  absl::StatusOr<std::optional<std::string>> ReadMeta(const std::string& name);
 
   const SqliteStoreOptions options_;
+  // The database file as opened: Ping notices when the path names another file.
+  const dev_t file_dev_;
+  const ino_t file_ino_;
 
   // Used only by the writer thread while it runs.
   const std::unique_ptr<WriteConnection> writer_;
@@ -454,6 +663,12 @@ class SqliteStore final : public VerdictStore {
   // finished in queue order, so "finished_ >= n" means the first n are done.
   uint64_t enqueued_ ABSL_GUARDED_BY(queue_mu_) = 0;
   uint64_t finished_ ABSL_GUARDED_BY(queue_mu_) = 0;
+
+  absl::Mutex health_mu_;
+  // The failure of the latest write attempt and when it happened; OK after a successful commit.
+  absl::Status write_error_ ABSL_GUARDED_BY(health_mu_);
+  absl::Time write_error_at_ ABSL_GUARDED_BY(health_mu_);
+  bool probe_queued_ ABSL_GUARDED_BY(health_mu_) = false;
 
   std::thread writer_thread_;
 };
@@ -472,18 +687,10 @@ absl::StatusOr<std::unique_ptr<ReadConnection>> SqliteStore::AcquireReader() {
   if (!db.ok()) {
     return db.status();
   }
-  auto reader = std::make_unique<ReadConnection>();
-  reader->db = *std::move(db);
-  absl::StatusOr<Stmt> by_ip = Prepare(reader->db.get(), kLatestForIpSql);
-  if (!by_ip.ok()) {
-    return by_ip.status();
+  absl::StatusOr<std::unique_ptr<ReadConnection>> reader = PrepareReader(*std::move(db));
+  if (!reader.ok()) {
+    return absl::UnavailableError(absl::StrCat("store read failed: ", reader.status().message()));
   }
-  reader->latest_for_ip = *std::move(by_ip);
-  absl::StatusOr<Stmt> by_ip_ua = Prepare(reader->db.get(), kLatestForIpAndUserAgentSql);
-  if (!by_ip_ua.ok()) {
-    return by_ip_ua.status();
-  }
-  reader->latest_for_ip_and_user_agent = *std::move(by_ip_ua);
   return reader;
 }
 
@@ -498,50 +705,255 @@ void SqliteStore::ReleaseReader(std::unique_ptr<ReadConnection> reader) {
   // Closed here, outside the lock.
 }
 
-absl::StatusOr<std::optional<Verdict>> SqliteStore::LatestFor(
-    absl::string_view ip, std::optional<absl::string_view> user_agent) {
+template <typename T>
+absl::StatusOr<T> SqliteStore::WithReader(
+    const std::function<absl::StatusOr<T>(ReadConnection&)>& read) {
   absl::StatusOr<std::unique_ptr<ReadConnection>> reader = AcquireReader();
   if (!reader.ok()) {
     return reader.status();
   }
-  sqlite3* db = (*reader)->db.get();
-  sqlite3_stmt* stmt = user_agent.has_value() ? (*reader)->latest_for_ip_and_user_agent.get()
-                                              : (*reader)->latest_for_ip.get();
-  absl::StatusOr<std::optional<Verdict>> result;
-  {
-    ScopedReset reset(stmt);
-    BindText(stmt, 1, ip);
-    if (user_agent.has_value()) {
-      BindBytes(stmt, 2, *user_agent);
-    }
-    const int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_DONE) {
-      result = std::nullopt;
-    } else if (rc == SQLITE_ROW) {
-      Verdict verdict;
-      verdict.ip = ColumnBytes(stmt, 0);
-      verdict.user_agent = ColumnBytes(stmt, 1);
-      const int score = sqlite3_column_int(stmt, 2);
-      verdict.assessment.score =
-          score >= static_cast<int>(Score::kUnspecified) && score <= static_cast<int>(Score::kFake)
-              ? static_cast<Score>(score)
-              : Score::kUnspecified;
-      verdict.assessment.proxy = sqlite3_column_int(stmt, 3) != 0;
-      verdict.assessment.tor = sqlite3_column_int(stmt, 4) != 0;
-      verdict.assessment.vpn = sqlite3_column_int(stmt, 5) != 0;
-      verdict.assessment.crawler = sqlite3_column_int(stmt, 6) != 0;
-      verdict.assessment.bot = sqlite3_column_int(stmt, 7) != 0;
-      verdict.checked_at = absl::FromUnixMicros(sqlite3_column_int64(stmt, 8));
-      verdict.caller = ColumnBytes(stmt, 9);
-      result = std::move(verdict);
-    } else {
-      result = ReadFailed(db);
-    }
-  }
+  absl::StatusOr<T> result = read(**reader);
   if (result.ok()) {
     ReleaseReader(*std::move(reader));
-  }  // else the connection is dropped: it may be the cause.
+  }
   return result;
+}
+
+absl::StatusOr<std::optional<Verdict>> SqliteStore::LatestFor(
+    absl::string_view ip, std::optional<absl::string_view> user_agent) {
+  return WithReader<std::optional<Verdict>>(
+      [&](ReadConnection& reader) -> absl::StatusOr<std::optional<Verdict>> {
+        sqlite3_stmt* stmt = user_agent.has_value() ? reader.latest_for_ip_and_user_agent.get()
+                                                    : reader.latest_for_ip.get();
+        ScopedReset reset(stmt);
+        BindText(stmt, 1, ip);
+        if (user_agent.has_value()) {
+          BindBytes(stmt, 2, *user_agent);
+        }
+        const int rc = sqlite3_step(stmt);
+        if (rc == SQLITE_DONE) {
+          return std::nullopt;
+        }
+        if (rc == SQLITE_ROW) {
+          return ColumnVerdict(stmt, 0);
+        }
+        return ReadFailed(reader.db.get());
+      });
+}
+
+absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::History(const HistoryQuery& query) {
+  if (query.limit <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("history limit must be positive, got ", query.limit));
+  }
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  const int64_t since_us = CeilUnixMicros(query.since);
+  int64_t until_us = CeilUnixMicros(query.until);
+  int64_t cursor_us = kMax;
+  int64_t cursor_id = kMax;
+  if (query.after.has_value()) {
+    cursor_us = absl::ToUnixMicros(query.after->checked_at);
+    cursor_id = query.after->id;
+    // Start the index scan at the cursor instead of filtering every newer entry on each page.
+    if (cursor_us < until_us) {
+      until_us = cursor_us + 1;
+    }
+  }
+  if (since_us >= until_us) {
+    return std::vector<HistoryEntry>();
+  }
+  return WithReader<std::vector<HistoryEntry>>(
+      [&](ReadConnection& reader) -> absl::StatusOr<std::vector<HistoryEntry>> {
+        sqlite3_stmt* stmt = reader.history.get();
+        ScopedReset reset(stmt);
+        BindText(stmt, 1, query.ip);
+        sqlite3_bind_int64(stmt, 2, since_us);
+        sqlite3_bind_int64(stmt, 3, until_us);
+        sqlite3_bind_int64(stmt, 4, cursor_us);
+        sqlite3_bind_int64(stmt, 5, cursor_id);
+        sqlite3_bind_int64(stmt, 6, query.limit);
+        std::vector<HistoryEntry> entries;
+        int rc;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+          HistoryEntry& entry = entries.emplace_back();
+          entry.id = sqlite3_column_int64(stmt, 0);
+          entry.verdict = ColumnVerdict(stmt, 1);
+        }
+        if (rc != SQLITE_DONE) {
+          return ReadFailed(reader.db.get());
+        }
+        return entries;
+      });
+}
+
+absl::StatusOr<std::vector<DailyUsage>> SqliteStore::Usage(absl::string_view caller,
+                                                           absl::Time since, absl::Time until) {
+  const absl::TimeZone utc = absl::UTCTimeZone();
+  const absl::CivilDay first = std::max(absl::ToCivilDay(since, utc), kEpochDay);
+  const absl::CivilDay last =
+      std::min(absl::ToCivilDay(until - absl::Microseconds(1), utc), kLastDay);
+  if (first > last) {
+    return std::vector<DailyUsage>();
+  }
+  const int64_t first_day = DayNumber(first);
+  const int64_t last_day = DayNumber(last);
+  return WithReader<std::vector<DailyUsage>>(
+      [&](ReadConnection& reader) -> absl::StatusOr<std::vector<DailyUsage>> {
+        sqlite3_stmt* stmt = caller.empty() ? reader.usage_all.get() : reader.usage_one.get();
+        ScopedReset reset(stmt);
+        sqlite3_bind_int64(stmt, 1, first_day * kMicrosPerDay);
+        sqlite3_bind_int64(stmt, 2, (last_day + 1) * kMicrosPerDay);
+        sqlite3_bind_int64(stmt, 3, first_day);
+        sqlite3_bind_int64(stmt, 4, last_day);
+        if (!caller.empty()) {
+          BindText(stmt, 5, caller);
+        }
+        std::vector<DailyUsage> days;
+        int rc;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+          UsageCounts counts;
+          counts.clicks = sqlite3_column_int64(stmt, 2);
+          counts.upstream_errors = sqlite3_column_int64(stmt, 3);
+          counts.cache_hits = sqlite3_column_int64(stmt, 4);
+          counts.requests = sqlite3_column_int64(stmt, 5);
+          if (counts.clicks == 0 && counts.upstream_errors == 0 && counts.cache_hits == 0 &&
+              counts.requests == 0) {
+            continue;
+          }
+          days.push_back(
+              DailyUsage{ColumnBytes(stmt, 0), kEpochDay + sqlite3_column_int64(stmt, 1), counts});
+        }
+        if (rc != SQLITE_DONE) {
+          return ReadFailed(reader.db.get());
+        }
+        return days;
+      });
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> SqliteStore::ClicksSince(
+    absl::Time since) {
+  using Result = std::vector<std::pair<std::string, int64_t>>;
+  const int64_t since_us = CeilUnixMicros(since);
+  return WithReader<Result>([&](ReadConnection& reader) -> absl::StatusOr<Result> {
+    sqlite3_stmt* stmt = reader.clicks_since.get();
+    ScopedReset reset(stmt);
+    sqlite3_bind_int64(stmt, 1, since_us);
+    Result counts;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      counts.emplace_back(ColumnBytes(stmt, 0), sqlite3_column_int64(stmt, 1));
+    }
+    if (rc != SQLITE_DONE) {
+      return ReadFailed(reader.db.get());
+    }
+    return counts;
+  });
+}
+
+absl::StatusOr<std::optional<std::string>> SqliteStore::ReadMeta(const std::string& name) {
+  return WithReader<std::optional<std::string>>(
+      [&](ReadConnection& reader) -> absl::StatusOr<std::optional<std::string>> {
+        sqlite3_stmt* stmt = reader.read_meta.get();
+        ScopedReset reset(stmt);
+        BindText(stmt, 1, name);
+        const int rc = sqlite3_step(stmt);
+        if (rc == SQLITE_DONE) {
+          return std::nullopt;
+        }
+        if (rc == SQLITE_ROW) {
+          return ColumnBytes(stmt, 0);
+        }
+        return ReadFailed(reader.db.get());
+      });
+}
+
+absl::StatusOr<std::string> SqliteStore::Secret(absl::string_view name, size_t bytes) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError("secret name is empty");
+  }
+  if (bytes == 0 || bytes > kMaxSecretBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("secret size must be 1..", kMaxSecretBytes, " bytes, got ", bytes));
+  }
+  const std::string key = absl::StrCat("secret:", name);
+  absl::StatusOr<std::optional<std::string>> stored = ReadMeta(key);
+  if (!stored.ok()) {
+    return stored.status();
+  }
+  if (!stored->has_value()) {
+    std::string fresh(bytes, '\0');
+    absl::Status status = FillRandom(fresh);
+    if (!status.ok()) {
+      return status;
+    }
+    absl::Notification written;
+    Enqueue(PutMetaOp{key, std::move(fresh), [&](absl::Status s) {
+                        status = std::move(s);
+                        written.Notify();
+                      }});
+    written.WaitForNotification();
+    if (!status.ok()) {
+      return status;
+    }
+    // Whoever inserted first won; read what they wrote.
+    stored = ReadMeta(key);
+    if (!stored.ok()) {
+      return stored.status();
+    }
+    if (!stored->has_value()) {
+      return absl::InternalError(absl::StrCat("secret \"", name, "\" vanished after writing it"));
+    }
+  }
+  if ((*stored)->size() != bytes) {
+    return absl::FailedPreconditionError(absl::StrCat("stored secret \"", name, "\" has ",
+                                                      (*stored)->size(), " bytes, not ", bytes));
+  }
+  return **std::move(stored);
+}
+
+absl::Status SqliteStore::Ping() {
+  // The writer keeps writing to the file it opened even when the path now names another one
+  // (replaced or deleted): everything it commits would be lost.
+  struct stat st;
+  if (stat(options_.path.c_str(), &st) != 0) {
+    return absl::UnavailableError(absl::StrCat("store read failed: database ", options_.path, ": ",
+                                               std::generic_category().message(errno)));
+  }
+  if (st.st_dev != file_dev_ || st.st_ino != file_ino_) {
+    return absl::UnavailableError(absl::StrCat("store read failed: database ", options_.path,
+                                               " was replaced by another file"));
+  }
+  absl::StatusOr<bool> read = WithReader<bool>([](ReadConnection& reader) -> absl::StatusOr<bool> {
+    sqlite3_stmt* stmt = reader.ping.get();
+    ScopedReset reset(stmt);
+    const int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      return ReadFailed(reader.db.get());
+    }
+    return true;
+  });
+  if (!read.ok()) {
+    return read.status();
+  }
+  absl::Status failing;
+  bool probe = false;
+  {
+    absl::MutexLock lock(&health_mu_);
+    if (write_error_.ok()) {
+      return absl::OkStatus();
+    }
+    failing = absl::UnavailableError(
+        absl::StrCat("store writes failing since ",
+                     absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", write_error_at_, absl::UTCTimeZone()),
+                     ": ", write_error_.message()));
+    // Without traffic nothing else would write, and an unhealthy server may get no traffic.
+    probe = !probe_queued_;
+    probe_queued_ = true;
+  }
+  if (probe) {
+    Enqueue(ProbeOp{absl::ToUnixMicros(options_.clock->Now())});
+  }
+  return failing;
 }
 
 void SqliteStore::BeginClick(std::string caller, std::string ip, absl::Time requested_at,
@@ -554,6 +966,15 @@ void SqliteStore::CompleteClick(int64_t click_id, ClickCompletion completion, Do
   // Stamped now: the click ended when its outcome was known, not when the group commits.
   const int64_t completed_at_us = absl::ToUnixMicros(options_.clock->Now());
   Enqueue(CompleteClickOp{click_id, std::move(completion), completed_at_us, std::move(done)});
+}
+
+void SqliteStore::AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) {
+  Enqueue(AddUsageOp{std::move(deltas), std::move(done)});
+}
+
+void SqliteStore::PruneBefore(absl::Time cutoff, int max_rows,
+                              std::function<void(absl::StatusOr<int64_t>)> done) {
+  Enqueue(PruneOp{CeilUnixMicros(cutoff), max_rows, std::move(done)});
 }
 
 void SqliteStore::Flush() {
@@ -621,12 +1042,23 @@ void SqliteStore::CommitGroup(std::vector<WriteOp>& group) {
       Run(db, writer_->rollback.get()).IgnoreError();
     }
     spdlog::error("database {}: a group of {} writes failed: {}", options_.path, group.size(),
-                  std::string(status.message()));
+                  status.message());
+    RecordWriteHealth(status);
     for (WriteOp& op : group) {
       Deliver(op, status);
     }
     return;
   }
+  // A statement that failed inside its savepoint for a storage reason (disk full, I/O) also
+  // means writes are failing, though the rest of the group committed.
+  absl::Status health;
+  for (const absl::StatusOr<int64_t>& result : results) {
+    if (result.status().code() == absl::StatusCode::kUnavailable) {
+      health = result.status();
+      break;
+    }
+  }
+  RecordWriteHealth(health);
   for (size_t i = 0; i < group.size(); ++i) {
     Deliver(group[i], results[i]);
   }
@@ -733,16 +1165,117 @@ absl::StatusOr<int64_t> SqliteStore::Apply(CompleteClickOp& op) {
   return 0;
 }
 
-void SqliteStore::Deliver(WriteOp& op, const absl::StatusOr<int64_t>& result) {
-  if (auto* begin = std::get_if<BeginClickOp>(&op)) {
-    if (begin->done) {
-      begin->done(result);
-    }
-  } else if (auto* complete = std::get_if<CompleteClickOp>(&op)) {
-    if (complete->done) {
-      complete->done(result.status());
+absl::StatusOr<int64_t> SqliteStore::Apply(AddUsageOp& op) {
+  sqlite3* db = writer_->db.get();
+  for (const UsageDelta& d : op.deltas) {
+    if (d.cache_hits < 0 || d.requests < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("usage delta for \"", d.caller, "\" is negative"));
     }
   }
+  sqlite3_stmt* stmt = writer_->add_usage.get();
+  for (const UsageDelta& d : op.deltas) {
+    if (d.cache_hits == 0 && d.requests == 0) {
+      continue;
+    }
+    BindText(stmt, 1, d.caller);
+    sqlite3_bind_int64(stmt, 2, DayNumber(d.day));
+    sqlite3_bind_int64(stmt, 3, d.cache_hits);
+    sqlite3_bind_int64(stmt, 4, d.requests);
+    absl::Status status = Run(db, stmt);
+    if (!status.ok()) {
+      return status;
+    }
+  }
+  return 0;
+}
+
+absl::StatusOr<int64_t> SqliteStore::Apply(PruneOp& op) {
+  if (op.max_rows <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PruneBefore max_rows must be positive, got ", op.max_rows));
+  }
+  sqlite3* db = writer_->db.get();
+  // Usage rows whose whole day lies before the cutoff. Floor division: the cutoff may be early.
+  int64_t cutoff_day = op.cutoff_us / kMicrosPerDay;
+  if (op.cutoff_us % kMicrosPerDay < 0) {
+    --cutoff_day;
+  }
+  const std::pair<sqlite3_stmt*, int64_t> steps[] = {
+      {writer_->prune_verdicts.get(), op.cutoff_us},
+      {writer_->prune_clicks.get(), op.cutoff_us},
+      {writer_->prune_usage.get(), cutoff_day},
+  };
+  int64_t deleted = 0;
+  for (const auto& [stmt, bound] : steps) {
+    const int64_t budget = op.max_rows - deleted;
+    if (budget <= 0) {
+      break;
+    }
+    sqlite3_bind_int64(stmt, 1, bound);
+    sqlite3_bind_int64(stmt, 2, budget);
+    absl::Status status = Run(db, stmt);
+    if (!status.ok()) {
+      return status;
+    }
+    deleted += sqlite3_changes64(db);
+  }
+  return deleted;
+}
+
+absl::StatusOr<int64_t> SqliteStore::Apply(PutMetaOp& op) {
+  sqlite3_stmt* stmt = writer_->insert_meta.get();
+  BindText(stmt, 1, op.name);
+  BindBytes(stmt, 2, op.value);
+  absl::Status status = Run(writer_->db.get(), stmt);
+  if (!status.ok()) {
+    return status;
+  }
+  return 0;
+}
+
+absl::StatusOr<int64_t> SqliteStore::Apply(ProbeOp& op) {
+  sqlite3_stmt* stmt = writer_->write_probe.get();
+  sqlite3_bind_int64(stmt, 1, op.now_us);
+  absl::Status status = Run(writer_->db.get(), stmt);
+  if (!status.ok()) {
+    return status;
+  }
+  return 0;
+}
+
+void SqliteStore::RecordWriteHealth(const absl::Status& status) {
+  const absl::Time now = status.ok() ? absl::Time() : options_.clock->Now();
+  absl::MutexLock lock(&health_mu_);
+  if (status.ok()) {
+    write_error_ = absl::OkStatus();
+  } else if (write_error_.ok()) {
+    // Keep the time of the first failure of a run of failures: "failing since".
+    write_error_ = status;
+    write_error_at_ = now;
+  } else {
+    write_error_ = status;
+  }
+}
+
+void SqliteStore::Deliver(WriteOp& op, const absl::StatusOr<int64_t>& result) {
+  std::visit(
+      [&](auto& o) {
+        using Op = std::decay_t<decltype(o)>;
+        if constexpr (std::is_same_v<Op, ProbeOp>) {
+          absl::MutexLock lock(&health_mu_);
+          probe_queued_ = false;
+        } else if constexpr (std::is_same_v<Op, BeginClickOp> || std::is_same_v<Op, PruneOp>) {
+          if (o.done) {
+            o.done(result);
+          }
+        } else {
+          if (o.done) {
+            o.done(result.status());
+          }
+        }
+      },
+      op);
 }
 
 }  // namespace
@@ -772,7 +1305,11 @@ absl::StatusOr<std::unique_ptr<VerdictStore>> OpenSqliteStore(SqliteStoreOptions
   if (!writer.ok()) {
     return opener.Unusable(writer.status().message());
   }
-  return std::make_unique<SqliteStore>(std::move(options), *std::move(writer));
+  struct stat file;
+  if (stat(options.path.c_str(), &file) != 0) {
+    return opener.Unusable(std::generic_category().message(errno));
+  }
+  return std::make_unique<SqliteStore>(std::move(options), *std::move(writer), file);
 }
 
 }  // namespace verdictd

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -21,6 +22,7 @@
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/civil_time.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
@@ -33,6 +35,7 @@
 namespace verdictd {
 namespace {
 
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using namespace std::string_literals;
@@ -140,6 +143,63 @@ int64_t Append(VerdictStore& store, const Verdict& verdict) {
 }
 
 const absl::Time kT0 = absl::FromUnixMicros(1'700'000'000'123'457);
+
+absl::Status AddUsageSync(VerdictStore& store, std::vector<UsageDelta> deltas) {
+  absl::Notification done;
+  absl::Status result;
+  store.AddUsage(std::move(deltas), [&](absl::Status s) {
+    result = std::move(s);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return result;
+}
+
+absl::StatusOr<int64_t> PruneSync(VerdictStore& store, absl::Time cutoff, int max_rows) {
+  absl::Notification done;
+  absl::StatusOr<int64_t> result;
+  store.PruneBefore(cutoff, max_rows, [&](absl::StatusOr<int64_t> r) {
+    result = std::move(r);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return result;
+}
+
+// Records a click by `caller` at `requested_at` that ended with `outcome` (kPending: left open).
+void Click(VerdictStore& store, const std::string& caller, absl::Time requested_at,
+           ClickOutcome outcome) {
+  absl::StatusOr<int64_t> id = BeginClickSync(store, caller, "192.0.2.77", requested_at);
+  ASSERT_TRUE(id.ok()) << id.status();
+  if (outcome == ClickOutcome::kPending) {
+    return;
+  }
+  ClickCompletion completion;
+  completion.outcome = outcome;
+  if (outcome == ClickOutcome::kVerdict) {
+    completion.verdict = MakeVerdict("192.0.2.77", requested_at, "ua", caller);
+  }
+  ASSERT_TRUE(CompleteClickSync(store, *id, std::move(completion)).ok());
+}
+
+absl::Time At(absl::CivilSecond t) { return absl::FromCivil(t, absl::UTCTimeZone()); }
+
+// The callers of `entries`, which tests use to name verdicts.
+std::vector<std::string> Callers(const std::vector<HistoryEntry>& entries) {
+  std::vector<std::string> callers;
+  for (const HistoryEntry& e : entries) {
+    callers.push_back(e.verdict.caller);
+  }
+  return callers;
+}
+
+std::string Plan(RawDb& raw, const std::string& sql) {
+  std::vector<std::string> details;
+  for (const auto& row : raw.Query("EXPLAIN QUERY PLAN " + sql)) {
+    details.push_back(row.back());
+  }
+  return absl::StrJoin(details, " | ");
+}
 
 class SqliteStoreTest : public ::testing::Test {
  protected:
@@ -636,6 +696,512 @@ TEST_F(SqliteStoreTest, LatestForQueriesSearchAnIndex) {
     EXPECT_THAT(plan, Not(HasSubstr("SCAN")));
     EXPECT_THAT(plan, Not(HasSubstr("TEMP B-TREE")));  // no sort: the index order is the answer
   }
+}
+
+// --- History ---------------------------------------------------------------------------
+
+TEST_F(SqliteStoreTest, HistoryIsNewestFirstWithTiesBrokenByIdAndAllFields) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(1), "ua", "a"));
+  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "b"));
+  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "ua", "c"));
+  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "d"));  // tie with b
+  Append(*store, MakeVerdict("192.0.2.9", kT0 + absl::Seconds(9), "ua", "other ip"));
+
+  HistoryQuery query;
+  query.ip = "192.0.2.1";
+  absl::StatusOr<std::vector<HistoryEntry>> got = store->History(query);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(Callers(*got), ElementsAre("d", "b", "c", "a"));
+  EXPECT_GT((*got)[0].id, (*got)[1].id);
+  const Verdict& d = (*got)[0].verdict;
+  EXPECT_EQ(d.ip, "192.0.2.1");
+  EXPECT_EQ(d.checked_at, kT0 + absl::Seconds(3));
+  EXPECT_EQ(d.user_agent, "ua");
+  EXPECT_EQ(d.assessment, MakeVerdict("", kT0).assessment);
+
+  query.limit = 2;
+  got = store->History(query);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(Callers(*got), ElementsAre("d", "b"));
+
+  query.ip = "192.0.2.2";
+  got = store->History(query);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->empty());
+
+  query.limit = 0;
+  EXPECT_EQ(store->History(query).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SqliteStoreTest, HistorySinceIsInclusiveAndUntilExclusive) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  for (int i = 1; i <= 5; ++i) {
+    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(i), "ua", std::to_string(i)));
+  }
+  HistoryQuery query;
+  query.ip = "192.0.2.1";
+  query.since = kT0 + absl::Seconds(2);
+  query.until = kT0 + absl::Seconds(4);
+  auto got = store->History(query);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(Callers(*got), ElementsAre("3", "2"));
+
+  // Sub-microsecond bounds: stored times are whole microseconds, compared exactly.
+  query.since = kT0 + absl::Seconds(2) + absl::Nanoseconds(1);
+  query.until = kT0 + absl::Seconds(4) + absl::Nanoseconds(1);
+  got = store->History(query);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(Callers(*got), ElementsAre("4", "3"));
+
+  query.since = kT0 + absl::Seconds(4);
+  query.until = kT0 + absl::Seconds(4);
+  got = store->History(query);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->empty());
+
+  query.since = absl::InfinitePast();
+  query.until = absl::InfiniteFuture();
+  got = store->History(query);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(Callers(*got), ElementsAre("5", "4", "3", "2", "1"));
+}
+
+TEST_F(SqliteStoreTest, HistoryPagesReturnEachEntryExactlyOnce) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  // Ties straddle the page boundaries (limit 3): c,d,e share a time, and so do f,g.
+  const int seconds[] = {1, 2, 3, 3, 3, 4, 4, 5};
+  for (int i = 0; i < 8; ++i) {
+    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(seconds[i]), "ua",
+                               std::string(1, static_cast<char>('a' + i))));
+  }
+  HistoryQuery query;
+  query.ip = "192.0.2.1";
+  query.since = kT0 + absl::Seconds(2);  // leaves out "a"
+  query.limit = 3;
+  std::vector<std::vector<std::string>> pages;
+  for (int page = 0; page < 10; ++page) {
+    auto got = store->History(query);
+    ASSERT_TRUE(got.ok()) << got.status();
+    if (got->empty()) {
+      break;
+    }
+    pages.push_back(Callers(*got));
+    query.after = HistoryCursor{got->back().verdict.checked_at, got->back().id};
+  }
+  EXPECT_THAT(
+      pages, ElementsAre(ElementsAre("h", "g", "f"), ElementsAre("e", "d", "c"), ElementsAre("b")));
+}
+
+// Every page is a range scan of the (ip, checked_at_us DESC, id DESC) index: no sort, no scan.
+TEST_F(SqliteStoreTest, HistoryQuerySearchesTheIpIndexInOrder) {
+  ASSERT_NE(Open(), nullptr);
+  RawDb raw(path_);
+  const std::string plan = Plan(raw, sqlite_store_internal::kHistorySql);
+  std::cout << "[ plan     ] " << plan << "\n";
+  EXPECT_THAT(plan, HasSubstr("SEARCH verdicts USING INDEX verdicts_by_ip (ip=? AND "
+                              "checked_at_us>? AND checked_at_us<?)"));
+  EXPECT_THAT(plan, Not(HasSubstr("SCAN")));
+  EXPECT_THAT(plan, Not(HasSubstr("TEMP B-TREE")));
+}
+
+// Restoring counters at start-up reads only the recent part of the ledger.
+TEST_F(SqliteStoreTest, ClicksSinceSearchesTheTimeIndex) {
+  ASSERT_NE(Open(), nullptr);
+  RawDb raw(path_);
+  const std::string plan = Plan(raw, sqlite_store_internal::kClicksSinceSql);
+  std::cout << "[ plan     ] " << plan << "\n";
+  EXPECT_THAT(plan, HasSubstr("SEARCH clicks USING INDEX clicks_by_time (requested_at_us>?)"));
+  EXPECT_THAT(plan, Not(HasSubstr("SCAN")));
+}
+
+// --- migration -------------------------------------------------------------------------
+
+TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
+  {
+    // The schema exactly as version 1 shipped it, with one verdict and its click.
+    { std::ofstream create(path_); }  // RawDb does not create files
+    RawDb raw(path_);
+    ASSERT_EQ(raw.Exec(R"sql(
+      PRAGMA journal_mode=WAL;
+      CREATE TABLE verdicts(
+        id INTEGER PRIMARY KEY,
+        ip TEXT NOT NULL,
+        user_agent TEXT NOT NULL,
+        score INTEGER NOT NULL,
+        proxy INTEGER NOT NULL,
+        tor INTEGER NOT NULL,
+        vpn INTEGER NOT NULL,
+        crawler INTEGER NOT NULL,
+        bot INTEGER NOT NULL,
+        checked_at_us INTEGER NOT NULL,
+        caller TEXT NOT NULL,
+        raw_body BLOB NOT NULL,
+        click_id INTEGER);
+      CREATE INDEX verdicts_by_ip ON verdicts(ip, checked_at_us DESC, id DESC);
+      CREATE INDEX verdicts_by_ip_ua ON verdicts(ip, user_agent, checked_at_us DESC, id DESC);
+      CREATE TABLE clicks(
+        id INTEGER PRIMARY KEY,
+        caller TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        requested_at_us INTEGER NOT NULL,
+        completed_at_us INTEGER,
+        outcome INTEGER NOT NULL DEFAULT 0,
+        http_status INTEGER NOT NULL DEFAULT 0,
+        error TEXT NOT NULL DEFAULT '',
+        latency_us INTEGER NOT NULL DEFAULT 0);
+      CREATE INDEX clicks_by_time ON clicks(requested_at_us);
+      CREATE INDEX clicks_by_caller ON clicks(caller, requested_at_us);
+      INSERT INTO clicks(id, caller, ip, requested_at_us, completed_at_us, outcome)
+        VALUES (7, 'old', '192.0.2.1', 1700000000000000, 1700000000100000, 1);
+      INSERT INTO verdicts(ip, user_agent, score, proxy, tor, vpn, crawler, bot, checked_at_us,
+                           caller, raw_body, click_id)
+        VALUES ('192.0.2.1', 'ua', 3, 1, 0, 0, 0, 0, 1700000000100000, 'old', x'7b7d', 7);
+      PRAGMA user_version = 1;
+    )sql"),
+              SQLITE_OK)
+        << sqlite3_errmsg(raw.get());
+  }
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  auto got = store->LatestFor("192.0.2.1", std::nullopt);
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
+  EXPECT_EQ((*got)->caller, "old");
+  EXPECT_EQ((*got)->checked_at, absl::FromUnixMicros(1700000000100000));
+  ASSERT_TRUE(AddUsageSync(*store, {{"old", absl::CivilDay(2023, 11, 14), 1, 2}}).ok());
+  auto clicks = store->ClicksSince(absl::InfinitePast());
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_THAT(*clicks, ElementsAre(std::pair<std::string, int64_t>("old", 1)));
+  ASSERT_TRUE(store->Secret("k", 8).ok());
+  store.reset();
+
+  RawDb raw(path_);
+  EXPECT_THAT(raw.Query("PRAGMA user_version"),
+              ElementsAre(ElementsAre(std::to_string(sqlite_store_internal::kSchemaVersion))));
+  EXPECT_EQ(sqlite_store_internal::kSchemaVersion, 2);
+  EXPECT_THAT(
+      raw.Query("SELECT name FROM sqlite_schema WHERE name IN "
+                "('usage', 'meta', 'verdicts_by_time') ORDER BY name"),
+      ElementsAre(ElementsAre("meta"), ElementsAre("usage"), ElementsAre("verdicts_by_time")));
+  EXPECT_THAT(raw.Query("SELECT caller, day, cache_hits, requests FROM usage"),
+              ElementsAre(ElementsAre("old", "19675", "1", "2")));
+  EXPECT_EQ(raw.Count("verdicts"), 1);
+  EXPECT_EQ(raw.Count("clicks"), 1);
+}
+
+// --- usage -----------------------------------------------------------------------------
+
+TEST_F(SqliteStoreTest, AddUsageAccumulatesAcrossCallsAndRestarts) {
+  const absl::CivilDay day(2024, 3, 1);
+  {
+    std::unique_ptr<VerdictStore> store = Open();
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 1, 2}, {"bob", day, 0, 1}}).ok());
+    ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 10, 20}, {"alice", day + 1, 0, 5}}).ok());
+  }
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 100, 200}}).ok());
+  EXPECT_EQ(AddUsageSync(*store, {{"alice", day, 1, 1}, {"alice", day, -1, 0}}).code(),
+            absl::StatusCode::kInvalidArgument);  // and nothing of it applied
+
+  auto got = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 3u);
+  EXPECT_EQ((*got)[0].caller, "alice");
+  EXPECT_EQ((*got)[0].day, day);
+  EXPECT_EQ((*got)[0].counts.cache_hits, 111);
+  EXPECT_EQ((*got)[0].counts.requests, 222);
+  EXPECT_EQ((*got)[0].counts.clicks, 0);
+  EXPECT_EQ((*got)[1].caller, "alice");
+  EXPECT_EQ((*got)[1].day, day + 1);
+  EXPECT_EQ((*got)[1].counts.requests, 5);
+  EXPECT_EQ((*got)[2].caller, "bob");
+  EXPECT_EQ((*got)[2].counts.requests, 1);
+}
+
+struct Row {
+  std::string caller;
+  absl::CivilDay day;
+  int64_t clicks, upstream_errors, cache_hits, requests;
+};
+
+std::vector<Row> Rows(const std::vector<DailyUsage>& usage) {
+  std::vector<Row> rows;
+  for (const DailyUsage& u : usage) {
+    rows.push_back({u.caller, u.day, u.counts.clicks, u.counts.upstream_errors, u.counts.cache_hits,
+                    u.counts.requests});
+  }
+  return rows;
+}
+
+MATCHER_P6(IsRow, caller, day, clicks, errors, cache_hits, requests, "") {
+  return arg.caller == caller && arg.day == day && arg.clicks == clicks &&
+         arg.upstream_errors == errors && arg.cache_hits == cache_hits && arg.requests == requests;
+}
+
+TEST_F(SqliteStoreTest, UsageMergesLedgerClicksWithCountersPerCallerAndDay) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  const absl::CivilDay d0(2024, 2, 29);
+  const absl::CivilDay d1(2024, 3, 1);
+  const absl::CivilDay d2(2024, 3, 2);
+  // The last microsecond of d0 belongs to d0.
+  Click(*store, "alice", At(absl::CivilSecond(d1)) - absl::Microseconds(1), ClickOutcome::kVerdict);
+  Click(*store, "alice", At(absl::CivilSecond(d1)), ClickOutcome::kVerdict);
+  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(5), ClickOutcome::kUpstreamError);
+  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(6), ClickOutcome::kNotSent);
+  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(7), ClickOutcome::kPending);
+  Click(*store, "alice", At(absl::CivilSecond(d2)) + absl::Hours(23), ClickOutcome::kVerdict);
+  Click(*store, "bob", At(absl::CivilSecond(d1)) + absl::Hours(1), ClickOutcome::kNotSent);
+  Click(*store, "bob", At(absl::CivilSecond(d2)) + absl::Hours(1), ClickOutcome::kNotSent);
+  ASSERT_TRUE(AddUsageSync(*store, {{"alice", d1, 2, 7}, {"bob", d1, 5, 6}}).ok());
+
+  auto got = store->Usage("", At(absl::CivilSecond(d1)) + absl::Hours(12),
+                          At(absl::CivilSecond(d2)) + absl::Microseconds(1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  // bob's d2 had only a not-sent click: nothing, so no row.
+  EXPECT_THAT(Rows(*got),
+              ElementsAre(IsRow("alice", d1, 3, 1, 2, 7), IsRow("alice", d2, 1, 0, 0, 0),
+                          IsRow("bob", d1, 0, 0, 5, 6)));
+
+  // until is exclusive: midnight ends d1.
+  got = store->Usage("alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(Rows(*got), ElementsAre(IsRow("alice", d1, 3, 1, 2, 7)));
+
+  got = store->Usage("bob", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(Rows(*got), ElementsAre(IsRow("bob", d1, 0, 0, 5, 6)));
+
+  got = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(Rows(*got),
+              ElementsAre(IsRow("alice", d0, 1, 0, 0, 0), IsRow("alice", d1, 3, 1, 2, 7),
+                          IsRow("alice", d2, 1, 0, 0, 0)));
+
+  got = store->Usage("carol", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->empty());
+
+  got = store->Usage("", At(absl::CivilSecond(d2)), At(absl::CivilSecond(d1)));  // backwards
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->empty());
+}
+
+TEST_F(SqliteStoreTest, ClicksSinceCountsBilledClicksPerCaller) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  Click(*store, "alice", kT0 - absl::Microseconds(1), ClickOutcome::kVerdict);  // too early
+  Click(*store, "alice", kT0, ClickOutcome::kVerdict);
+  Click(*store, "alice", kT0 + absl::Seconds(1), ClickOutcome::kUpstreamError);
+  Click(*store, "alice", kT0 + absl::Seconds(2), ClickOutcome::kPending);
+  Click(*store, "alice", kT0 + absl::Seconds(3), ClickOutcome::kNotSent);
+  Click(*store, "bob", kT0 + absl::Seconds(4), ClickOutcome::kNotSent);
+  Click(*store, "carol", kT0 + absl::Seconds(5), ClickOutcome::kPending);
+
+  using Counts = std::vector<std::pair<std::string, int64_t>>;
+  auto got = store->ClicksSince(kT0);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, (Counts{{"alice", 3}, {"carol", 1}}));
+  got = store->ClicksSince(absl::InfinitePast());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, (Counts{{"alice", 4}, {"carol", 1}}));
+  got = store->ClicksSince(kT0 + absl::Hours(1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->empty());
+}
+
+// --- pruning ---------------------------------------------------------------------------
+
+TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  // Verdicts at kT0 + 0..9 s, each with its click 5 ms earlier.
+  for (int i = 0; i < 10; ++i) {
+    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(i), "ua", std::to_string(i)));
+  }
+  Click(*store, "alice", kT0 - absl::Hours(24 * 100),
+        ClickOutcome::kPending);  // a crash's leftover
+  const absl::CivilDay today = absl::ToCivilDay(kT0, absl::UTCTimeZone());
+  ASSERT_TRUE(AddUsageSync(*store, {{"alice", today - 1, 1, 1}, {"alice", today, 1, 1}}).ok());
+
+  const absl::Time cutoff = kT0 + absl::Seconds(5);
+  // Old: verdicts 0..4 (5), clicks of verdicts 0..5 plus the leftover (7), yesterday's usage (1).
+  absl::StatusOr<int64_t> first = PruneSync(*store, cutoff, 4);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, 4);
+  HistoryQuery query;
+  query.ip = "192.0.2.1";
+  auto history = store->History(query);
+  ASSERT_TRUE(history.ok());
+  EXPECT_THAT(Callers(*history), ElementsAre("9", "8", "7", "6", "5", "4"));  // oldest went first
+
+  int64_t total = *first;
+  int batches = 1;
+  for (;;) {
+    absl::StatusOr<int64_t> n = PruneSync(*store, cutoff, 4);
+    ASSERT_TRUE(n.ok()) << n.status();
+    ASSERT_LE(*n, 4);
+    if (*n == 0) {
+      break;
+    }
+    total += *n;
+    ASSERT_LT(++batches, 10);
+  }
+  EXPECT_EQ(total, 13);
+  EXPECT_EQ(batches, 4);
+
+  history = store->History(query);
+  ASSERT_TRUE(history.ok());
+  EXPECT_THAT(Callers(*history), ElementsAre("9", "8", "7", "6", "5"));
+  auto usage = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(usage.ok());
+  ASSERT_EQ(usage->size(), 1u);  // the leftover click and yesterday's counters are gone
+  EXPECT_EQ((*usage)[0].day, today);
+  EXPECT_EQ(PruneSync(*store, cutoff, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  store.reset();
+
+  RawDb raw(path_);
+  EXPECT_THAT(raw.Query("SELECT requested_at_us FROM clicks ORDER BY requested_at_us"),
+              ::testing::SizeIs(4));
+  EXPECT_THAT(raw.Query("SELECT count(*) FROM clicks WHERE requested_at_us < ?1",
+                        {absl::ToUnixMicros(cutoff)}),
+              ElementsAre(ElementsAre("0")));
+}
+
+// --- secrets ---------------------------------------------------------------------------
+
+TEST_F(SqliteStoreTest, SecretIsStableAcrossReopenAndHasTheRequestedLength) {
+  std::string first;
+  {
+    std::unique_ptr<VerdictStore> store = Open();
+    ASSERT_NE(store, nullptr);
+    absl::StatusOr<std::string> secret = store->Secret("page_token", 32);
+    ASSERT_TRUE(secret.ok()) << secret.status();
+    EXPECT_EQ(secret->size(), 32u);
+    EXPECT_NE(*secret, std::string(32, '\0'));
+    first = *secret;
+    secret = store->Secret("page_token", 32);
+    ASSERT_TRUE(secret.ok()) << secret.status();
+    EXPECT_EQ(*secret, first);
+
+    absl::StatusOr<std::string> other = store->Secret("other", 32);
+    ASSERT_TRUE(other.ok()) << other.status();
+    EXPECT_NE(*other, first);
+    EXPECT_EQ(store->Secret("page_token", 16).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(store->Secret("", 16).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(store->Secret("zero", 0).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::string> again = store->Secret("page_token", 32);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, first);
+}
+
+TEST_F(SqliteStoreTest, RacingFirstSecretCallsAgree) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  std::unique_ptr<VerdictStore> second_process = Open();  // another writer on the same file
+  ASSERT_NE(second_process, nullptr);
+  constexpr int kThreads = 6;
+  std::vector<std::string> secrets(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      VerdictStore& s = t % 2 == 0 ? *store : *second_process;
+      absl::StatusOr<std::string> secret = s.Secret("shared", 24);
+      EXPECT_TRUE(secret.ok()) << secret.status();
+      secrets[t] = secret.value_or("");
+    });
+  }
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(secrets[0].size(), 24u);
+  EXPECT_THAT(secrets, ::testing::Each(secrets[0]));
+}
+
+// --- health ----------------------------------------------------------------------------
+
+TEST_F(SqliteStoreTest, PingIsOkForAHealthyStore) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+  Append(*store, MakeVerdict("192.0.2.1", kT0));
+  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+}
+
+TEST_F(SqliteStoreTest, PingFailsWhenTheDatabaseFileIsReplacedOrRemoved) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  Append(*store, MakeVerdict("192.0.2.1", kT0));
+  ASSERT_TRUE(store->Ping().ok());
+
+  const std::string garbage_path = dir_ + "/garbage";
+  { std::ofstream(garbage_path, std::ios::binary) << std::string(8192, '\x5a'); }
+  ASSERT_EQ(std::rename(garbage_path.c_str(), path_.c_str()), 0);
+  absl::Status status = store->Ping();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("store read failed"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("replaced"));
+
+  ASSERT_EQ(std::remove(path_.c_str()), 0);
+  status = store->Ping();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("store read failed"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr(path_));
+}
+
+// Writes fail while another connection holds the write lock (see
+// LockedStoreFailsWritesAndRecoversAfterwards); Ping reports it until a write commits again.
+TEST_F(SqliteStoreTest, PingReportsFailingWritesUntilAWriteSucceeds) {
+  FakeClock clock(kT0);
+  SqliteStoreOptions options;
+  options.busy_timeout = absl::Milliseconds(50);
+  options.clock = &clock;
+  std::unique_ptr<VerdictStore> store = Open(options);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->Ping().ok());
+
+  // Recovery noticed by Ping's own trial write, with no other traffic.
+  {
+    RawDb locker(path_);
+    ASSERT_EQ(locker.Exec("BEGIN EXCLUSIVE"), SQLITE_OK) << sqlite3_errmsg(locker.get());
+    ASSERT_FALSE(BeginClickSync(*store, "alice", "192.0.2.2", kT0).ok());
+    clock.Advance(absl::Seconds(1));
+    absl::Status status = store->Ping();
+    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("store writes failing since 2023-11-14T22:13:20Z: store write failed: "
+                          "database is locked"));
+    store->Flush();  // the trial write Ping queued fails too: still locked
+    EXPECT_EQ(store->Ping().code(), absl::StatusCode::kUnavailable);
+    store->Flush();
+    ASSERT_EQ(locker.Exec("COMMIT"), SQLITE_OK);
+  }
+  EXPECT_EQ(store->Ping().code(), absl::StatusCode::kUnavailable);  // not known yet...
+  store->Flush();  // ...until the trial write Ping queued commits
+  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+
+  // Recovery noticed through an ordinary write.
+  {
+    RawDb locker(path_);
+    ASSERT_EQ(locker.Exec("BEGIN EXCLUSIVE"), SQLITE_OK) << sqlite3_errmsg(locker.get());
+    ASSERT_FALSE(AddUsageSync(*store, {{"alice", absl::CivilDay(2024, 1, 1), 1, 1}}).ok());
+    ASSERT_EQ(locker.Exec("COMMIT"), SQLITE_OK);
+  }
+  EXPECT_THAT(std::string(store->Ping().message()), HasSubstr("store writes failing"));
+  store->Flush();  // let Ping's trial write finish before the next write, to keep this exact
+  ASSERT_TRUE(BeginClickSync(*store, "alice", "192.0.2.3", kT0).ok());
+  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+  // Reads kept working throughout.
+  EXPECT_TRUE(store->ClicksSince(absl::InfinitePast()).ok());
 }
 
 }  // namespace
