@@ -13,8 +13,12 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/scheduler.h"
 #include "common/verdict.h"
+#include "engine/circuit_breaker.h"
 #include "engine/freshness.h"
+#include "engine/spend_tracker.h"
+#include "engine/usage_recorder.h"
 #include "storage/verdict_store.h"
 #include "upstream/clickpatrol_client.h"
 
@@ -40,6 +44,20 @@ struct EngineOptions {
   // Send non-public addresses (private, loopback, documentation, ...) to ClickPatrol.
   // Default: false (FAILED_PRECONDITION, no click).
   bool allow_non_public = false;
+  CircuitBreakerOptions breaker;
+  AllowanceOptions allowance;
+  // Attempts per miss when a request provably never left (connect refused, DNS, TLS): such
+  // failures are not billed, so they are retried with backoff. Default: 3 attempts, 100 ms
+  // backoff doubling each time.
+  int max_attempts = 3;
+  absl::Duration retry_backoff = absl::Milliseconds(100);
+  // History and ledger rows older than this are pruned in the background. Zero: keep forever.
+  // Default: 400 days, checked every minute, 500 rows per transaction.
+  absl::Duration history_retention = absl::Hours(24 * 400);
+  absl::Duration prune_interval = absl::Minutes(1);
+  int prune_batch = 500;
+  // How often batched usage counters are written. Default: 1 s.
+  absl::Duration usage_flush_interval = absl::Seconds(1);
 };
 
 struct CheckRequest {
@@ -47,7 +65,8 @@ struct CheckRequest {
   std::string user_agent;  // "" for none
   std::optional<absl::Duration> max_age;
   bool cache_only = false;
-  std::string caller;  // who is asking (and pays for a miss)
+  std::string caller;          // who is asking (and pays for a miss)
+  int64_t monthly_budget = 0;  // the caller's clicks per calendar month; 0: unlimited
 };
 
 struct CheckResult {
@@ -56,26 +75,56 @@ struct CheckResult {
   bool click_spent = false;  // this request's caller was charged a click for it
 };
 
-// Freshness, single flight and accounting: decides for each check whether a stored verdict
-// answers it or ClickPatrol must be asked, and records every click. Knows nothing of gRPC or SQL.
+// Observes the engine for metrics. Methods are called on engine threads and must be cheap.
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  virtual void OnAnswer(Source source) {}
+  // One finished upstream attempt: outcome "verdict", "error" or "not_sent".
+  virtual void OnUpstream(const std::string& caller, absl::string_view outcome, int http_status,
+                          absl::Duration latency) {}
+  virtual void OnFlightStarted() {}
+  virtual void OnFlightEnded() {}
+  virtual void OnWaiterJoined() {}
+};
+
+// Freshness, single flight, budgets and accounting: decides for each check whether a stored
+// verdict answers it or ClickPatrol must be asked, and records every click. Knows nothing of
+// gRPC or SQL.
 //
 // Thread-safe. Never blocks on the network.
 class Engine {
  public:
   using Callback = std::function<void(absl::StatusOr<CheckResult>)>;
 
-  // `store`, `client` and `clock` must outlive the engine.
-  Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& client, const Clock& clock);
+  // Loads this month's spending from the store's ledger. `store`, `client`, `clock` and
+  // `scheduler` must outlive the engine; `observer` may be null.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(EngineOptions options, VerdictStore& store,
+                                                        ClickPatrolClient& client,
+                                                        const Clock& clock, Scheduler& scheduler,
+                                                        EngineObserver* observer = nullptr);
+  // Waits for flights in progress and writes the usage counters.
   ~Engine();
 
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
   // Answers one check. `done` runs exactly once: on the calling thread when the store answers
-  // (or the request is invalid), otherwise on a store or client thread once the upstream answer
-  // is durable. Errors: INVALID_ARGUMENT for malformed input, NOT_FOUND for a cache_only miss,
-  // FAILED_PRECONDITION for a non-public address, and the upstream's error otherwise.
+  // (or the request is invalid), otherwise on a store, client or scheduler thread once the
+  // upstream answer is durable. Errors: INVALID_ARGUMENT for malformed input, NOT_FOUND for a
+  // cache_only miss, FAILED_PRECONDITION for a non-public address, RESOURCE_EXHAUSTED for a
+  // spent budget or allowance, UNAVAILABLE while the circuit breaker is open, and the
+  // upstream's error otherwise — each replaced by a STALE answer when one is young enough.
   void Check(CheckRequest request, Callback done);
+
+  // Audit and accounting reads (blocking store reads).
+  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query);
+  // Writes pending usage counters first, so the answer includes every check made before.
+  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
+                                                absl::Time until);
+  AllowanceStatus Allowance() { return spend_.Allowance(); }
+  int64_t SpentThisMonth(const std::string& caller) { return spend_.SpentThisMonth(caller); }
+  CircuitBreaker::State breaker_state() const { return breaker_.state(); }
 
   // Blocks until every upstream request in flight has been answered.
   void WaitIdle();
@@ -92,19 +141,44 @@ class Engine {
     std::optional<Verdict> stale_candidate;  // newest stored verdict when the flight began
     Callback leader;
     std::vector<Waiter> waiters;
+    int attempts = 0;
   };
 
+  Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& client, const Clock& clock,
+         Scheduler& scheduler, EngineObserver* observer,
+         const std::vector<std::pair<std::string, int64_t>>& month_clicks, int64_t period_clicks);
+
+  // Why a miss may not be sent now, or OK. REQUIRES: the caller leads a new flight.
+  absl::Status Admit(const CheckRequest& request);
+  // Answers `done` with the stale candidate if young enough, else with `error`.
+  void FailOrStale(const std::optional<Verdict>& stale, absl::Status error, Callback& done);
   // Records the click, then sends the request. Runs without the lock.
-  void StartFlight(std::string key, std::string ip, std::string user_agent, std::string caller);
+  void StartAttempt(std::string key);
   void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
   // Removes the flight for `key` and answers the leader and every waiter. `charged`: a click was
   // spent (the leader's) whatever the result.
   void Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged);
+  void Answer(Callback& done, absl::StatusOr<CheckResult> result);
+  void SchedulePrune(absl::Duration delay);
+  void ScheduleUsageFlush();
+
+  // Lets scheduled tasks and store callbacks that outlive a flight find out whether the engine
+  // still exists; they hold `mu` while they use it, and the destructor clears `alive` under it.
+  struct Lifeline {
+    absl::Mutex mu;
+    bool alive ABSL_GUARDED_BY(mu) = true;
+  };
 
   const EngineOptions options_;
+  std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>();
   VerdictStore& store_;
   ClickPatrolClient& client_;
   const Clock& clock_;
+  Scheduler& scheduler_;
+  EngineObserver* const observer_;
+  CircuitBreaker breaker_;
+  SpendTracker spend_;
+  UsageRecorder usage_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Flight> flights_ ABSL_GUARDED_BY(mu_);

@@ -8,8 +8,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/civil_time.h"
 #include "common/clock.h"
+#include "common/scheduler.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -69,6 +72,40 @@ class FakeStore : public VerdictStore {
 
   void Flush() override {}
 
+  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query) override {
+    return std::vector<HistoryEntry>();
+  }
+  void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      for (UsageDelta& d : deltas) {
+        usage.push_back(std::move(d));
+      }
+    }
+    done(absl::OkStatus());
+  }
+  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
+                                                absl::Time until) override {
+    return std::vector<DailyUsage>();
+  }
+  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ClicksSince(
+      absl::Time since) override {
+    absl::MutexLock lock(&mu_);
+    return initial_clicks;
+  }
+  void PruneBefore(absl::Time cutoff, int max_rows,
+                   std::function<void(absl::StatusOr<int64_t>)> done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      prune_cutoffs.push_back(cutoff);
+    }
+    done(int64_t{0});
+  }
+  absl::StatusOr<std::string> Secret(absl::string_view name, size_t bytes) override {
+    return std::string(bytes, 'k');
+  }
+  absl::Status Ping() override { return absl::OkStatus(); }
+
   struct Click {
     std::string caller;
     std::string ip;
@@ -80,6 +117,9 @@ class FakeStore : public VerdictStore {
   std::vector<std::string> events;
   absl::Status read_error;
   absl::Status begin_error;
+  std::vector<UsageDelta> usage;
+  std::vector<std::pair<std::string, int64_t>> initial_clicks;
+  std::vector<absl::Time> prune_cutoffs;
 };
 
 // A client whose requests stay pending until the test answers them.
@@ -138,7 +178,10 @@ class EngineTest : public ::testing::Test {
 
   Engine& engine() {
     if (engine_ == nullptr) {
-      engine_ = std::make_unique<Engine>(options_, store_, client_, clock_);
+      absl::StatusOr<std::unique_ptr<Engine>> engine =
+          Engine::Create(options_, store_, client_, clock_, scheduler_);
+      EXPECT_TRUE(engine.ok()) << engine.status();
+      engine_ = *std::move(engine);
     }
     return *engine_;
   }
@@ -162,6 +205,7 @@ class EngineTest : public ::testing::Test {
   FakeStore store_;
   FakeClient client_;
   FakeClock clock_;
+  FakeScheduler scheduler_{clock_};
   std::unique_ptr<Engine> engine_;
 };
 
@@ -279,6 +323,7 @@ TEST_F(EngineTest, UpstreamErrorIsSharedAndNotCached) {
 }
 
 TEST_F(EngineTest, ConnectFailureIsRecordedAsNotSent) {
+  options_.max_attempts = 1;
   Start(Request("5.5.5.5"));
   client_.Answer(absl::UnavailableError("could not connect"), /*maybe_sent=*/false);
   ASSERT_EQ(store_.clicks.size(), 1u);
@@ -375,6 +420,205 @@ TEST_F(EngineTest, IpUserAgentKeyModeKeepsVerdictsPerUserAgent) {
   client_.Answer(Fake());
   EXPECT_EQ((**Start(chrome))->verdict.assessment.score, Score::kSafe);
   EXPECT_EQ((**Start(curl))->verdict.assessment.score, Score::kFake);
+}
+
+TEST_F(EngineTest, BudgetStopsMissesButNotHitsOrSharedAnswers) {
+  CheckRequest r = Request("8.8.8.8", "team-a");
+  r.monthly_budget = 2;
+  Start(r);
+  client_.Answer(Safe());
+  r.ip = "8.8.4.4";
+  Start(r);
+  client_.Answer(Safe());
+  r.ip = "1.1.1.1";
+  auto refused = Start(r);
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string((*refused)->status().message()), ::testing::HasSubstr("budget of 2"));
+  EXPECT_TRUE(client_.pending.empty());
+  r.ip = "8.8.8.8";
+  auto hit = Start(r);
+  ASSERT_TRUE((*hit)->ok()) << "hits are served past the budget";
+  // Another caller's flight may be joined: it costs nothing.
+  Start(Request("9.9.9.9", "team-b"));
+  r.ip = "9.9.9.9";
+  auto joined = Start(r);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*joined)->ok());
+  EXPECT_FALSE((**joined)->click_spent);
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 2);
+}
+
+TEST_F(EngineTest, BudgetCountsClicksAlreadyInTheLedgerAndResetsMonthly) {
+  clock_.Set(absl::FromCivil(absl::CivilSecond(2026, 11, 30, 23, 0, 0), absl::UTCTimeZone()));
+  store_.initial_clicks = {{"team-a", 5}};
+  CheckRequest r = Request("8.8.8.8", "team-a");
+  r.monthly_budget = 5;
+  EXPECT_EQ((*Start(r))->status().code(), absl::StatusCode::kResourceExhausted);
+  clock_.Advance(absl::Hours(2));  // December
+  Start(r);
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+}
+
+TEST_F(EngineTest, StaleIsServedWhenTheBudgetIsSpent) {
+  Start(Request("8.8.8.8", "team-b"));
+  client_.Answer(Fake());
+  clock_.Advance(absl::Hours(30));
+  store_.initial_clicks = {{"team-a", 1}};
+  engine_.reset();
+  CheckRequest r = Request("8.8.8.8", "team-a");
+  r.monthly_budget = 1;
+  auto stale = Start(r);
+  ASSERT_TRUE((*stale)->ok());
+  EXPECT_EQ((**stale)->source, Source::kStale);
+  EXPECT_FALSE((**stale)->click_spent);
+}
+
+TEST_F(EngineTest, ConnectFailuresAreRetriedWithBackoffAndNotBilled) {
+  auto r = Start(Request("8.8.8.8"));
+  client_.Answer(absl::UnavailableError("could not connect"), /*maybe_sent=*/false);
+  EXPECT_TRUE(client_.pending.empty());
+  scheduler_.RunDue();
+  EXPECT_TRUE(client_.pending.empty()) << "backoff not yet elapsed";
+  clock_.Advance(absl::Milliseconds(100));
+  scheduler_.RunDue();
+  ASSERT_EQ(client_.pending.size(), 1u) << "second attempt after 100 ms";
+  client_.Answer(absl::UnavailableError("could not connect"), /*maybe_sent=*/false);
+  clock_.Advance(absl::Milliseconds(200));
+  scheduler_.RunDue();
+  ASSERT_EQ(client_.pending.size(), 1u) << "third attempt after 200 ms more";
+  client_.Answer(Safe());
+  ASSERT_TRUE((*r)->ok());
+  EXPECT_TRUE((**r)->click_spent);
+  ASSERT_EQ(store_.clicks.size(), 3u);
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kNotSent);
+  EXPECT_EQ(store_.clicks[1].outcome, ClickOutcome::kNotSent);
+  EXPECT_EQ(store_.clicks[2].outcome, ClickOutcome::kVerdict);
+}
+
+TEST_F(EngineTest, RequestsThatMayHaveBeenSentAreNeverRetried) {
+  auto r = Start(Request("8.8.8.8"));
+  client_.Answer(absl::UnavailableError("ClickPatrol timed out"), /*maybe_sent=*/true);
+  clock_.Advance(absl::Seconds(10));
+  scheduler_.RunDue();
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ((*r)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+TEST_F(EngineTest, CircuitBreakerOpensFailsFastAndRecovers) {
+  options_.breaker.failure_threshold = 3;
+  options_.breaker.open_for = absl::Seconds(30);
+  for (int i = 0; i < 3; ++i) {
+    Start(Request(absl::StrCat("8.8.8.", i + 1)));
+    client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  }
+  EXPECT_EQ(engine().breaker_state(), CircuitBreaker::State::kOpen);
+  auto fast = Start(Request("8.8.8.50"));
+  EXPECT_EQ((*fast)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string((*fast)->status().message()), ::testing::HasSubstr("circuit breaker"));
+  EXPECT_TRUE(client_.pending.empty()) << "fails fast without a request";
+  const size_t clicks = store_.clicks.size();
+
+  clock_.Advance(absl::Seconds(30));
+  auto probe = Start(Request("8.8.8.51"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "half-open lets one probe through";
+  auto blocked = Start(Request("8.8.8.52"));
+  EXPECT_EQ((*blocked)->status().code(), absl::StatusCode::kUnavailable);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*probe)->ok());
+  EXPECT_EQ(engine().breaker_state(), CircuitBreaker::State::kClosed);
+  Start(Request("8.8.8.53"));
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  EXPECT_EQ(store_.clicks.size(), clicks + 2);
+}
+
+TEST_F(EngineTest, AllowanceExhaustionStopsSendingUntilProbeOrReset) {
+  options_.allowance.exhausted_probe_interval = absl::Minutes(10);
+  clock_.Set(absl::FromCivil(absl::CivilSecond(2026, 11, 27, 12, 0, 0), absl::UTCTimeZone()));
+  Start(Request("8.8.8.8"));
+  client_.Answer(absl::ResourceExhaustedError("ClickPatrol click allowance exhausted (HTTP 402)"));
+  EXPECT_TRUE(engine().Allowance().exhausted_upstream);
+  auto refused = Start(Request("8.8.4.4"));
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string((*refused)->status().message()),
+              ::testing::HasSubstr("until 2026-12-01 00:00 UTC"));
+  EXPECT_TRUE(client_.pending.empty());
+  clock_.Advance(absl::Minutes(10));
+  Start(Request("8.8.4.4"));
+  EXPECT_EQ(client_.pending.size(), 1u) << "a rare probe";
+  client_.Answer(Safe());
+  EXPECT_FALSE(engine().Allowance().exhausted_upstream) << "the probe found it topped up";
+}
+
+TEST_F(EngineTest, AllowancePeriodFollowsTheResetDay) {
+  options_.allowance.monthly_allowance = 1000;
+  options_.allowance.reset_day = 15;
+  clock_.Set(absl::FromCivil(absl::CivilSecond(2026, 11, 27, 12, 0, 0), absl::UTCTimeZone()));
+  store_.initial_clicks = {{"a", 10}, {"b", 5}};
+  AllowanceStatus a = engine().Allowance();
+  EXPECT_EQ(a.period_start, absl::FromCivil(absl::CivilDay(2026, 11, 15), absl::UTCTimeZone()));
+  EXPECT_EQ(a.period_end, absl::FromCivil(absl::CivilDay(2026, 12, 15), absl::UTCTimeZone()));
+  EXPECT_EQ(a.clicks_used, 15);
+  EXPECT_EQ(a.clicks_left, 985);
+  Start(Request("8.8.8.8"));
+  client_.Answer(Safe());
+  EXPECT_EQ(engine().Allowance().clicks_used, 16);
+  clock_.Set(absl::FromCivil(absl::CivilDay(2026, 12, 15), absl::UTCTimeZone()));
+  EXPECT_EQ(engine().Allowance().clicks_used, 0) << "a new period";
+}
+
+TEST_F(EngineTest, UsageIsCountedInMemoryAndFlushedInBatches) {
+  Start(Request("8.8.8.8", "a"));
+  client_.Answer(Safe());
+  Start(Request("8.8.8.8", "a"));
+  Start(Request("8.8.8.8", "b"));
+  EXPECT_TRUE(store_.usage.empty()) << "nothing written on the hot path";
+  clock_.Advance(absl::Seconds(1));
+  scheduler_.RunDue();
+  int64_t requests = 0;
+  int64_t hits = 0;
+  for (const UsageDelta& d : store_.usage) {
+    requests += d.requests;
+    hits += d.cache_hits;
+  }
+  EXPECT_EQ(requests, 3);
+  EXPECT_EQ(hits, 2);
+}
+
+TEST_F(EngineTest, RetentionPrunesWithTheInjectedClock) {
+  options_.history_retention = absl::Hours(24 * 400);
+  engine();
+  scheduler_.RunDue();
+  ASSERT_EQ(store_.prune_cutoffs.size(), 1u);
+  EXPECT_EQ(store_.prune_cutoffs[0], clock_.Now() - absl::Hours(24 * 400));
+  clock_.Advance(absl::Minutes(1));
+  scheduler_.RunDue();
+  ASSERT_EQ(store_.prune_cutoffs.size(), 2u);
+  EXPECT_EQ(store_.prune_cutoffs[1], clock_.Now() - absl::Hours(24 * 400));
+}
+
+TEST(CircuitBreakerTest, HalfOpenFailureReopens) {
+  FakeClock clock;
+  CircuitBreaker breaker({/*failure_threshold=*/2, /*open_for=*/absl::Seconds(10)}, clock);
+  EXPECT_TRUE(breaker.Allow());
+  breaker.RecordFailure();
+  EXPECT_TRUE(breaker.Allow());
+  breaker.RecordFailure();
+  EXPECT_FALSE(breaker.Allow());
+  clock.Advance(absl::Seconds(10));
+  EXPECT_TRUE(breaker.Allow());
+  EXPECT_FALSE(breaker.Allow()) << "one probe at a time";
+  breaker.RecordFailure();
+  EXPECT_EQ(breaker.state(), CircuitBreaker::State::kOpen);
+  EXPECT_FALSE(breaker.Allow());
+  clock.Advance(absl::Seconds(10));
+  EXPECT_TRUE(breaker.Allow());
+  breaker.Cancel();
+  EXPECT_TRUE(breaker.Allow()) << "a cancelled probe frees the slot";
+  breaker.RecordSuccess();
+  EXPECT_EQ(breaker.state(), CircuitBreaker::State::kClosed);
 }
 
 TEST(FreshnessTest, Boundaries) {
