@@ -7,7 +7,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libcurl4-openssl-dev libsqlite3-dev libgtest-dev libgmock-dev
   libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev
-  python3-grpcio sqlite3 openssl
+  libssl-dev python3-grpcio python3-protobuf sqlite3 openssl
 )
 
 missing=()

@@ -1,15 +1,21 @@
 #include "server/service.h"
 
 #include <atomic>
+#include <cstdint>
+#include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/civil_time.h"
 #include "absl/time/time.h"
+#include "common/ip.h"
 #include "server/status.h"
 
 namespace verdictd {
@@ -17,18 +23,19 @@ namespace {
 
 namespace pb = ::verdict::v1;
 
-constexpr char kCallerHeader[] = "x-caller";
-constexpr char kAnonymous[] = "anonymous";
-// google.protobuf.Duration's documented range.
+// google.protobuf.Duration's and Timestamp's documented ranges.
 constexpr int64_t kMaxDurationSeconds = 315'576'000'000;
+constexpr int64_t kMinTimestampSeconds = -62'135'596'800;  // 0001-01-01T00:00:00Z
+constexpr int64_t kMaxTimestampSeconds = 253'402'300'799;  // 9999-12-31T23:59:59Z
 
-std::string CallerOf(const grpc::CallbackServerContext& context) {
+std::optional<absl::string_view> Metadata(const grpc::CallbackServerContext& context,
+                                          const char* key) {
   const auto& metadata = context.client_metadata();
-  auto it = metadata.find(kCallerHeader);
-  if (it == metadata.end() || it->second.empty()) {
-    return kAnonymous;
+  auto it = metadata.find(key);
+  if (it == metadata.end()) {
+    return std::nullopt;
   }
-  return std::string(it->second.data(), it->second.size());
+  return absl::string_view(it->second.data(), it->second.size());
 }
 
 absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& d) {
@@ -38,6 +45,15 @@ absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& d) {
     return absl::InvalidArgumentError("max_age is not a valid google.protobuf.Duration");
   }
   return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+absl::StatusOr<absl::Time> FromProto(const google::protobuf::Timestamp& t, absl::string_view name) {
+  if (t.seconds() < kMinTimestampSeconds || t.seconds() > kMaxTimestampSeconds || t.nanos() < 0 ||
+      t.nanos() >= 1'000'000'000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " is not a valid google.protobuf.Timestamp"));
+  }
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
 }
 
 void ToProto(absl::Time t, google::protobuf::Timestamp* out) {
@@ -71,12 +87,13 @@ void ToProto(const CheckResult& result, pb::CheckIpResponse* out) {
   out->set_click_spent(result.click_spent);
 }
 
-absl::StatusOr<CheckRequest> FromProto(const pb::CheckIpRequest& in, const std::string& caller) {
+absl::StatusOr<CheckRequest> FromProto(const pb::CheckIpRequest& in, const Identity& identity) {
   CheckRequest out;
   out.ip = in.ip();
   out.user_agent = in.user_agent();
   out.cache_only = in.cache_only();
-  out.caller = caller;
+  out.caller = identity.caller;
+  out.monthly_budget = identity.monthly_budget;
   if (in.has_max_age()) {
     absl::StatusOr<absl::Duration> max_age = FromProto(in.max_age());
     if (!max_age.ok()) {
@@ -89,13 +106,12 @@ absl::StatusOr<CheckRequest> FromProto(const pb::CheckIpRequest& in, const std::
 
 // One CheckBatch call: finished by whichever item completes last.
 struct BatchCall {
-  grpc::ServerUnaryReactor* reactor;
-  pb::CheckBatchResponse* response;
+  std::function<void()> finish;
   std::atomic<int> remaining;
 
   void ItemDone() {
     if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      reactor->Finish(grpc::Status::OK);
+      finish();
     }
   }
 };
@@ -109,25 +125,67 @@ void SetItemResult(const absl::StatusOr<CheckResult>& result, pb::CheckBatchResu
   }
 }
 
+int64_t MicrosOrLimit(absl::Time t) {
+  if (t == absl::InfinitePast()) {
+    return std::numeric_limits<int64_t>::min();
+  }
+  if (t == absl::InfiniteFuture()) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return absl::ToUnixMicros(t);
+}
+
+void AddCounts(const UsageCounts& c, pb::CallerUsage* out) {
+  out->set_clicks(out->clicks() + c.clicks);
+  out->set_cache_hits(out->cache_hits() + c.cache_hits);
+  out->set_requests(out->requests() + c.requests);
+  out->set_upstream_errors(out->upstream_errors() + c.upstream_errors);
+}
+
 }  // namespace
 
-VerdictServiceImpl::VerdictServiceImpl(ServiceOptions options, Engine& engine)
-    : options_(options), engine_(engine) {}
+VerdictServiceImpl::VerdictServiceImpl(ServiceOptions options, Engine& engine,
+                                       const Authenticator& auth, const PageTokenCodec& page_tokens,
+                                       ServerMetrics* metrics)
+    : options_(std::move(options)),
+      engine_(engine),
+      auth_(auth),
+      page_tokens_(page_tokens),
+      metrics_(metrics) {}
+
+absl::StatusOr<Identity> VerdictServiceImpl::Identify(
+    const grpc::CallbackServerContext& context) const {
+  return auth_.Identify(Metadata(context, "authorization"), Metadata(context, "x-caller"));
+}
+
+void VerdictServiceImpl::Finish(grpc::ServerUnaryReactor* reactor, ServerMetrics::Method method,
+                                const absl::Status& status) const {
+  grpc::Status grpc_status = ToGrpcStatus(status);
+  if (metrics_ != nullptr) {
+    metrics_->OnRpc(method, grpc_status.error_code());
+  }
+  reactor->Finish(std::move(grpc_status));
+}
 
 grpc::ServerUnaryReactor* VerdictServiceImpl::CheckIp(grpc::CallbackServerContext* context,
                                                       const pb::CheckIpRequest* request,
                                                       pb::CheckIpResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<CheckRequest> check = FromProto(*request, CallerOf(*context));
-  if (!check.ok()) {
-    reactor->Finish(ToGrpcStatus(check.status()));
+  absl::StatusOr<Identity> identity = Identify(*context);
+  if (!identity.ok()) {
+    Finish(reactor, ServerMetrics::kCheckIp, identity.status());
     return reactor;
   }
-  engine_.Check(std::move(*check), [reactor, response](absl::StatusOr<CheckResult> result) {
+  absl::StatusOr<CheckRequest> check = FromProto(*request, *identity);
+  if (!check.ok()) {
+    Finish(reactor, ServerMetrics::kCheckIp, check.status());
+    return reactor;
+  }
+  engine_.Check(std::move(*check), [this, reactor, response](absl::StatusOr<CheckResult> result) {
     if (result.ok()) {
       ToProto(*result, response);
     }
-    reactor->Finish(ToGrpcStatus(result.status()));
+    Finish(reactor, ServerMetrics::kCheckIp, result.status());
   });
   return reactor;
 }
@@ -136,29 +194,34 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::CheckBatch(grpc::CallbackServerCon
                                                          const pb::CheckBatchRequest* request,
                                                          pb::CheckBatchResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Identity> identity = Identify(*context);
+  if (!identity.ok()) {
+    Finish(reactor, ServerMetrics::kCheckBatch, identity.status());
+    return reactor;
+  }
   const int n = request->items_size();
   if (n > options_.max_batch) {
-    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError(
-        absl::StrCat("batch has ", n, " items; the limit is ", options_.max_batch))));
+    Finish(reactor, ServerMetrics::kCheckBatch,
+           absl::InvalidArgumentError(
+               absl::StrCat("batch has ", n, " items; the limit is ", options_.max_batch)));
     return reactor;
   }
   if (n == 0) {
-    reactor->Finish(grpc::Status::OK);
+    Finish(reactor, ServerMetrics::kCheckBatch, absl::OkStatus());
     return reactor;
   }
   // Every result slot exists before the first item starts: items finish on other threads, each
   // writing only its own slot.
+  response->mutable_results()->Reserve(n);
   for (int i = 0; i < n; ++i) {
     response->add_results();
   }
   auto call = std::make_shared<BatchCall>();
-  call->reactor = reactor;
-  call->response = response;
+  call->finish = [this, reactor] { Finish(reactor, ServerMetrics::kCheckBatch, absl::OkStatus()); };
   call->remaining.store(n, std::memory_order_relaxed);
-  const std::string caller = CallerOf(*context);
   for (int i = 0; i < n; ++i) {
     pb::CheckBatchResult* slot = response->mutable_results(i);
-    absl::StatusOr<CheckRequest> check = FromProto(request->items(i), caller);
+    absl::StatusOr<CheckRequest> check = FromProto(request->items(i), *identity);
     if (!check.ok()) {
       SetItemResult(check.status(), slot);
       call->ItemDone();
@@ -176,16 +239,181 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::ListVerdictHistory(
     grpc::CallbackServerContext* context, const pb::ListVerdictHistoryRequest* request,
     pb::ListVerdictHistoryResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(
-      grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "ListVerdictHistory is not implemented yet"));
+  absl::StatusOr<Identity> identity = Identify(*context);
+  absl::Status status = identity.ok() ? History(*request, response) : identity.status();
+  Finish(reactor, ServerMetrics::kListVerdictHistory, status);
   return reactor;
+}
+
+absl::Status VerdictServiceImpl::History(const pb::ListVerdictHistoryRequest& request,
+                                         pb::ListVerdictHistoryResponse* response) {
+  absl::StatusOr<IpAddress> ip = ParseIp(request.ip());
+  if (!ip.ok()) {
+    return ip.status();
+  }
+  HistoryQuery query;
+  query.ip = ip->canonical();
+  if (request.has_since()) {
+    absl::StatusOr<absl::Time> since = FromProto(request.since(), "since");
+    if (!since.ok()) {
+      return since.status();
+    }
+    query.since = *since;
+  }
+  if (request.has_until()) {
+    absl::StatusOr<absl::Time> until = FromProto(request.until(), "until");
+    if (!until.ok()) {
+      return until.status();
+    }
+    query.until = *until;
+  }
+  if (query.since >= query.until) {
+    return absl::InvalidArgumentError("since must be before until");
+  }
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError("page_size must not be negative");
+  }
+  const int page_size = request.page_size() == 0
+                            ? options_.default_page_size
+                            : std::min(request.page_size(), options_.max_page_size);
+  PageCursor bound{query.ip, MicrosOrLimit(query.since), MicrosOrLimit(query.until), 0, 0};
+  if (!request.page_token().empty()) {
+    absl::StatusOr<PageCursor> cursor = page_tokens_.Decode(request.page_token());
+    if (!cursor.ok()) {
+      return cursor.status();
+    }
+    if (cursor->ip != bound.ip || cursor->since_us != bound.since_us ||
+        cursor->until_us != bound.until_us) {
+      return absl::InvalidArgumentError(
+          "page_token belongs to a different request (ip, since and until must not change "
+          "between pages)");
+    }
+    query.after = HistoryCursor{absl::FromUnixMicros(cursor->checked_at_us), cursor->id};
+  }
+  query.limit = page_size + 1;  // one more tells whether another page exists
+  absl::StatusOr<std::vector<HistoryEntry>> entries = engine_.History(query);
+  if (!entries.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("verdict store unavailable: ", entries.status().message()));
+  }
+  const bool more = static_cast<int>(entries->size()) > page_size;
+  if (more) {
+    entries->resize(page_size);
+  }
+  for (const HistoryEntry& entry : *entries) {
+    ToProto(entry.verdict, response->add_verdicts());
+  }
+  if (more) {
+    bound.checked_at_us = absl::ToUnixMicros(entries->back().verdict.checked_at);
+    bound.id = entries->back().id;
+    response->set_next_page_token(page_tokens_.Encode(bound));
+  }
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* VerdictServiceImpl::GetUsage(grpc::CallbackServerContext* context,
                                                        const pb::GetUsageRequest* request,
                                                        pb::GetUsageResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "GetUsage is not implemented yet"));
+  absl::StatusOr<Identity> identity = Identify(*context);
+  absl::Status status = identity.ok() ? Usage(*identity, *request, response) : identity.status();
+  Finish(reactor, ServerMetrics::kGetUsage, status);
+  return reactor;
+}
+
+absl::Status VerdictServiceImpl::Usage(const Identity& identity, const pb::GetUsageRequest& request,
+                                       pb::GetUsageResponse* response) {
+  const std::string& caller = request.caller();
+  if (!identity.auditor && caller != identity.caller) {
+    return absl::PermissionDeniedError(
+        caller.empty() ? "only auditors may read every caller's usage; ask for your own"
+                       : absl::StrCat("caller ", identity.caller,
+                                      " may read only its own usage, not ", caller, "'s"));
+  }
+  const absl::Time now = absl::Now();
+  absl::Time since = SpendTracker::MonthStart(now);
+  absl::Time until = absl::InfiniteFuture();
+  if (request.has_since()) {
+    absl::StatusOr<absl::Time> t = FromProto(request.since(), "since");
+    if (!t.ok()) {
+      return t.status();
+    }
+    since = *t;
+  }
+  if (request.has_until()) {
+    absl::StatusOr<absl::Time> t = FromProto(request.until(), "until");
+    if (!t.ok()) {
+      return t.status();
+    }
+    until = *t;
+  }
+  if (since >= until) {
+    return absl::InvalidArgumentError("since must be before until");
+  }
+  if (until == absl::InfiniteFuture()) {
+    until = now + absl::Seconds(1);
+  }
+  absl::StatusOr<std::vector<DailyUsage>> days = engine_.Usage(caller, since, until);
+  if (!days.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("verdict store unavailable: ", days.status().message()));
+  }
+  // Rows arrive sorted by caller, then day.
+  std::map<std::string, pb::CallerUsage*> by_caller;
+  for (const DailyUsage& row : *days) {
+    pb::CallerUsage*& usage = by_caller[row.caller];
+    if (usage == nullptr) {
+      usage = response->add_callers();
+      usage->set_caller(row.caller);
+    }
+    AddCounts(row.counts, usage);
+    pb::DailyUsage* day = usage->add_days();
+    day->set_date(absl::FormatCivilTime(row.day));
+    day->set_clicks(row.counts.clicks);
+    day->set_cache_hits(row.counts.cache_hits);
+    day->set_requests(row.counts.requests);
+    day->set_upstream_errors(row.counts.upstream_errors);
+  }
+  if (!caller.empty() && by_caller.empty()) {
+    pb::CallerUsage* usage = response->add_callers();
+    usage->set_caller(caller);
+    by_caller[caller] = usage;
+  }
+  absl::flat_hash_map<std::string, int64_t> budgets;
+  for (const ApiKeyEntry& entry : auth_.entries()) {
+    budgets[entry.caller] = entry.monthly_budget;
+  }
+  for (auto& [name, usage] : by_caller) {
+    auto it = budgets.find(name);
+    if (it != budgets.end() && it->second > 0) {
+      usage->set_monthly_budget(it->second);
+      usage->set_budget_left(std::max<int64_t>(0, it->second - engine_.SpentThisMonth(name)));
+    }
+  }
+  const AllowanceStatus allowance = engine_.Allowance();
+  pb::Allowance* out = response->mutable_allowance();
+  out->set_monthly_allowance(allowance.monthly_allowance);
+  out->set_clicks_used(allowance.clicks_used);
+  out->set_clicks_left(allowance.clicks_left);
+  ToProto(allowance.period_start, out->mutable_period_start());
+  ToProto(allowance.period_end, out->mutable_period_end());
+  out->set_exhausted_upstream(allowance.exhausted_upstream);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* VerdictServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,
+                                                            const pb::GetServerInfoRequest* request,
+                                                            pb::GetServerInfoResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Identity> identity = Identify(*context);
+  if (identity.ok()) {
+    response->set_max_batch(options_.max_batch);
+    response->set_version(VERDICTD_VERSION);
+    response->set_keyed(auth_.keyed());
+    response->set_cache_key(options_.cache_key_name);
+    response->set_caller(identity->caller);
+  }
+  Finish(reactor, ServerMetrics::kGetServerInfo, identity.status());
   return reactor;
 }
 

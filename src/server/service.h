@@ -3,7 +3,10 @@
 
 #include <string>
 
+#include "auth/api_keys.h"
+#include "auth/page_token.h"
 #include "engine/engine.h"
+#include "server/server_metrics.h"
 #include "verdict/v1/verdict.grpc.pb.h"
 
 namespace verdictd {
@@ -11,14 +14,20 @@ namespace verdictd {
 struct ServiceOptions {
   // Most items in one CheckBatch. Default: 1000.
   int max_batch = 1000;
+  // ListVerdictHistory page size when the request gives none, and the most it may ask for.
+  // Defaults: 100 and 1000.
+  int default_page_size = 100;
+  int max_page_size = 1000;
+  std::string cache_key_name = "ip";
 };
 
-// The gRPC face of the engine: decodes requests, identifies the caller, finishes each call from
-// the engine's completion. Handlers never block.
+// The gRPC face of the engine: authenticates the caller, decodes requests, and finishes each call
+// from the engine's completion. Handlers never block on ClickPatrol.
 class VerdictServiceImpl final : public verdict::v1::VerdictService::CallbackService {
  public:
-  // `engine` must outlive the service.
-  VerdictServiceImpl(ServiceOptions options, Engine& engine);
+  // Every reference must outlive the service; `metrics` may be null.
+  VerdictServiceImpl(ServiceOptions options, Engine& engine, const Authenticator& auth,
+                     const PageTokenCodec& page_tokens, ServerMetrics* metrics);
 
   grpc::ServerUnaryReactor* CheckIp(grpc::CallbackServerContext* context,
                                     const verdict::v1::CheckIpRequest* request,
@@ -32,10 +41,25 @@ class VerdictServiceImpl final : public verdict::v1::VerdictService::CallbackSer
   grpc::ServerUnaryReactor* GetUsage(grpc::CallbackServerContext* context,
                                      const verdict::v1::GetUsageRequest* request,
                                      verdict::v1::GetUsageResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
+                                          const verdict::v1::GetServerInfoRequest* request,
+                                          verdict::v1::GetServerInfoResponse* response) override;
 
  private:
+  absl::StatusOr<Identity> Identify(const grpc::CallbackServerContext& context) const;
+  // Finishes `reactor` with `status`, counting it.
+  void Finish(grpc::ServerUnaryReactor* reactor, ServerMetrics::Method method,
+              const absl::Status& status) const;
+  absl::Status History(const verdict::v1::ListVerdictHistoryRequest& request,
+                       verdict::v1::ListVerdictHistoryResponse* response);
+  absl::Status Usage(const Identity& identity, const verdict::v1::GetUsageRequest& request,
+                     verdict::v1::GetUsageResponse* response);
+
   const ServiceOptions options_;
   Engine& engine_;
+  const Authenticator& auth_;
+  const PageTokenCodec& page_tokens_;
+  ServerMetrics* const metrics_;
 };
 
 }  // namespace verdictd

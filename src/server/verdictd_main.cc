@@ -23,13 +23,22 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/duration.h"
 #include "common/logging.h"
+#include "common/scheduler.h"
 #include "engine/engine.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "metrics/metrics.h"
+#include "metrics/metrics_http.h"
+#include "server/config_file.h"
+#include "server/log_setup.h"
+#include "server/server_metrics.h"
 #include "server/service.h"
-#include "spdlog/sinks/stdout_sinks.h"
+#include "server/timed_store.h"
 #include "storage/verdict_store.h"
 #include "upstream/clickpatrol_client.h"
 
@@ -58,6 +67,28 @@ ABSL_FLAG(bool, allow_non_public, false,
           "Send private, loopback, documentation and other non-public addresses to ClickPatrol");
 ABSL_FLAG(int, max_batch, 1000, "Most items in one CheckBatch");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
+ABSL_FLAG(std::string, log_format, "text", "text, or json (one object per line)");
+ABSL_FLAG(std::string, config, "",
+          "JSON file of flag values (keys are flag names); flags on the command line override it");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "Callers and SHA-256 hashes of their API keys (see README); unset: open mode");
+ABSL_FLAG(int64_t, monthly_allowance, 0, "The ClickPatrol plan's clicks per period (0: unknown)");
+ABSL_FLAG(int, allowance_reset_day, 1, "Day of the month (1-28, UTC) the allowance resets");
+ABSL_FLAG(std::string, history_retention, "400d",
+          "Prune verdict history and ledger rows older than this (0: keep forever)");
+ABSL_FLAG(int, breaker_failures, 5,
+          "Consecutive ClickPatrol failures that open the circuit breaker (0: never)");
+ABSL_FLAG(std::string, breaker_open_for, "30s", "How long the breaker stays open before a probe");
+ABSL_FLAG(int, upstream_attempts, 3,
+          "Attempts per miss when the request provably never left (connect/DNS/TLS failure)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain for gRPC TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for gRPC TLS");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require and verify client certificates (mutual TLS)");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464); off if unset");
+ABSL_FLAG(std::string, shutdown_grace, "10s",
+          "On SIGTERM/SIGINT, how long in-flight calls may take to finish");
 
 namespace verdictd {
 namespace {
@@ -70,6 +101,12 @@ struct Settings {
   EngineOptions engine;
   ServiceOptions service;
   std::string token_source;
+  std::string api_keys_file;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  std::string metrics_listen;
+  absl::Duration shutdown_grace;
 };
 
 absl::Status Prefix(absl::string_view flag, const absl::Status& status) {
@@ -191,6 +228,44 @@ absl::StatusOr<Settings> LoadSettings() {
   }
   s.engine.allow_non_public = absl::GetFlag(FLAGS_allow_non_public);
 
+  s.service.cache_key_name = cache_key;
+  s.engine.allowance.monthly_allowance = absl::GetFlag(FLAGS_monthly_allowance);
+  if (s.engine.allowance.monthly_allowance < 0) {
+    return absl::InvalidArgumentError("--monthly_allowance must not be negative");
+  }
+  s.engine.allowance.reset_day = absl::GetFlag(FLAGS_allowance_reset_day);
+  if (s.engine.allowance.reset_day < 1 || s.engine.allowance.reset_day > 28) {
+    return absl::InvalidArgumentError("--allowance_reset_day must be between 1 and 28");
+  }
+  d = DurationFlag("history_retention", absl::GetFlag(FLAGS_history_retention));
+  if (!d.ok()) return d.status();
+  s.engine.history_retention = *d;
+  s.engine.breaker.failure_threshold = absl::GetFlag(FLAGS_breaker_failures);
+  if (s.engine.breaker.failure_threshold < 0) {
+    return absl::InvalidArgumentError("--breaker_failures must not be negative");
+  }
+  d = DurationFlag("breaker_open_for", absl::GetFlag(FLAGS_breaker_open_for));
+  if (!d.ok()) return d.status();
+  s.engine.breaker.open_for = *d;
+  s.engine.max_attempts = absl::GetFlag(FLAGS_upstream_attempts);
+  if (s.engine.max_attempts < 1 || s.engine.max_attempts > 10) {
+    return absl::InvalidArgumentError("--upstream_attempts must be between 1 and 10");
+  }
+  s.api_keys_file = absl::GetFlag(FLAGS_api_keys_file);
+  s.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  s.tls_key = absl::GetFlag(FLAGS_tls_key);
+  s.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (s.tls_cert.empty() != s.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key must be given together");
+  }
+  if (!s.tls_client_ca.empty() && s.tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+  }
+  s.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  d = DurationFlag("shutdown_grace", absl::GetFlag(FLAGS_shutdown_grace));
+  if (!d.ok()) return d.status();
+  s.shutdown_grace = *d;
+
   s.service.max_batch = absl::GetFlag(FLAGS_max_batch);
   if (s.service.max_batch < 1 || s.service.max_batch > 100'000) {
     return absl::InvalidArgumentError("--max_batch must be between 1 and 100000");
@@ -231,16 +306,74 @@ void LogConfiguration(const Settings& s) {
     return d.has_value() ? DurationToString(*d) : std::string("(--max_age)");
   };
   spdlog::info(
-      "configuration: db={} upstream_url={} token=<redacted, from {}> upstream_concurrency={} "
-      "upstream_connect_timeout={} upstream_timeout={} max_age={} max_age_safe={} "
-      "max_age_suspicious={} max_age_fake={} stale_if_error={} cache_key={} "
-      "allow_non_public={} max_batch={} db_sync_full={}",
-      s.store.path, s.upstream.base_url, s.token_source, s.upstream.max_concurrency,
+      "configuration: listen={} db={} upstream_url={} token=<redacted, from {}> "
+      "upstream_concurrency={} upstream_connect_timeout={} upstream_timeout={} "
+      "upstream_attempts={} max_age={} max_age_safe={} max_age_suspicious={} max_age_fake={} "
+      "stale_if_error={} cache_key={} allow_non_public={} max_batch={} db_sync_full={} "
+      "api_keys_file={} monthly_allowance={} allowance_reset_day={} history_retention={} "
+      "breaker_failures={} breaker_open_for={} tls={} mtls={} metrics_listen={} "
+      "shutdown_grace={}",
+      s.listen, s.store.path, s.upstream.base_url, s.token_source, s.upstream.max_concurrency,
       DurationToString(s.upstream.connect_timeout), DurationToString(s.upstream.request_timeout),
-      DurationToString(f.default_max_age), opt(f.max_age_safe), opt(f.max_age_suspicious),
-      opt(f.max_age_fake), DurationToString(f.stale_if_error),
-      s.engine.cache_key == CacheKeyMode::kIp ? "ip" : "ip_user_agent", s.engine.allow_non_public,
-      s.service.max_batch, s.store.synchronous_full);
+      s.engine.max_attempts, DurationToString(f.default_max_age), opt(f.max_age_safe),
+      opt(f.max_age_suspicious), opt(f.max_age_fake), DurationToString(f.stale_if_error),
+      s.service.cache_key_name, s.engine.allow_non_public, s.service.max_batch,
+      s.store.synchronous_full, s.api_keys_file.empty() ? "(open mode)" : s.api_keys_file,
+      s.engine.allowance.monthly_allowance, s.engine.allowance.reset_day,
+      DurationToString(s.engine.history_retention), s.engine.breaker.failure_threshold,
+      DurationToString(s.engine.breaker.open_for), !s.tls_cert.empty(), !s.tls_client_ca.empty(),
+      s.metrics_listen.empty() ? "(off)" : s.metrics_listen, DurationToString(s.shutdown_grace));
+}
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot read --", flag, " ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const Settings& s) {
+  if (s.tls_cert.empty()) {
+    return grpc::InsecureServerCredentials();
+  }
+  absl::StatusOr<std::string> cert = ReadSmallFile(s.tls_cert, "tls_cert");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadSmallFile(s.tls_key, "tls_key");
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!s.tls_client_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadSmallFile(s.tls_client_ca, "tls_client_ca");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+bool IsLoopbackListen(absl::string_view listen) {
+  return absl::StartsWith(listen, "127.") || absl::StartsWith(listen, "localhost:") ||
+         absl::StartsWith(listen, "[::1]:");
+}
+
+// Keeps the health service in step with the store: NOT_SERVING while it cannot be used.
+void WatchStoreHealth(VerdictStore& store, grpc::HealthCheckServiceInterface& health,
+                      Scheduler& scheduler, bool previously_ok) {
+  const absl::Status ping = store.Ping();
+  if (ping.ok() != previously_ok) {
+    if (ping.ok()) {
+      spdlog::info("verdict store usable again: health SERVING");
+    } else {
+      spdlog::error("verdict store unusable, health NOT_SERVING: {}", ping.message());
+    }
+  }
+  health.SetServingStatus(ping.ok());
+  scheduler.RunAfter(absl::Seconds(1), [&store, &health, &scheduler, ok = ping.ok()] {
+    WatchStoreHealth(store, health, scheduler, ok);
+  });
 }
 
 int Run() {
@@ -259,29 +392,125 @@ int Run() {
     spdlog::warn("*************************************************************************");
   }
 
-  absl::StatusOr<std::unique_ptr<VerdictStore>> store = OpenSqliteStore(s.store);
-  if (!store.ok()) {
-    spdlog::critical("verdictd cannot start: {}", store.status().message());
+  Authenticator auth = Authenticator::Open();
+  if (s.api_keys_file.empty()) {
+    spdlog::warn(
+        "OPEN MODE: no --api_keys_file, so callers are not authenticated; the caller "
+        "is whatever the x-caller metadata says (or \"anonymous\")");
+  } else {
+    absl::StatusOr<std::vector<ApiKeyEntry>> entries = LoadApiKeysFile(s.api_keys_file);
+    if (!entries.ok()) {
+      spdlog::critical("verdictd cannot start: --api_keys_file {}", entries.status().message());
+      return 2;
+    }
+    spdlog::info("keyed mode: {} callers from {}", entries->size(), s.api_keys_file);
+    auth = Authenticator::Keyed(*std::move(entries));
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials(s);
+  if (!credentials.ok()) {
+    spdlog::critical("verdictd cannot start: {}", credentials.status().message());
+    return 2;
+  }
+  if (s.tls_cert.empty() && !IsLoopbackListen(s.listen)) {
+    spdlog::warn(
+        "listening on {} WITHOUT TLS: API keys and verdicts cross the network in "
+        "clear text; use --tls_cert/--tls_key",
+        s.listen);
+  }
+
+  metrics::Registry registry;
+  ServerMetrics server_metrics(registry);
+
+  absl::StatusOr<std::unique_ptr<VerdictStore>> sqlite = OpenSqliteStore(s.store);
+  if (!sqlite.ok()) {
+    spdlog::critical("verdictd cannot start: {}", sqlite.status().message());
     return 1;
   }
+  TimedStore store(**sqlite, server_metrics.store_read_latency());
+  absl::StatusOr<std::string> secret = store.Secret("page_token_key", 32);
+  if (!secret.ok()) {
+    spdlog::critical("verdictd cannot start: {}", secret.status().message());
+    return 1;
+  }
+  PageTokenCodec page_tokens(*secret);
   absl::StatusOr<std::unique_ptr<ClickPatrolClient>> client = NewCurlClickPatrolClient(s.upstream);
   if (!client.ok()) {
     spdlog::critical("verdictd cannot start: {}", client.status().message());
     return 1;
   }
-  auto engine = std::make_unique<Engine>(s.engine, **store, **client, *Clock::Real());
-  VerdictServiceImpl service(s.service, *engine);
+  auto scheduler = std::make_unique<ThreadScheduler>();
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(s.engine, store, **client, *Clock::Real(), *scheduler, &server_metrics);
+  if (!engine.ok()) {
+    spdlog::critical("verdictd cannot start: {}", engine.status().message());
+    return 1;
+  }
+  Engine* engine_ptr = engine->get();
+  registry.AddCallbackGauge("verdictd_allowance_clicks_left",
+                            "Clicks left of --monthly_allowance in the current period.",
+                            [engine_ptr] { return engine_ptr->Allowance().clicks_left; });
+  registry.AddCallbackGauge(
+      "verdictd_allowance_exhausted",
+      "1 while ClickPatrol says the allowance is exhausted (misses refused until the reset).",
+      [engine_ptr] { return engine_ptr->Allowance().exhausted_upstream ? 1.0 : 0.0; });
+  registry.AddCallbackGauge(
+      "verdictd_circuit_breaker_open",
+      "1 while the circuit breaker refuses to send to ClickPatrol.", [engine_ptr] {
+        return engine_ptr->breaker_state() == CircuitBreaker::State::kOpen ? 1.0 : 0.0;
+      });
+  const Authenticator* auth_ptr = &auth;
+  registry.AddCallbackGauge(
+      "verdictd_budget_clicks_left", "Clicks left of each caller's monthly budget.", {"caller"},
+      [engine_ptr, auth_ptr] {
+        metrics::LabeledValues values;
+        for (const ApiKeyEntry& entry : auth_ptr->entries()) {
+          if (entry.monthly_budget > 0) {
+            values.push_back(
+                {{entry.caller},
+                 static_cast<double>(std::max<int64_t>(
+                     0, entry.monthly_budget - engine_ptr->SpentThisMonth(entry.caller)))});
+          }
+        }
+        return values;
+      });
+  std::unique_ptr<metrics::MetricsHttpServer> metrics_server;
+  if (!s.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> started =
+        metrics::MetricsHttpServer::Start(s.metrics_listen, registry);
+    if (!started.ok()) {
+      spdlog::critical("verdictd cannot start: --metrics_listen: {}", started.status().message());
+      return 1;
+    }
+    metrics_server = *std::move(started);
+    spdlog::info("metrics at http://{}/metrics (port {})", s.metrics_listen,
+                 metrics_server->port());
+  }
 
+  VerdictServiceImpl service(s.service, **engine, auth, page_tokens, &server_metrics);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(s.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(s.listen, *credentials, &port);
   builder.RegisterService(&service);
+  // A batch of --max_batch items with maximal user agents must fit; anything far larger is
+  // refused before it is parsed.
+  builder.SetMaxReceiveMessageSize(std::max(4 << 20, s.service.max_batch * 1200 + (64 << 10)));
+  builder.SetMaxSendMessageSize(64 << 20);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     spdlog::critical("verdictd cannot start: cannot listen on {}", s.listen);
     return 1;
   }
-  spdlog::info("verdictd listening on {} (port {})", s.listen, port);
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  WatchStoreHealth(store, *health, *scheduler, /*previously_ok=*/true);
+  spdlog::info("verdictd {} listening on {} (port {}, {})", VERDICTD_VERSION, s.listen, port,
+               s.tls_cert.empty() ? "plaintext" : (s.tls_client_ca.empty() ? "TLS" : "mutual TLS"));
   if (!s.port_file.empty()) {
     if (absl::Status st = WritePortFile(s.port_file, port); !st.ok()) {
       spdlog::critical("{}", st.message());
@@ -296,15 +525,19 @@ int Run() {
   sigaddset(&signals, SIGINT);
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  spdlog::info("received signal {}, shutting down", signal_number);
+  spdlog::info("received signal {}: draining in-flight calls (grace {})", signal_number,
+               DurationToString(s.shutdown_grace));
 
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  health->SetServingStatus(false);
+  // Stops accepting, lets in-flight calls finish until the deadline, then cancels the rest.
+  server->Shutdown(absl::ToChronoTime(absl::Now() + s.shutdown_grace));
   server->Wait();
   spdlog::debug("gRPC server stopped");
-  engine.reset();
+  scheduler.reset();  // no more background ticks
+  engine->reset();    // writes the batched usage counters
+  metrics_server.reset();
   client->reset();
-  spdlog::debug("upstream client stopped");
-  store->reset();
+  sqlite->reset();  // commits what is queued and closes the database
   spdlog::info("verdictd stopped");
   return 0;
 }
@@ -323,16 +556,25 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "verdictd [flags]\n"
       "The ClickPatrol token comes from $CLICKPATROL_TOKEN or --token_file, never a flag.");
-  absl::ParseCommandLine(argc, argv);
-  spdlog::set_default_logger(spdlog::stderr_logger_mt("verdictd"));
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%fZ %^%l%$ %v", spdlog::pattern_time_type::utc);
-  const std::string level = absl::GetFlag(FLAGS_log_level);
-  if (level != "trace" && level != "debug" && level != "info" && level != "warn" &&
-      level != "error") {
-    spdlog::critical(
-        "verdictd cannot start: --log_level must be trace, debug, info, warn or error");
+  // The config file is applied first so that flags on the command line override it.
+  absl::StatusOr<std::string> config = verdictd::FindConfigFlag(argc, argv);
+  if (!config.ok()) {
+    std::fprintf(stderr, "verdictd cannot start: %s\n",
+                 std::string(config.status().message()).c_str());
     return 2;
   }
-  spdlog::set_level(spdlog::level::from_str(level));
+  if (!config->empty()) {
+    if (absl::Status st = verdictd::ApplyConfigFile(*config, "verdictd_main.cc"); !st.ok()) {
+      std::fprintf(stderr, "verdictd cannot start: %s\n", std::string(st.message()).c_str());
+      return 2;
+    }
+  }
+  absl::ParseCommandLine(argc, argv);
+  if (absl::Status st =
+          verdictd::SetUpLogging(absl::GetFlag(FLAGS_log_format), absl::GetFlag(FLAGS_log_level));
+      !st.ok()) {
+    std::fprintf(stderr, "verdictd cannot start: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   return verdictd::Run();
 }
