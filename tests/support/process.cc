@@ -34,11 +34,8 @@ int ExitCodeOf(int wait_status) {
   return -1;
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
-    const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
-    const std::string& log_path) {
+// This process's environment minus CLICKPATROL_TOKEN, plus `env` ("" removes a variable).
+std::vector<std::string> ChildEnvironment(const std::map<std::string, std::string>& env) {
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string entry(*e);
@@ -53,6 +50,15 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
       env_strings.push_back(absl::StrCat(name, "=", value));
     }
   }
+  return env_strings;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
+    const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+    const std::string& log_path) {
+  std::vector<std::string> env_strings = ChildEnvironment(env);
   std::vector<char*> c_env;
   for (std::string& s : env_strings) {
     c_env.push_back(s.data());
@@ -161,6 +167,76 @@ absl::StatusOr<int> WaitForPortFile(const std::string& path, ChildProcess& proce
     absl::SleepFor(absl::Milliseconds(10));
   }
   return absl::DeadlineExceededError(absl::StrCat("no port in ", path));
+}
+
+absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
+                                         const std::string& stdin_text,
+                                         const std::map<std::string, std::string>& env,
+                                         absl::Duration timeout) {
+  TempDir dir;
+  const std::string in_path = dir.File("stdin");
+  const std::string out_path = dir.File("stdout");
+  const std::string err_path = dir.File("stderr");
+  {
+    std::ofstream in(in_path, std::ios::binary);
+    in << stdin_text;
+  }
+  std::vector<std::string> env_strings = ChildEnvironment(env);
+  std::vector<char*> c_env;
+  for (std::string& s : env_strings) {
+    c_env.push_back(s.data());
+  }
+  c_env.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> c_argv;
+  for (std::string& s : args) {
+    c_argv.push_back(s.data());
+  }
+  c_argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, in_path.c_str(), O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty;
+  sigemptyset(&empty);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGTERM);
+  sigaddset(&defaults, SIGINT);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, c_argv[0], &actions, &attr, c_argv.data(), c_env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    return absl::InternalError(absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(rc)));
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) != pid) {
+    if (absl::Now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return absl::DeadlineExceededError(absl::StrCat(argv[0], " still running after ",
+                                                      absl::FormatDuration(timeout),
+                                                      "; stderr: ", ReadFileOrEmpty(err_path)));
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  CommandResult result;
+  result.exit_code = ExitCodeOf(status);
+  result.out = ReadFileOrEmpty(out_path);
+  result.err = ReadFileOrEmpty(err_path);
+  return result;
 }
 
 TempDir::TempDir() {

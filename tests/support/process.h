@@ -41,6 +41,21 @@ class ChildProcess {
   int exit_code_ = -1;
 };
 
+// What a finished command printed, and its exit code (128+signal if killed by one).
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs argv[0] with argv to completion, with `stdin_text` on its stdin and stdout and stderr
+// captured separately (through files, so neither can block the child). The environment is built
+// as for ChildProcess::Start. DEADLINE_EXCEEDED (and the child is killed) after `timeout`.
+absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
+                                         const std::string& stdin_text = "",
+                                         const std::map<std::string, std::string>& env = {},
+                                         absl::Duration timeout = absl::Seconds(60));
+
 // Polls `path` until it holds a port number.
 absl::StatusOr<int> WaitForPortFile(const std::string& path, ChildProcess& process,
                                     absl::Duration timeout = absl::Seconds(20));
