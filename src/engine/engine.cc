@@ -100,7 +100,8 @@ Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& cl
       observer_(observer),
       breaker_(options_.breaker, clock),
       spend_(options_.allowance, clock, month_clicks, period_clicks),
-      usage_(store, clock) {
+      usage_(store, clock),
+      hot_(options_.hot_cache_entries) {
   ScheduleUsageFlush();
   if (options_.history_retention > absl::ZeroDuration()) {
     SchedulePrune(absl::ZeroDuration());
@@ -198,16 +199,23 @@ void Engine::Check(CheckRequest request, Callback done) {
   }
   const std::string& canonical = ip->canonical();
   const bool by_user_agent = options_.cache_key == CacheKeyMode::kIpUserAgent;
+  std::string key = CacheKey(options_.cache_key, canonical, request.user_agent);
 
-  absl::StatusOr<std::optional<Verdict>> latest = store_.LatestFor(
-      canonical,
-      by_user_agent ? std::optional<absl::string_view>(request.user_agent) : std::nullopt);
-  if (!latest.ok()) {
-    // Without the store we can neither answer from it nor record a click.
-    usage_.Record(request.caller, /*cache_hit=*/false);
-    done(absl::UnavailableError(
-        absl::StrCat("verdict store unavailable: ", latest.status().message())));
-    return;
+  absl::StatusOr<std::optional<Verdict>> latest = hot_.Get(key);
+  if (!latest->has_value()) {
+    latest = store_.LatestFor(canonical, by_user_agent
+                                             ? std::optional<absl::string_view>(request.user_agent)
+                                             : std::nullopt);
+    if (!latest.ok()) {
+      // Without the store we can neither answer from it nor record a click.
+      usage_.Record(request.caller, /*cache_hit=*/false);
+      done(absl::UnavailableError(
+          absl::StrCat("verdict store unavailable: ", latest.status().message())));
+      return;
+    }
+    if (latest->has_value()) {
+      hot_.Put(key, **latest);
+    }
   }
   const absl::Time now = clock_.Now();
   if (latest->has_value()) {
@@ -233,7 +241,6 @@ void Engine::Check(CheckRequest request, Callback done) {
     return;
   }
 
-  std::string key = CacheKey(options_.cache_key, canonical, request.user_agent);
   absl::Status admitted;
   {
     absl::MutexLock lock(&mu_);
@@ -420,6 +427,7 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
                   charged);
           return;
         }
+        hot_.Put(key, *verdict);
         Resolve(key, std::move(*verdict), charged);
       });
 }

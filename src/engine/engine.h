@@ -17,6 +17,7 @@
 #include "common/verdict.h"
 #include "engine/circuit_breaker.h"
 #include "engine/freshness.h"
+#include "engine/hot_cache.h"
 #include "engine/spend_tracker.h"
 #include "engine/usage_recorder.h"
 #include "storage/verdict_store.h"
@@ -56,6 +57,9 @@ struct EngineOptions {
   absl::Duration history_retention = absl::Hours(24 * 400);
   absl::Duration prune_interval = absl::Minutes(1);
   int prune_batch = 500;
+  // Newest verdicts kept in memory in front of the store. 0 disables. Default: 100000
+  // (roughly 30 MB).
+  size_t hot_cache_entries = 100'000;
   // How often batched usage counters are written. Default: 1 s.
   absl::Duration usage_flush_interval = absl::Seconds(1);
 };
@@ -179,6 +183,7 @@ class Engine {
   CircuitBreaker breaker_;
   SpendTracker spend_;
   UsageRecorder usage_;
+  HotCache hot_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Flight> flights_ ABSL_GUARDED_BY(mu_);
