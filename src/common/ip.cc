@@ -288,7 +288,11 @@ absl::Status ParseToBytes(absl::string_view text, std::array<uint8_t, 16>* out) 
   if (text.find('/') != absl::string_view::npos) {
     return Reason("prefix lengths are not allowed");
   }
-  if (text.find_first_of("+-") != absl::string_view::npos) {
+  // A sign only reads as one where a number starts; elsewhere (e.g. "not-an-ip") the parser's
+  // "unexpected character" is the better message.
+  const size_t sign = text.find_first_of("+-");
+  if (sign != absl::string_view::npos &&
+      (sign == 0 || text[sign - 1] == '.' || text[sign - 1] == ':')) {
     return Reason("signs are not allowed");
   }
   if (text.find(':') == absl::string_view::npos) {
