@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
+#include "grpc/support/log.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/sinks/base_sink.h"
 #include "spdlog/sinks/stdout_sinks.h"
@@ -33,6 +34,20 @@ class JsonStderrSink : public spdlog::sinks::base_sink<std::mutex> {
   }
   void flush_() override { std::fflush(stderr); }
 };
+
+// gRPC core logs (e.g. a failed TLS handshake) through gpr_log, which by default writes its own
+// "E1127 21:22:54.179 ..." lines straight to stderr; routed through spdlog they get the same
+// format as every other line (one JSON object per line with --log_format=json).
+void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  spdlog::level::level_enum level = spdlog::level::info;
+  if (args->severity == GPR_LOG_SEVERITY_ERROR) {
+    level = spdlog::level::err;
+  } else if (args->severity == GPR_LOG_SEVERITY_DEBUG) {
+    level = spdlog::level::debug;
+  }
+  spdlog::log(level, "grpc {}:{}: {}", args->file != nullptr ? args->file : "?", args->line,
+              args->message != nullptr ? args->message : "");
+}
 
 }  // namespace
 
@@ -62,6 +77,7 @@ absl::Status SetUpLogging(absl::string_view format, absl::string_view level) {
   }
   logger->set_level(parsed);
   spdlog::set_default_logger(logger);
+  gpr_set_log_function(GrpcLogToSpdlog);
   return absl::OkStatus();
 }
 
