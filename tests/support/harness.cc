@@ -31,6 +31,7 @@ httplib::Client SimClient(int port) {
 Simulator::Simulator(const TempDir& dir, std::string token, std::vector<std::string> extra_flags)
     : token_(std::move(token)) {
   const std::string port_file = dir.File("sim.port");
+  std::remove(port_file.c_str());  // a simulator started earlier in this dir wrote one too
   std::vector<std::string> argv = {SIM_BIN, "--listen=127.0.0.1:0", "--token=" + token_,
                                    "--port_file=" + port_file};
   argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
