@@ -49,6 +49,8 @@ ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file on
 ABSL_FLAG(std::string, db, "./verdicts.db", "SQLite file holding the verdict history and ledger");
 ABSL_FLAG(bool, db_sync_full, false,
           "SQLite synchronous=FULL: durable against power loss, not only process crashes");
+ABSL_FLAG(std::string, db_busy_timeout, "5s",
+          "How long a write waits for another process's lock on the database before failing");
 ABSL_FLAG(std::string, upstream_url, "https://trck-003.clckptrl.com/", "ClickPatrol API base URL");
 ABSL_FLAG(std::string, upstream_ca_file, "",
           "PEM file of CAs to trust for the upstream's TLS certificate (default: system store)");
@@ -91,7 +93,9 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, metrics_listen, "",
           "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464); off if unset");
 ABSL_FLAG(std::string, shutdown_grace, "10s",
-          "On SIGTERM/SIGINT, how long in-flight calls may take to finish");
+          "On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are "
+          "cancelled; the process still waits (up to --upstream_timeout) for ClickPatrol "
+          "requests already sent, so their paid verdicts are recorded");
 
 namespace verdictd {
 namespace {
@@ -180,6 +184,10 @@ absl::StatusOr<Settings> LoadSettings() {
     return absl::InvalidArgumentError("--db must name a file");
   }
   s.store.synchronous_full = absl::GetFlag(FLAGS_db_sync_full);
+  absl::StatusOr<absl::Duration> busy =
+      DurationFlag("db_busy_timeout", absl::GetFlag(FLAGS_db_busy_timeout));
+  if (!busy.ok()) return busy.status();
+  s.store.busy_timeout = *busy;
 
   s.upstream.base_url = absl::GetFlag(FLAGS_upstream_url);
   if (!absl::StartsWith(s.upstream.base_url, "https://") &&
