@@ -3,11 +3,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -199,6 +204,27 @@ std::string Plan(RawDb& raw, const std::string& sql) {
     details.push_back(row.back());
   }
   return absl::StrJoin(details, " | ");
+}
+
+// One day of Usage's answer, flattened for matching.
+struct Row {
+  std::string caller;
+  absl::CivilDay day;
+  int64_t clicks, upstream_errors, cache_hits, requests;
+};
+
+std::vector<Row> Rows(const std::vector<DailyUsage>& usage) {
+  std::vector<Row> rows;
+  for (const DailyUsage& u : usage) {
+    rows.push_back({u.caller, u.day, u.counts.clicks, u.counts.upstream_errors, u.counts.cache_hits,
+                    u.counts.requests});
+  }
+  return rows;
+}
+
+MATCHER_P6(IsRow, caller, day, clicks, errors, cache_hits, requests, "") {
+  return arg.caller == caller && arg.day == day && arg.clicks == clicks &&
+         arg.upstream_errors == errors && arg.cache_hits == cache_hits && arg.requests == requests;
 }
 
 class SqliteStoreTest : public ::testing::Test {
@@ -808,24 +834,44 @@ TEST_F(SqliteStoreTest, HistoryQuerySearchesTheIpIndexInOrder) {
   EXPECT_THAT(plan, Not(HasSubstr("TEMP B-TREE")));
 }
 
-// Restoring counters at start-up reads only the recent part of the ledger.
-TEST_F(SqliteStoreTest, ClicksSinceSearchesTheTimeIndex) {
+// Restoring counters at start-up reads only the recent days' counters, plus at most the rest of
+// one day of the ledger: both tables are searched by range, neither is scanned. (The only SCAN is
+// of the per-caller rows the two ranges produce.)
+TEST_F(SqliteStoreTest, ClicksSinceSearchesTheDayAndTimeIndexes) {
   ASSERT_NE(Open(), nullptr);
   RawDb raw(path_);
   const std::string plan = Plan(raw, sqlite_store_internal::kClicksSinceSql);
   std::cout << "[ plan     ] " << plan << "\n";
-  EXPECT_THAT(plan, HasSubstr("SEARCH clicks USING INDEX clicks_by_time (requested_at_us>?)"));
-  EXPECT_THAT(plan, Not(HasSubstr("SCAN")));
+  EXPECT_THAT(plan, HasSubstr("SEARCH usage USING INDEX usage_by_day (day>?)"));
+  EXPECT_THAT(plan, HasSubstr("SEARCH clicks USING INDEX clicks_by_time (requested_at_us>? AND "
+                              "requested_at_us<?)"));
+  EXPECT_THAT(plan, Not(HasSubstr("SCAN usage")));
+  EXPECT_THAT(plan, Not(HasSubstr("SCAN clicks")));
+  EXPECT_THAT(plan, Not(HasSubstr("USING INDEX clicks_by_caller")));
+}
+
+// GetUsage reads one index range of the counters and never the ledger.
+TEST_F(SqliteStoreTest, UsageQueriesSearchOnlyTheCounters) {
+  ASSERT_NE(Open(), nullptr);
+  RawDb raw(path_);
+  const std::string one = Plan(raw, sqlite_store_internal::kUsageOneSql);
+  std::cout << "[ plan     ] " << one << "\n";
+  EXPECT_THAT(one, HasSubstr("SEARCH usage USING PRIMARY KEY (caller=? AND day>? AND day<?)"));
+  EXPECT_THAT(one, Not(HasSubstr("SCAN")));
+  EXPECT_THAT(one, Not(HasSubstr("TEMP B-TREE")));  // the key order is the answer's order
+  EXPECT_THAT(one, Not(HasSubstr("clicks")));
+
+  const std::string all = Plan(raw, sqlite_store_internal::kUsageAllSql);
+  std::cout << "[ plan     ] " << all << "\n";
+  EXPECT_THAT(all, HasSubstr("SEARCH usage USING INDEX usage_by_day (day>? AND day<?)"));
+  EXPECT_THAT(all, Not(HasSubstr("SCAN")));
+  EXPECT_THAT(all, Not(HasSubstr("clicks")));
 }
 
 // --- migration -------------------------------------------------------------------------
 
-TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
-  {
-    // The schema exactly as version 1 shipped it, with one verdict and its click.
-    { std::ofstream create(path_); }  // RawDb does not create files
-    RawDb raw(path_);
-    ASSERT_EQ(raw.Exec(R"sql(
+// The schema exactly as version 1 shipped it (in WAL mode, as the store leaves its files).
+constexpr char kVersionOneSchemaSql[] = R"sql(
       PRAGMA journal_mode=WAL;
       CREATE TABLE verdicts(
         id INTEGER PRIMARY KEY,
@@ -855,6 +901,27 @@ TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
         latency_us INTEGER NOT NULL DEFAULT 0);
       CREATE INDEX clicks_by_time ON clicks(requested_at_us);
       CREATE INDEX clicks_by_caller ON clicks(caller, requested_at_us);
+)sql";
+
+// What version 2 added to it, exactly as shipped.
+constexpr char kVersionTwoAdditionsSql[] = R"sql(
+      CREATE INDEX verdicts_by_time ON verdicts(checked_at_us);
+      CREATE TABLE usage(
+        caller TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        cache_hits INTEGER NOT NULL DEFAULT 0,
+        requests INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY(caller, day)) WITHOUT ROWID;
+      CREATE TABLE meta(name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+)sql";
+
+TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
+  {
+    // The schema as version 1 shipped it, with one verdict and its click.
+    { std::ofstream create(path_); }  // RawDb does not create files
+    RawDb raw(path_);
+    ASSERT_EQ(raw.Exec(kVersionOneSchemaSql), SQLITE_OK) << sqlite3_errmsg(raw.get());
+    ASSERT_EQ(raw.Exec(R"sql(
       INSERT INTO clicks(id, caller, ip, requested_at_us, completed_at_us, outcome)
         VALUES (7, 'old', '192.0.2.1', 1700000000000000, 1700000000100000, 1);
       INSERT INTO verdicts(ip, user_agent, score, proxy, tor, vpn, crawler, bot, checked_at_us,
@@ -881,15 +948,119 @@ TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
   RawDb raw(path_);
   EXPECT_THAT(raw.Query("PRAGMA user_version"),
               ElementsAre(ElementsAre(std::to_string(sqlite_store_internal::kSchemaVersion))));
-  EXPECT_EQ(sqlite_store_internal::kSchemaVersion, 2);
-  EXPECT_THAT(
-      raw.Query("SELECT name FROM sqlite_schema WHERE name IN "
-                "('usage', 'meta', 'verdicts_by_time') ORDER BY name"),
-      ElementsAre(ElementsAre("meta"), ElementsAre("usage"), ElementsAre("verdicts_by_time")));
+  EXPECT_EQ(sqlite_store_internal::kSchemaVersion, 3);
+  EXPECT_THAT(raw.Query("SELECT name FROM sqlite_schema WHERE name IN "
+                        "('usage', 'meta', 'verdicts_by_time', 'usage_by_day') ORDER BY name"),
+              ElementsAre(ElementsAre("meta"), ElementsAre("usage"), ElementsAre("usage_by_day"),
+                          ElementsAre("verdicts_by_time")));
   EXPECT_THAT(raw.Query("SELECT caller, day, cache_hits, requests FROM usage"),
               ElementsAre(ElementsAre("old", "19675", "1", "2")));
+  // Both migrations ran: the version 1 ledger's click is counted on its day.
+  EXPECT_THAT(raw.Query("SELECT clicks, upstream_errors FROM usage"),
+              ElementsAre(ElementsAre("1", "0")));
   EXPECT_EQ(raw.Count("verdicts"), 1);
   EXPECT_EQ(raw.Count("clicks"), 1);
+}
+
+// A version 2 file's ledger is counted into the new per-day click counters, merged with the
+// batched counters already there; the clicks it holds still pending are then kept up to date.
+TEST_F(SqliteStoreTest, VersionTwoDatabaseGetsItsClickCountersBackfilled) {
+  const absl::CivilDay d1(2024, 3, 1);
+  const absl::CivilDay d2(2024, 3, 2);
+  const absl::CivilDay epoch(1970, 1, 1);
+  const auto us = [](absl::CivilSecond t) { return absl::ToUnixMicros(At(t)); };
+  {
+    { std::ofstream create(path_); }  // RawDb does not create files
+    RawDb raw(path_);
+    ASSERT_EQ(raw.Exec(kVersionOneSchemaSql), SQLITE_OK) << sqlite3_errmsg(raw.get());
+    ASSERT_EQ(raw.Exec(kVersionTwoAdditionsSql), SQLITE_OK) << sqlite3_errmsg(raw.get());
+    ASSERT_EQ(raw.Exec("PRAGMA user_version = 2"), SQLITE_OK);
+    const char* kInsert =
+        "INSERT INTO clicks(id, caller, ip, requested_at_us, outcome) VALUES (?1, ?2, '192.0.2.1', "
+        "?3, ?4)";
+    struct {
+      int64_t id;
+      const char* caller;
+      int64_t at_us;
+      ClickOutcome outcome;
+    } const clicks[] = {
+        {1, "alice", us(absl::CivilSecond(d1)), ClickOutcome::kVerdict},
+        {2, "alice", us(absl::CivilHour(d1) + 12), ClickOutcome::kUpstreamError},
+        {3, "alice", us(absl::CivilHour(d1) + 13), ClickOutcome::kPending},
+        {4, "alice", us(absl::CivilHour(d1) + 14), ClickOutcome::kNotSent},
+        {5, "alice", us(absl::CivilSecond(d2)) - 1, ClickOutcome::kUpstreamError},  // still d1
+        {6, "alice", us(absl::CivilSecond(d2)), ClickOutcome::kVerdict},
+        {7, "bob", us(absl::CivilHour(d1) + 5), ClickOutcome::kNotSent},  // nothing billed
+        {8, "carol", us(absl::CivilSecond(epoch)) - 3'600'000'000, ClickOutcome::kVerdict},
+        {9, "carol", us(absl::CivilSecond(epoch)), ClickOutcome::kUpstreamError},
+    };
+    for (const auto& c : clicks) {
+      sqlite3_stmt* stmt = nullptr;
+      ASSERT_EQ(sqlite3_prepare_v2(raw.get(), kInsert, -1, &stmt, nullptr), SQLITE_OK);
+      sqlite3_bind_int64(stmt, 1, c.id);
+      sqlite3_bind_text(stmt, 2, c.caller, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(stmt, 3, c.at_us);
+      sqlite3_bind_int(stmt, 4, static_cast<int>(c.outcome));
+      EXPECT_EQ(sqlite3_step(stmt), SQLITE_DONE) << sqlite3_errmsg(raw.get());
+      sqlite3_finalize(stmt);
+    }
+    // Batched counters a version 2 build wrote.
+    ASSERT_EQ(raw.Exec("INSERT INTO usage(caller, day, cache_hits, requests) VALUES "
+                       "('alice', 19783, 3, 10), ('bob', 19783, 4, 9)"),
+              SQLITE_OK);
+  }
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  {
+    RawDb raw(path_);
+    EXPECT_THAT(raw.Query("PRAGMA user_version"), ElementsAre(ElementsAre("3")));
+    // (caller, day, cache_hits, requests, clicks, upstream_errors). carol's first click was
+    // on 1969-12-31, day -1 (not 0: the day is rounded down).
+    EXPECT_THAT(raw.Query("SELECT caller, day, cache_hits, requests, clicks, upstream_errors "
+                          "FROM usage ORDER BY caller, day"),
+                ElementsAre(ElementsAre("alice", "19783", "3", "10", "4", "2"),
+                            ElementsAre("alice", "19784", "0", "0", "1", "0"),
+                            ElementsAre("bob", "19783", "4", "9", "0", "0"),
+                            ElementsAre("carol", "-1", "0", "0", "1", "0"),
+                            ElementsAre("carol", "0", "0", "0", "1", "1")));
+    EXPECT_EQ(raw.Count("clicks"), 9);  // the ledger itself is untouched
+  }
+
+  using Counts = std::vector<std::pair<std::string, int64_t>>;
+  auto clicks = store->ClicksSince(absl::InfinitePast());
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(*clicks, (Counts{{"alice", 5}, {"carol", 2}}));
+  clicks = store->ClicksSince(At(absl::CivilSecond(d1)));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(*clicks, (Counts{{"alice", 5}}));
+  // Inside d1: its rest (the pending click and the last microsecond's error) plus d2.
+  clicks = store->ClicksSince(At(absl::CivilMinute(absl::CivilHour(d1) + 12) + 30));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(*clicks, (Counts{{"alice", 3}}));
+  // The ends of the microsecond range (the partial day there is clamped, not overflowed).
+  clicks = store->ClicksSince(absl::InfiniteFuture());
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_TRUE(clicks->empty());
+  clicks = store->ClicksSince(absl::FromUnixMicros(std::numeric_limits<int64_t>::min() + 1));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(*clicks, (Counts{{"alice", 5}, {"carol", 2}}));
+
+  auto usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_THAT(Rows(*usage),
+              ElementsAre(IsRow("alice", d1, 4, 2, 3, 10), IsRow("alice", d2, 1, 0, 0, 0),
+                          IsRow("bob", d1, 0, 0, 4, 9), IsRow("carol", epoch, 1, 1, 0, 0)));
+
+  // The pending click carried over is unbilled after all.
+  ClickCompletion not_sent;
+  not_sent.outcome = ClickOutcome::kNotSent;
+  ASSERT_TRUE(CompleteClickSync(*store, 3, not_sent).ok());
+  clicks = store->ClicksSince(At(absl::CivilSecond(d1)));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(*clicks, (Counts{{"alice", 4}}));
+  usage = store->Usage("alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", d1, 3, 2, 3, 10)));
 }
 
 // --- usage -----------------------------------------------------------------------------
@@ -921,26 +1092,6 @@ TEST_F(SqliteStoreTest, AddUsageAccumulatesAcrossCallsAndRestarts) {
   EXPECT_EQ((*got)[1].counts.requests, 5);
   EXPECT_EQ((*got)[2].caller, "bob");
   EXPECT_EQ((*got)[2].counts.requests, 1);
-}
-
-struct Row {
-  std::string caller;
-  absl::CivilDay day;
-  int64_t clicks, upstream_errors, cache_hits, requests;
-};
-
-std::vector<Row> Rows(const std::vector<DailyUsage>& usage) {
-  std::vector<Row> rows;
-  for (const DailyUsage& u : usage) {
-    rows.push_back({u.caller, u.day, u.counts.clicks, u.counts.upstream_errors, u.counts.cache_hits,
-                    u.counts.requests});
-  }
-  return rows;
-}
-
-MATCHER_P6(IsRow, caller, day, clicks, errors, cache_hits, requests, "") {
-  return arg.caller == caller && arg.day == day && arg.clicks == clicks &&
-         arg.upstream_errors == errors && arg.cache_hits == cache_hits && arg.requests == requests;
 }
 
 TEST_F(SqliteStoreTest, UsageMergesLedgerClicksWithCountersPerCallerAndDay) {
@@ -1015,6 +1166,455 @@ TEST_F(SqliteStoreTest, ClicksSinceCountsBilledClicksPerCaller) {
   EXPECT_TRUE(got->empty());
 }
 
+// Usage and ClicksSince read per-day counters that every ledger write keeps up to date: a begun
+// click counts on its requested_at day, also when it is completed on a later one; not sent takes
+// it back, an upstream error adds an error, a verdict changes nothing; a rejected completion
+// changes nothing either.
+TEST_F(SqliteStoreTest, ClickCountersFollowBeginAndComplete) {
+  const absl::CivilDay day(2024, 3, 1);
+  const int64_t day_number = 19783;
+  const absl::Time last_us = At(absl::CivilSecond(day + 1)) - absl::Microseconds(1);
+  FakeClock clock(last_us);
+  SqliteStoreOptions options;
+  options.clock = &clock;
+  std::unique_ptr<VerdictStore> store = Open(options);
+  ASSERT_NE(store, nullptr);
+  RawDb raw(path_);
+  auto counters = [&] {
+    return raw.Query("SELECT caller, day, clicks, upstream_errors FROM usage ORDER BY caller, day");
+  };
+  auto row = [&](int64_t clicks, int64_t errors) {
+    return ElementsAre(ElementsAre("alice", std::to_string(day_number), std::to_string(clicks),
+                                   std::to_string(errors)));
+  };
+
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<int64_t> id = BeginClickSync(*store, "alice", "192.0.2.1", last_us);
+    ASSERT_TRUE(id.ok()) << id.status();
+    ids.push_back(*id);
+  }
+  EXPECT_THAT(counters(), row(4, 0));
+  clock.Advance(absl::Hours(1));  // completions happen on the next day
+
+  ClickCompletion verdict;
+  verdict.outcome = ClickOutcome::kVerdict;
+  verdict.verdict = MakeVerdict("192.0.2.1", clock.Now());
+  ASSERT_TRUE(CompleteClickSync(*store, ids[0], verdict).ok());
+  EXPECT_THAT(counters(), row(4, 0));
+
+  ClickCompletion not_sent;
+  not_sent.outcome = ClickOutcome::kNotSent;
+  ASSERT_TRUE(CompleteClickSync(*store, ids[1], not_sent).ok());
+  EXPECT_THAT(counters(), row(3, 0));
+
+  ClickCompletion error;
+  error.outcome = ClickOutcome::kUpstreamError;
+  error.error = "timeout";
+  ASSERT_TRUE(CompleteClickSync(*store, ids[2], error).ok());
+  EXPECT_THAT(counters(), row(3, 1));
+
+  // Rejected completions: already completed, and inconsistent. ids[3] stays pending (billed).
+  EXPECT_EQ(CompleteClickSync(*store, ids[1], not_sent).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CompleteClickSync(*store, ids[2], not_sent).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ClickCompletion inconsistent;
+  inconsistent.outcome = ClickOutcome::kNotSent;
+  inconsistent.verdict = MakeVerdict("192.0.2.1", clock.Now());
+  EXPECT_EQ(CompleteClickSync(*store, ids[3], inconsistent).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(counters(), row(3, 1));
+
+  using Counts = std::vector<std::pair<std::string, int64_t>>;
+  auto clicks = store->ClicksSince(At(absl::CivilSecond(day)));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(*clicks, (Counts{{"alice", 3}}));
+  clicks = store->ClicksSince(At(absl::CivilSecond(day + 1)));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_TRUE(clicks->empty());
+  auto usage = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", day, 3, 1, 0, 0)));
+}
+
+// The counters are written in the ledger write's own savepoint: when the counter update fails
+// (here a trigger refuses it), the ledger row is not written (BeginClick) or not changed
+// (CompleteClick) either.
+TEST_F(SqliteStoreTest, ClickCountersAndLedgerCommitTogetherOrNotAtAll) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  RawDb raw(path_);
+  ASSERT_EQ(raw.Exec("CREATE TRIGGER refuse_insert BEFORE INSERT ON usage "
+                     "WHEN NEW.caller = 'mallory' BEGIN SELECT RAISE(ABORT, 'refused'); END"),
+            SQLITE_OK)
+      << sqlite3_errmsg(raw.get());
+  absl::StatusOr<int64_t> refused = BeginClickSync(*store, "mallory", "192.0.2.1", kT0);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().message(), HasSubstr("refused"));
+  EXPECT_THAT(raw.Query("SELECT count(*) FROM clicks WHERE caller = 'mallory'"),
+              ElementsAre(ElementsAre("0")));
+
+  absl::StatusOr<int64_t> id = BeginClickSync(*store, "trent", "192.0.2.1", kT0);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_EQ(raw.Exec("CREATE TRIGGER refuse_update BEFORE UPDATE ON usage "
+                     "WHEN OLD.caller = 'trent' BEGIN SELECT RAISE(ABORT, 'refused'); END"),
+            SQLITE_OK)
+      << sqlite3_errmsg(raw.get());
+  ClickCompletion not_sent;
+  not_sent.outcome = ClickOutcome::kNotSent;
+  absl::Status status = CompleteClickSync(*store, *id, not_sent);
+  EXPECT_FALSE(status.ok());
+  EXPECT_THAT(status.message(), HasSubstr("refused"));
+  EXPECT_THAT(raw.Query("SELECT outcome, completed_at_us FROM clicks WHERE id = ?1", {*id}),
+              ElementsAre(ElementsAre("0", "NULL")));
+  EXPECT_THAT(raw.Query("SELECT clicks FROM usage WHERE caller = 'trent'"),
+              ElementsAre(ElementsAre("1")));
+
+  ASSERT_EQ(raw.Exec("DROP TRIGGER refuse_update"), SQLITE_OK);
+  ASSERT_TRUE(CompleteClickSync(*store, *id, not_sent).ok());
+  EXPECT_THAT(raw.Query("SELECT outcome FROM clicks WHERE id = ?1", {*id}),
+              ElementsAre(ElementsAre("3")));
+  EXPECT_THAT(raw.Query("SELECT clicks FROM usage WHERE caller = 'trent'"),
+              ElementsAre(ElementsAre("0")));
+}
+
+// Counters go with whole days (see PruneBefore): a cutoff inside a day removes that morning's
+// ledger rows but keeps the day's counters, which still count them, while the part of a day that
+// ClicksSince reads from the ledger counts what the ledger still holds.
+TEST_F(SqliteStoreTest, PruneInsideADayKeepsThatDaysClickCounters) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  const absl::CivilDay day(2024, 3, 1);
+  const absl::Time midnight = At(absl::CivilSecond(day));
+  Click(*store, "alice", midnight + absl::Hours(6), ClickOutcome::kVerdict);
+  Click(*store, "alice", midnight + absl::Hours(18), ClickOutcome::kUpstreamError);
+  absl::StatusOr<int64_t> pruned = PruneSync(*store, midnight + absl::Hours(12), 100);
+  ASSERT_TRUE(pruned.ok()) << pruned.status();
+  EXPECT_EQ(*pruned, 2);  // the 06:00 click and its verdict; the day's counters stay
+
+  using Counts = std::vector<std::pair<std::string, int64_t>>;
+  auto usage = store->Usage("alice", midnight, midnight + absl::Hours(24));
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", day, 2, 1, 0, 0)));
+  auto clicks = store->ClicksSince(midnight);
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(*clicks, (Counts{{"alice", 2}}));
+  clicks = store->ClicksSince(midnight + absl::Hours(3));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(*clicks, (Counts{{"alice", 1}}));
+
+  pruned = PruneSync(*store, midnight + absl::Hours(24), 100);
+  ASSERT_TRUE(pruned.ok()) << pruned.status();
+  EXPECT_EQ(*pruned, 2);  // the 18:00 click and the day's counters
+  usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_TRUE(usage->empty());
+  clicks = store->ClicksSince(absl::InfinitePast());
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_TRUE(clicks->empty());
+}
+
+int64_t FloorDay(int64_t us) {
+  constexpr int64_t kDay = int64_t{86'400'000'000};
+  return us / kDay - (us % kDay < 0 ? 1 : 0);
+}
+
+// ClicksSince by brute force: the ledger counted row by row, as before the counters existed.
+std::vector<std::pair<std::string, int64_t>> LedgerClicksSince(RawDb& raw, absl::Time since) {
+  std::vector<std::pair<std::string, int64_t>> counts;
+  for (const auto& row : raw.Query("SELECT caller, count(*) FROM clicks WHERE requested_at_us >= "
+                                   "?1 AND outcome != 3 GROUP BY caller ORDER BY caller",
+                                   {absl::ToUnixMicros(since)})) {
+    counts.emplace_back(row[0], std::stoll(row[1]));
+  }
+  return counts;
+}
+
+using BatchedCounters = std::map<std::pair<std::string, int64_t>, std::pair<int64_t, int64_t>>;
+
+// Usage by brute force, per its contract: the ledger's rows counted per caller and requested_at
+// day, plus the batched counters (which the ledger does not hold: `batched`, tracked by the test).
+std::vector<Row> LedgerUsage(RawDb& raw, const BatchedCounters& batched, const std::string& caller,
+                             absl::Time since, absl::Time until) {
+  const absl::CivilDay epoch(1970, 1, 1);
+  const absl::CivilDay first = std::max(absl::ToCivilDay(since, absl::UTCTimeZone()), epoch);
+  const absl::CivilDay last =
+      std::min(absl::ToCivilDay(until - absl::Microseconds(1), absl::UTCTimeZone()),
+               absl::CivilDay(9999, 12, 31));
+  if (first > last) {
+    return {};  // (and last - epoch could overflow: last may be the earliest civil day)
+  }
+  std::map<std::pair<std::string, int64_t>, Row> days;
+  auto in_range = [&](const std::string& c, int64_t day) {
+    return (caller.empty() || c == caller) && day >= first - epoch && day <= last - epoch;
+  };
+  auto at = [&](const std::string& c, int64_t day) -> Row& {
+    Row& row = days[{c, day}];
+    row.caller = c;
+    row.day = epoch + day;
+    return row;
+  };
+  for (const auto& r : raw.Query("SELECT caller, requested_at_us, outcome FROM clicks")) {
+    const int64_t day = FloorDay(std::stoll(r[1]));
+    const int outcome = std::stoi(r[2]);
+    if (in_range(r[0], day) && outcome != 3) {
+      Row& row = at(r[0], day);
+      ++row.clicks;
+      row.upstream_errors += outcome == 2 ? 1 : 0;
+    }
+  }
+  for (const auto& [key, counts] : batched) {
+    if (in_range(key.first, key.second) && (counts.first != 0 || counts.second != 0)) {
+      Row& row = at(key.first, key.second);
+      row.cache_hits += counts.first;
+      row.requests += counts.second;
+    }
+  }
+  std::vector<Row> rows;
+  for (auto& [key, row] : days) {
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+bool operator==(const Row& a, const Row& b) {
+  return a.caller == b.caller && a.day == b.day && a.clicks == b.clicks &&
+         a.upstream_errors == b.upstream_errors && a.cache_hits == b.cache_hits &&
+         a.requests == b.requests;
+}
+
+std::ostream& operator<<(std::ostream& os, const Row& r) {
+  return os << "{" << r.caller << " " << r.day << " clicks=" << r.clicks
+            << " errors=" << r.upstream_errors << " hits=" << r.cache_hits
+            << " requests=" << r.requests << "}";
+}
+
+// 2000 random operations (begin, complete in each way, rejected completions, batched counters,
+// prunes at midnights) over a few callers and days, on both sides of 1970 and of midnights; after
+// many of them ClicksSince and Usage, for random bounds, must equal a brute-force count of the
+// ledger.
+TEST_F(SqliteStoreTest, ClicksSinceAndUsageAgreeWithTheLedgerOverRandomOperations) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  RawDb raw(path_);
+  std::mt19937_64 rng(20240301);
+  auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<uint64_t>(n)); };
+  const std::vector<std::string> callers = {"a", "b", "c", "d"};
+  const absl::CivilDay eras[] = {absl::CivilDay(1969, 12, 30), absl::CivilDay(2024, 2, 28)};
+  constexpr int kDays = 5;
+  // A time in one of the eras' days, often exactly on or next to a midnight.
+  auto random_time = [&](int day_lo, int day_hi) {
+    const absl::CivilDay day = eras[pick(2)] + day_lo + pick(day_hi - day_lo);
+    const absl::Time midnight = At(absl::CivilSecond(day));
+    switch (pick(4)) {
+      case 0:
+        return midnight;
+      case 1:
+        return midnight - absl::Microseconds(1);
+      default:
+        return midnight + absl::Microseconds(static_cast<int64_t>(rng() % 86'400'000'000));
+    }
+  };
+  struct Pending {
+    int64_t id;
+    absl::Time requested_at;
+  };
+  std::vector<Pending> pending;
+  std::vector<int64_t> completed;
+  BatchedCounters batched;
+  int checks = 0;
+  for (int op = 0; op < 2000; ++op) {
+    const int kind = pick(100);
+    SCOPED_TRACE(testing::Message() << "op " << op << " kind " << kind);
+    if (kind < 40) {
+      const absl::Time at = random_time(0, kDays);
+      absl::StatusOr<int64_t> id = BeginClickSync(*store, callers[pick(4)], "192.0.2.1", at);
+      ASSERT_TRUE(id.ok()) << id.status();
+      pending.push_back({*id, at});
+    } else if (kind < 70) {
+      if (pending.empty()) {
+        continue;
+      }
+      const size_t i = static_cast<size_t>(pick(static_cast<int>(pending.size())));
+      const int64_t id = pending[i].id;
+      pending.erase(pending.begin() + static_cast<ptrdiff_t>(i));
+      ClickCompletion completion;
+      completion.outcome = std::vector<ClickOutcome>{
+          ClickOutcome::kVerdict, ClickOutcome::kUpstreamError, ClickOutcome::kNotSent}[pick(3)];
+      if (completion.outcome == ClickOutcome::kVerdict) {
+        completion.verdict = MakeVerdict("192.0.2.1", kT0);
+      }
+      ASSERT_TRUE(CompleteClickSync(*store, id, completion).ok());
+      completed.push_back(id);
+    } else if (kind < 73) {
+      if (completed.empty()) {
+        continue;
+      }
+      ClickCompletion again;
+      again.outcome = ClickOutcome::kNotSent;
+      const absl::Status status =
+          CompleteClickSync(*store, completed[pick(static_cast<int>(completed.size()))], again);
+      // Already completed, or pruned since.
+      ASSERT_TRUE(status.code() == absl::StatusCode::kFailedPrecondition ||
+                  status.code() == absl::StatusCode::kNotFound)
+          << status;
+    } else if (kind < 82) {
+      const std::string& caller = callers[pick(4)];
+      const absl::CivilDay day = eras[pick(2)] + pick(kDays);
+      const int64_t hits = pick(3);
+      const int64_t requests = hits + pick(3);
+      ASSERT_TRUE(AddUsageSync(*store, {{caller, day, hits, requests}}).ok());
+      auto& counts = batched[{caller, day - absl::CivilDay(1970, 1, 1)}];
+      counts.first += hits;
+      counts.second += requests;
+    } else if (kind < 84) {
+      // Prunes at midnights only: inside a day, the counters keep what the ledger drops (see
+      // PruneInsideADayKeepsThatDaysClickCounters), which a ledger count cannot reproduce.
+      const absl::CivilDay cutoff_day = eras[pick(2)] + pick(3);
+      const absl::Time cutoff = At(absl::CivilSecond(cutoff_day));
+      for (int batch = 0;; ++batch) {
+        ASSERT_LT(batch, 1000);
+        absl::StatusOr<int64_t> n = PruneSync(*store, cutoff, 50);
+        ASSERT_TRUE(n.ok()) << n.status();
+        if (*n == 0) {
+          break;
+        }
+      }
+      const int64_t cutoff_number = cutoff_day - absl::CivilDay(1970, 1, 1);
+      for (auto it = batched.begin(); it != batched.end();) {
+        it = it->first.second < cutoff_number ? batched.erase(it) : std::next(it);
+      }
+      pending.erase(std::remove_if(pending.begin(), pending.end(),
+                                   [&](const Pending& p) { return p.requested_at < cutoff; }),
+                    pending.end());
+    } else {
+      ++checks;
+      const absl::Time since = pick(10) == 0 ? absl::InfinitePast() : random_time(-1, kDays + 1);
+      auto got = store->ClicksSince(since);
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ(*got, LedgerClicksSince(raw, since)) << "since " << since;
+
+      const std::string caller = pick(3) == 0 ? "" : callers[pick(4)];
+      const absl::Time from = pick(8) == 0 ? absl::InfinitePast() : random_time(-1, kDays + 1);
+      const absl::Time until =
+          pick(8) == 0 ? absl::InfiniteFuture() : from + absl::Hours(pick(24 * 4));
+      auto usage = store->Usage(caller, from, until);
+      ASSERT_TRUE(usage.ok()) << usage.status();
+      ASSERT_EQ(Rows(*usage), LedgerUsage(raw, batched, caller, from, until))
+          << "caller \"" << caller << "\" from " << from << " until " << until;
+    }
+  }
+  // And over everything at the end, once all remaining clicks are completed as not sent.
+  for (const Pending& p : pending) {
+    ClickCompletion not_sent;
+    not_sent.outcome = ClickOutcome::kNotSent;
+    ASSERT_TRUE(CompleteClickSync(*store, p.id, not_sent).ok());
+  }
+  auto got = store->ClicksSince(absl::InfinitePast());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, LedgerClicksSince(raw, absl::InfinitePast()));
+  EXPECT_FALSE(got->empty());
+  auto usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_EQ(Rows(*usage),
+            LedgerUsage(raw, batched, "", absl::InfinitePast(), absl::InfiniteFuture()));
+  EXPECT_GT(checks, 200);
+  std::cout << "[ measured ] " << checks << " consistency checks over " << raw.Count("clicks")
+            << " ledger rows left\n";
+}
+
+// Start-up cost with a large ledger: a version 2 file with 200,000 ledger rows over 60 days is
+// migrated (timed), then ClicksSince and Usage are timed against the brute-force ledger count
+// they replace. Timings are printed, not asserted (CI machines vary); results are asserted.
+TEST_F(SqliteStoreTest, ClicksSinceWithALargeLedgerReadsOnlyCounters) {
+  constexpr int kRows = 200'000;
+  constexpr int kCallers = 8;
+  const absl::CivilDay first_day(2024, 1, 2);
+  const int64_t first_us = absl::ToUnixMicros(At(absl::CivilSecond(first_day)));
+  const int64_t step_us = int64_t{60} * 86'400'000'000 / kRows;  // 60 days
+  const absl::Time fill_start = absl::Now();
+  {
+    { std::ofstream create(path_); }
+    RawDb raw(path_);
+    ASSERT_EQ(raw.Exec(kVersionOneSchemaSql), SQLITE_OK) << sqlite3_errmsg(raw.get());
+    ASSERT_EQ(raw.Exec(kVersionTwoAdditionsSql), SQLITE_OK) << sqlite3_errmsg(raw.get());
+    // Only the test's time is at stake while filling.
+    ASSERT_EQ(raw.Exec("PRAGMA user_version = 2; PRAGMA synchronous = OFF; "
+                       "PRAGMA cache_size = -65536; BEGIN"),
+              SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(raw.get(),
+                                 "INSERT INTO clicks(caller, ip, requested_at_us, outcome) "
+                                 "VALUES ('caller' || ?1, '192.0.2.1', ?2, ?3)",
+                                 -1, &stmt, nullptr),
+              SQLITE_OK);
+    for (int i = 0; i < kRows; ++i) {
+      sqlite3_bind_int(stmt, 1, i % kCallers);
+      sqlite3_bind_int64(stmt, 2, first_us + i * step_us);
+      // 10% not sent, 10% errors, 1% pending, the rest verdicts.
+      sqlite3_bind_int(stmt, 3, i % 10 == 0 ? 3 : i % 10 == 1 ? 2 : i % 100 == 2 ? 0 : 1);
+      ASSERT_EQ(sqlite3_step(stmt), SQLITE_DONE) << sqlite3_errmsg(raw.get());
+      sqlite3_reset(stmt);
+    }
+    sqlite3_finalize(stmt);
+    ASSERT_EQ(raw.Exec("COMMIT"), SQLITE_OK);
+  }
+  const absl::Duration fill_time = absl::Now() - fill_start;
+  const absl::Time open_start = absl::Now();
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  const absl::Duration open_time = absl::Now() - open_start;
+  RawDb raw(path_);
+  EXPECT_GT(raw.Count("usage"), kCallers * 59);
+
+  auto time_per_call = [&](const std::function<void()>& call, int repeats = 20) {
+    const absl::Time start = absl::Now();
+    for (int i = 0; i < repeats; ++i) {
+      call();
+    }
+    return (absl::Now() - start) / repeats;
+  };
+  // As at start-up: the month start, and an allowance period start.
+  const absl::Time month = At(absl::CivilSecond(absl::CivilDay(2024, 2, 1)));
+  const absl::Time period = At(absl::CivilSecond(absl::CivilDay(2024, 1, 15)));
+  const absl::Time inside_a_day = period + absl::Hours(13) + absl::Microseconds(7);
+  for (const absl::Time since : {month, period, inside_a_day, absl::InfinitePast()}) {
+    auto got = store->ClicksSince(since);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(*got, LedgerClicksSince(raw, since)) << since;
+    ASSERT_EQ(got->size(), static_cast<size_t>(kCallers));
+  }
+  const absl::Duration month_time =
+      time_per_call([&] { ASSERT_TRUE(store->ClicksSince(month).ok()); });
+  const absl::Duration inside_time =
+      time_per_call([&] { ASSERT_TRUE(store->ClicksSince(inside_a_day).ok()); });
+  const absl::Duration ledger_time =
+      time_per_call([&] { ASSERT_FALSE(LedgerClicksSince(raw, month).empty()); }, 3);
+  const absl::Time month_end = At(absl::CivilSecond(absl::CivilDay(2024, 3, 1)));
+  const absl::Duration usage_all_time = time_per_call([&] {
+    auto usage = store->Usage("", month, month_end);
+    ASSERT_TRUE(usage.ok());
+    ASSERT_EQ(usage->size(), static_cast<size_t>(kCallers * 29));
+  });
+  const absl::Duration usage_one_time = time_per_call([&] {
+    auto usage = store->Usage("caller3", month, month_end);
+    ASSERT_TRUE(usage.ok());
+    ASSERT_EQ(usage->size(), 29u);
+  });
+  const absl::Time check_start = absl::Now();
+  auto usage = store->Usage("", month, month_end);
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_EQ(Rows(*usage), LedgerUsage(raw, {}, "", month, month_end));
+  std::cout << "[ measured ] filled in " << fill_time << ", checked in "
+            << (absl::Now() - check_start) << "\n";
+  std::cout << "[ measured ] " << kRows << " ledger rows: migration to v3 (open) " << open_time
+            << "; per call: ClicksSince(month start) " << month_time
+            << ", ClicksSince(inside a day) " << inside_time << ", brute-force ledger count "
+            << ledger_time << ", Usage(all, month) " << usage_all_time
+            << ", Usage(one caller, month) " << usage_one_time << "\n";
+}
+
 // --- pruning ---------------------------------------------------------------------------
 
 TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
@@ -1030,7 +1630,8 @@ TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
   ASSERT_TRUE(AddUsageSync(*store, {{"alice", today - 1, 1, 1}, {"alice", today, 1, 1}}).ok());
 
   const absl::Time cutoff = kT0 + absl::Seconds(5);
-  // Old: verdicts 0..4 (5), clicks of verdicts 0..5 plus the leftover (7), yesterday's usage (1).
+  // Old: verdicts 0..4 (5), clicks of verdicts 0..5 plus the leftover (7), the usage rows of
+  // yesterday (counters) and of the leftover's day (its click count) (2).
   absl::StatusOr<int64_t> first = PruneSync(*store, cutoff, 4);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(*first, 4);
@@ -1052,7 +1653,7 @@ TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
     total += *n;
     ASSERT_LT(++batches, 10);
   }
-  EXPECT_EQ(total, 13);
+  EXPECT_EQ(total, 14);
   EXPECT_EQ(batches, 4);
 
   history = store->History(query);

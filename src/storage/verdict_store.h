@@ -127,19 +127,30 @@ class VerdictStore {
   virtual void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) = 0;
 
   // Usage per caller per UTC day, for the days from CivilDay(since) to the day containing
-  // until - 1us, both in UTC; caller "" means every caller. Clicks and upstream errors come from
+  // until - 1us, both in UTC; caller "" means every caller. Clicks and upstream errors are those of
   // the ledger (by requested_at day; clicks as in ClicksSince, upstream errors only the rows
-  // completed as kUpstreamError, not pending ones), cache hits and requests from the batched
-  // counters. Sorted by caller, then day; days with nothing are omitted. Whole days are counted,
-  // also when since falls inside a day. The day range is clamped to 1970-01-01 .. 9999-12-31, so
-  // infinite bounds mean "every day"; an empty range gives an empty result. One consistent
-  // snapshot.
+  // completed as kUpstreamError, not pending ones), cache hits and requests the batched counters.
+  // Sorted by caller, then day; days with nothing are omitted. Whole days are counted, also when
+  // since falls inside a day. The day range is clamped to 1970-01-01 .. 9999-12-31, so infinite
+  // bounds mean "every day"; an empty range gives an empty result. One consistent snapshot.
+  //
+  // Cost: the ledger's clicks are kept as per-day counters, updated in the same transaction as
+  // the ledger row (BeginClick, CompleteClick), so this reads callers x days counter rows however
+  // large the ledger is. The counters of a day are pruned only with the whole day (see
+  // PruneBefore): for the day a cutoff falls inside, they still include the clicks pruned from the
+  // ledger before the cutoff.
   virtual absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
                                                         absl::Time until) = 0;
 
   // Billed clicks (ledger rows with requested_at >= since that are not marked not-sent, pending
   // ones included) per caller, sorted by caller; callers with none are absent. Used at start-up
   // to restore budget and allowance counters.
+  //
+  // Exact for any `since`, and cheapest for a UTC midnight (month and allowance periods always
+  // start on one): the whole days from since on are summed from the per-day counters (see Usage),
+  // so the cost grows with callers x days, not with the ledger; when since falls inside a day, the
+  // rest of that day is counted from the ledger (at most one day of rows). Like Usage, the whole
+  // days count clicks pruned from the ledger on a day a prune cutoff fell inside.
   virtual absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ClicksSince(
       absl::Time since) = 0;
 
