@@ -242,6 +242,7 @@ void Engine::Check(CheckRequest request, Callback done) {
   }
 
   absl::Status admitted;
+  std::optional<Verdict> raced;
   {
     absl::MutexLock lock(&mu_);
     auto it = flights_.find(key);
@@ -253,9 +254,20 @@ void Engine::Check(CheckRequest request, Callback done) {
       }
       return;
     }
-    // Admission happens under the lock so that nobody joins a flight that is then refused.
-    admitted = Admit(request);
-    if (admitted.ok()) {
+    // The flight for this key may have finished between the lookup above and this lock: it
+    // fills the hot cache before it leaves `flights_`, so look there again rather than paying
+    // for a second request.
+    if (std::optional<Verdict> cached = hot_.Get(key);
+        cached.has_value() &&
+        (!latest->has_value() || cached->checked_at > (*latest)->checked_at) &&
+        IsFresh(clock_.Now(), cached->checked_at,
+                options_.freshness.LimitFor(cached->assessment.score, request.max_age))) {
+      raced = std::move(cached);
+    } else {
+      // Admission happens under the lock so that nobody joins a flight that is then refused.
+      admitted = Admit(request);
+    }
+    if (admitted.ok() && !raced.has_value()) {
       Flight& flight = flights_[key];
       flight.ip = canonical;
       flight.user_agent = std::move(request.user_agent);
@@ -263,6 +275,10 @@ void Engine::Check(CheckRequest request, Callback done) {
       flight.stale_candidate = *latest;
       flight.leader = std::move(done);
     }
+  }
+  if (raced.has_value()) {
+    Answer(done, CheckResult{*std::move(raced), Source::kCache, /*click_spent=*/false});
+    return;
   }
   if (!admitted.ok()) {
     FailOrStale(*latest, std::move(admitted), done);
