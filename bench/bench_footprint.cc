@@ -123,6 +123,16 @@ absl::Status Fill(const std::string& path, int rows, int ips, bool with_clicks) 
   }
   sqlite3_finalize(verdict);
   sqlite3_finalize(click);
+  if (status.ok() && with_clicks) {
+    // verdictd keeps per-day click counters next to the ledger (schema v3) and reads those at
+    // start-up; rows written behind its back need their counters too, as its migration does.
+    status = Exec(db,
+                  "INSERT INTO usage(caller, day, clicks, upstream_errors) "
+                  "SELECT caller, requested_at_us / 86400000000 AS d, sum(outcome != 3), "
+                  "sum(outcome = 2) FROM clicks GROUP BY caller, d "
+                  "ON CONFLICT(caller, day) DO UPDATE SET clicks = excluded.clicks, "
+                  "upstream_errors = excluded.upstream_errors");
+  }
   if (status.ok()) status = Exec(db, "COMMIT");
   if (status.ok()) status = Exec(db, "PRAGMA wal_checkpoint(TRUNCATE)");
   sqlite3_close(db);
