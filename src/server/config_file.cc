@@ -152,6 +152,14 @@ absl::Status ApplyConfigFile(const std::string& path, absl::string_view owner_fi
   } catch (const nlohmann::json::parse_error& e) {
     return ConfigError(path, absl::StrCat("invalid JSON at ", LineColumn(*content, e.byte), ": ",
                                           ParseErrorDetail(e.what())));
+  } catch (const nlohmann::json::exception& e) {
+    // Not a syntax error, so no position: out_of_range.406 for a number no double can hold
+    // ("1e999"). Uncaught, it would end the process with std::terminate.
+    absl::string_view what = e.what();
+    if (const size_t tag_end = what.find("] "); tag_end != absl::string_view::npos) {
+      what.remove_prefix(tag_end + 2);
+    }
+    return ConfigError(path, absl::StrCat("invalid JSON: ", what));
   }
   if (!root.is_object()) {
     return ConfigError(path,
