@@ -10,6 +10,20 @@ PACKAGES=(
   libssl-dev python3-grpcio python3-protobuf sqlite3 openssl
 )
 
+# Extra packages for optional checks, named by argument. `deps.sh fuzz` (fuzz/run.sh): clang with
+# its libFuzzer/ASan runtimes, and llvm-symbolizer to name the frames of a crash. The sanitizer
+# builds (scripts/sanitize.sh) use g++, whose ASan/UBSan/TSan runtimes come with g++ itself.
+FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev llvm-14)
+for extra in "$@"; do
+  case "$extra" in
+    fuzz) PACKAGES+=("${FUZZ_PACKAGES[@]}") ;;
+    *)
+      echo "deps.sh: unknown extra '$extra' (known: fuzz)" >&2
+      exit 2
+      ;;
+  esac
+done
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
