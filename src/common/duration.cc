@@ -32,8 +32,8 @@ absl::StatusOr<absl::Duration> ParseDuration(absl::string_view text) {
     return absl::Hours(24) * days;
   }
   absl::Duration d;
-  if (absl::StrContains(text, ' ') || !absl::ParseDuration(text, &d) ||
-      d < absl::ZeroDuration() || d == absl::InfiniteDuration()) {
+  if (absl::StrContains(text, ' ') || !absl::ParseDuration(text, &d) || d < absl::ZeroDuration() ||
+      d == absl::InfiniteDuration()) {
     return NotADuration(text);
   }
   return d;
