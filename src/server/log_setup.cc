@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
+#include "google/protobuf/stubs/logging.h"
 #include "grpc/support/log.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/sinks/base_sink.h"
@@ -49,6 +50,32 @@ void GrpcLogToSpdlog(gpr_log_func_args* args) {
               args->message != nullptr ? args->message : "");
 }
 
+// protobuf logs through its own handler too. Its most common line here, "String field ... contains
+// invalid UTF-8 data when parsing", is about a caller's request, which is answered with a precise
+// INVALID_ARGUMENT (server/wire.h): at debug level, so callers cannot flood the log with it.
+void ProtobufLogToSpdlog(google::protobuf::LogLevel severity, const char* file, int line,
+                         const std::string& message) {
+  spdlog::level::level_enum level = spdlog::level::info;
+  switch (severity) {
+    case google::protobuf::LOGLEVEL_INFO:
+      level = spdlog::level::info;
+      break;
+    case google::protobuf::LOGLEVEL_WARNING:
+      level = spdlog::level::warn;
+      break;
+    case google::protobuf::LOGLEVEL_ERROR:
+      level = spdlog::level::err;
+      break;
+    case google::protobuf::LOGLEVEL_FATAL:
+      level = spdlog::level::critical;
+      break;
+  }
+  if (message.find("invalid UTF-8 data when parsing") != std::string::npos) {
+    level = spdlog::level::debug;
+  }
+  spdlog::log(level, "protobuf {}:{}: {}", file != nullptr ? file : "?", line, message);
+}
+
 }  // namespace
 
 absl::Status SetUpLogging(absl::string_view format, absl::string_view level) {
@@ -78,6 +105,7 @@ absl::Status SetUpLogging(absl::string_view format, absl::string_view level) {
   logger->set_level(parsed);
   spdlog::set_default_logger(logger);
   gpr_set_log_function(GrpcLogToSpdlog);
+  google::protobuf::SetLogHandler(ProtobufLogToSpdlog);
   return absl::OkStatus();
 }
 

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "common/ip.h"
 #include "server/status.h"
+#include "server/wire.h"
 
 namespace verdictd {
 namespace {
@@ -142,6 +143,34 @@ void AddCounts(const UsageCounts& c, pb::CallerUsage* out) {
   out->set_upstream_errors(out->upstream_errors() + c.upstream_errors);
 }
 
+// One call on a raw method: owns the decoded request and the response. Deletes itself when gRPC
+// is done with it.
+template <typename Request, typename Response>
+class UnaryCall final : public grpc::ServerUnaryReactor {
+ public:
+  explicit UnaryCall(grpc::ByteBuffer* wire_response) : wire_response_(wire_response) {}
+
+  Request request;
+  Response response;
+
+  // Finishes the call with `status`, counting it; an OK call sends `response`.
+  void Complete(ServerMetrics* metrics, ServerMetrics::Method method, absl::Status status) {
+    if (status.ok()) {
+      status = EncodeResponse(response, wire_response_);
+    }
+    grpc::Status grpc_status = ToGrpcStatus(status);
+    if (metrics != nullptr) {
+      metrics->OnRpc(method, grpc_status.error_code());
+    }
+    Finish(std::move(grpc_status));
+  }
+
+ private:
+  void OnDone() override { delete this; }
+
+  grpc::ByteBuffer* const wire_response_;
+};
+
 }  // namespace
 
 VerdictServiceImpl::VerdictServiceImpl(ServiceOptions options, Engine& engine,
@@ -158,91 +187,99 @@ absl::StatusOr<Identity> VerdictServiceImpl::Identify(
   return auth_.Identify(Metadata(context, "authorization"), Metadata(context, "x-caller"));
 }
 
-void VerdictServiceImpl::Finish(grpc::ServerUnaryReactor* reactor, ServerMetrics::Method method,
-                                const absl::Status& status) const {
-  grpc::Status grpc_status = ToGrpcStatus(status);
-  if (metrics_ != nullptr) {
-    metrics_->OnRpc(method, grpc_status.error_code());
+absl::StatusOr<Identity> VerdictServiceImpl::Accept(const grpc::CallbackServerContext& context,
+                                                    const grpc::ByteBuffer& wire,
+                                                    google::protobuf::Message* request) const {
+  absl::StatusOr<Identity> identity = Identify(context);
+  if (!identity.ok()) {
+    return identity.status();
   }
-  reactor->Finish(std::move(grpc_status));
+  absl::Status decoded = DecodeRequest(wire, request);
+  if (!decoded.ok()) {
+    return decoded;
+  }
+  return identity;
 }
 
 grpc::ServerUnaryReactor* VerdictServiceImpl::CheckIp(grpc::CallbackServerContext* context,
-                                                      const pb::CheckIpRequest* request,
-                                                      pb::CheckIpResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Identity> identity = Identify(*context);
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::CheckIpRequest, pb::CheckIpResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
   if (!identity.ok()) {
-    Finish(reactor, ServerMetrics::kCheckIp, identity.status());
-    return reactor;
+    call->Complete(metrics_, ServerMetrics::kCheckIp, identity.status());
+    return call;
   }
-  absl::StatusOr<CheckRequest> check = FromProto(*request, *identity);
+  absl::StatusOr<CheckRequest> check = FromProto(call->request, *identity);
   if (!check.ok()) {
-    Finish(reactor, ServerMetrics::kCheckIp, check.status());
-    return reactor;
+    call->Complete(metrics_, ServerMetrics::kCheckIp, check.status());
+    return call;
   }
-  engine_.Check(std::move(*check), [this, reactor, response](absl::StatusOr<CheckResult> result) {
+  engine_.Check(std::move(*check), [this, call](absl::StatusOr<CheckResult> result) {
     if (result.ok()) {
-      ToProto(*result, response);
+      ToProto(*result, &call->response);
     }
-    Finish(reactor, ServerMetrics::kCheckIp, result.status());
+    call->Complete(metrics_, ServerMetrics::kCheckIp, result.status());
   });
-  return reactor;
+  return call;
 }
 
 grpc::ServerUnaryReactor* VerdictServiceImpl::CheckBatch(grpc::CallbackServerContext* context,
-                                                         const pb::CheckBatchRequest* request,
-                                                         pb::CheckBatchResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Identity> identity = Identify(*context);
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::CheckBatchRequest, pb::CheckBatchResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
   if (!identity.ok()) {
-    Finish(reactor, ServerMetrics::kCheckBatch, identity.status());
-    return reactor;
+    call->Complete(metrics_, ServerMetrics::kCheckBatch, identity.status());
+    return call;
   }
-  const int n = request->items_size();
+  const int n = call->request.items_size();
   if (n > options_.max_batch) {
-    Finish(reactor, ServerMetrics::kCheckBatch,
-           absl::InvalidArgumentError(
-               absl::StrCat("batch has ", n, " items; the limit is ", options_.max_batch)));
-    return reactor;
+    call->Complete(metrics_, ServerMetrics::kCheckBatch,
+                   absl::InvalidArgumentError(
+                       absl::StrCat("batch has ", n, " items; the limit is ", options_.max_batch)));
+    return call;
   }
   if (n == 0) {
-    Finish(reactor, ServerMetrics::kCheckBatch, absl::OkStatus());
-    return reactor;
+    call->Complete(metrics_, ServerMetrics::kCheckBatch, absl::OkStatus());
+    return call;
   }
   // Every result slot exists before the first item starts: items finish on other threads, each
   // writing only its own slot.
-  response->mutable_results()->Reserve(n);
+  call->response.mutable_results()->Reserve(n);
   for (int i = 0; i < n; ++i) {
-    response->add_results();
+    call->response.add_results();
   }
-  auto call = std::make_shared<BatchCall>();
-  call->finish = [this, reactor] { Finish(reactor, ServerMetrics::kCheckBatch, absl::OkStatus()); };
-  call->remaining.store(n, std::memory_order_relaxed);
+  auto batch = std::make_shared<BatchCall>();
+  batch->finish = [this, call] {
+    call->Complete(metrics_, ServerMetrics::kCheckBatch, absl::OkStatus());
+  };
+  batch->remaining.store(n, std::memory_order_relaxed);
   for (int i = 0; i < n; ++i) {
-    pb::CheckBatchResult* slot = response->mutable_results(i);
-    absl::StatusOr<CheckRequest> check = FromProto(request->items(i), *identity);
+    pb::CheckBatchResult* slot = call->response.mutable_results(i);
+    absl::StatusOr<CheckRequest> check = FromProto(call->request.items(i), *identity);
     if (!check.ok()) {
       SetItemResult(check.status(), slot);
-      call->ItemDone();
+      batch->ItemDone();
       continue;
     }
-    engine_.Check(std::move(*check), [call, slot](absl::StatusOr<CheckResult> result) {
+    engine_.Check(std::move(*check), [batch, slot](absl::StatusOr<CheckResult> result) {
       SetItemResult(result, slot);
-      call->ItemDone();
+      batch->ItemDone();
     });
   }
-  return reactor;
+  return call;
 }
 
 grpc::ServerUnaryReactor* VerdictServiceImpl::ListVerdictHistory(
-    grpc::CallbackServerContext* context, const pb::ListVerdictHistoryRequest* request,
-    pb::ListVerdictHistoryResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Identity> identity = Identify(*context);
-  absl::Status status = identity.ok() ? History(*request, response) : identity.status();
-  Finish(reactor, ServerMetrics::kListVerdictHistory, status);
-  return reactor;
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  auto* call =
+      new UnaryCall<pb::ListVerdictHistoryRequest, pb::ListVerdictHistoryResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
+  call->Complete(metrics_, ServerMetrics::kListVerdictHistory,
+                 identity.ok() ? History(call->request, &call->response) : identity.status());
+  return call;
 }
 
 absl::Status VerdictServiceImpl::History(const pb::ListVerdictHistoryRequest& request,
@@ -312,13 +349,14 @@ absl::Status VerdictServiceImpl::History(const pb::ListVerdictHistoryRequest& re
 }
 
 grpc::ServerUnaryReactor* VerdictServiceImpl::GetUsage(grpc::CallbackServerContext* context,
-                                                       const pb::GetUsageRequest* request,
-                                                       pb::GetUsageResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Identity> identity = Identify(*context);
-  absl::Status status = identity.ok() ? Usage(*identity, *request, response) : identity.status();
-  Finish(reactor, ServerMetrics::kGetUsage, status);
-  return reactor;
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::GetUsageRequest, pb::GetUsageResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
+  call->Complete(
+      metrics_, ServerMetrics::kGetUsage,
+      identity.ok() ? Usage(*identity, call->request, &call->response) : identity.status());
+  return call;
 }
 
 absl::Status VerdictServiceImpl::Usage(const Identity& identity, const pb::GetUsageRequest& request,
@@ -402,19 +440,19 @@ absl::Status VerdictServiceImpl::Usage(const Identity& identity, const pb::GetUs
 }
 
 grpc::ServerUnaryReactor* VerdictServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,
-                                                            const pb::GetServerInfoRequest* request,
-                                                            pb::GetServerInfoResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Identity> identity = Identify(*context);
+                                                            const grpc::ByteBuffer* request,
+                                                            grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::GetServerInfoRequest, pb::GetServerInfoResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
   if (identity.ok()) {
-    response->set_max_batch(options_.max_batch);
-    response->set_version(VERDICTD_VERSION);
-    response->set_keyed(auth_.keyed());
-    response->set_cache_key(options_.cache_key_name);
-    response->set_caller(identity->caller);
+    call->response.set_max_batch(options_.max_batch);
+    call->response.set_version(VERDICTD_VERSION);
+    call->response.set_keyed(auth_.keyed());
+    call->response.set_cache_key(options_.cache_key_name);
+    call->response.set_caller(identity->caller);
   }
-  Finish(reactor, ServerMetrics::kGetServerInfo, identity.status());
-  return reactor;
+  call->Complete(metrics_, ServerMetrics::kGetServerInfo, identity.status());
+  return call;
 }
 
 }  // namespace verdictd

@@ -21,35 +21,48 @@ struct ServiceOptions {
   std::string cache_key_name = "ip";
 };
 
+namespace internal {
+namespace pb = ::verdict::v1;
+// Every method is registered raw (bytes in, bytes out) so that the service, not gRPC, decodes
+// requests and can say precisely why one does not parse (see server/wire.h).
+using RawVerdictService = pb::VerdictService::WithRawCallbackMethod_CheckIp<
+    pb::VerdictService::WithRawCallbackMethod_CheckBatch<
+        pb::VerdictService::WithRawCallbackMethod_ListVerdictHistory<
+            pb::VerdictService::WithRawCallbackMethod_GetUsage<
+                pb::VerdictService::WithRawCallbackMethod_GetServerInfo<
+                    pb::VerdictService::Service>>>>>;
+}  // namespace internal
+
 // The gRPC face of the engine: authenticates the caller, decodes requests, and finishes each call
 // from the engine's completion. Handlers never block on ClickPatrol.
-class VerdictServiceImpl final : public verdict::v1::VerdictService::CallbackService {
+class VerdictServiceImpl final : public internal::RawVerdictService {
  public:
   // Every reference must outlive the service; `metrics` may be null.
   VerdictServiceImpl(ServiceOptions options, Engine& engine, const Authenticator& auth,
                      const PageTokenCodec& page_tokens, ServerMetrics* metrics);
 
   grpc::ServerUnaryReactor* CheckIp(grpc::CallbackServerContext* context,
-                                    const verdict::v1::CheckIpRequest* request,
-                                    verdict::v1::CheckIpResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* CheckBatch(grpc::CallbackServerContext* context,
-                                       const verdict::v1::CheckBatchRequest* request,
-                                       verdict::v1::CheckBatchResponse* response) override;
-  grpc::ServerUnaryReactor* ListVerdictHistory(
-      grpc::CallbackServerContext* context, const verdict::v1::ListVerdictHistoryRequest* request,
-      verdict::v1::ListVerdictHistoryResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListVerdictHistory(grpc::CallbackServerContext* context,
+                                               const grpc::ByteBuffer* request,
+                                               grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetUsage(grpc::CallbackServerContext* context,
-                                     const verdict::v1::GetUsageRequest* request,
-                                     verdict::v1::GetUsageResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
-                                          const verdict::v1::GetServerInfoRequest* request,
-                                          verdict::v1::GetServerInfoResponse* response) override;
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
 
  private:
   absl::StatusOr<Identity> Identify(const grpc::CallbackServerContext& context) const;
-  // Finishes `reactor` with `status`, counting it.
-  void Finish(grpc::ServerUnaryReactor* reactor, ServerMetrics::Method method,
-              const absl::Status& status) const;
+  // Authenticates the caller, then decodes `wire` into `request`.
+  absl::StatusOr<Identity> Accept(const grpc::CallbackServerContext& context,
+                                  const grpc::ByteBuffer& wire,
+                                  google::protobuf::Message* request) const;
   absl::Status History(const verdict::v1::ListVerdictHistoryRequest& request,
                        verdict::v1::ListVerdictHistoryResponse* response);
   absl::Status Usage(const Identity& identity, const verdict::v1::GetUsageRequest& request,

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,6 +22,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "support/harness.h"
@@ -118,6 +121,20 @@ TEST(HostileInputTest, EveryFieldGetsAPreciseStatusAndNothingIsSpentOrDamaged) {
     return request;
   };
 
+  // Sends `bytes` as the request of `method`, as a client with its own encoder could.
+  auto raw_call = [&](const std::string& method, const std::string& bytes) {
+    grpc::GenericStub generic(grpc::CreateChannel(absl::StrCat("127.0.0.1:", verdictd.port()),
+                                                  grpc::InsecureChannelCredentials()));
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    std::unique_ptr<grpc::ClientContext> context = Context(caller);
+    std::promise<grpc::Status> done;
+    generic.UnaryCall(context.get(), method, grpc::StubOptions(), &request, &response,
+                      [&done](grpc::Status status) { done.set_value(std::move(status)); });
+    return done.get_future().get();
+  };
+
   // History with two pages for the page-token rows: 11.9.0.3 asked twice.
   {
     pb::CheckIpRequest request = ip_request("11.9.0.3");
@@ -179,11 +196,11 @@ TEST(HostileInputTest, EveryFieldGetsAPreciseStatusAndNothingIsSpentOrDamaged) {
        grpc::StatusCode::INVALID_ARGUMENT, "too long"},
       {"SqlInIp", [&] { return check(ip_request("8.8.8.8' OR '1'='1")); },
        grpc::StatusCode::INVALID_ARGUMENT, "invalid IP address"},
-      // proto3 string fields must be UTF-8: the request fails to parse before any handler runs,
-      // and gRPC 1.51's callback API answers a parse failure with UNIMPLEMENTED and no message
-      // (CallbackUnaryHandler::RunHandler). Imprecise, but no crash and nothing spent.
+      // proto3 string fields must be UTF-8; the service decodes requests itself to say which
+      // field is not (gRPC's own decoding would answer UNIMPLEMENTED with no message).
       {"NonUtf8Ip", [&] { return check(ip_request("8.8.8.\xff")); },
-       grpc::StatusCode::UNIMPLEMENTED, ""},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "field ip is not valid UTF-8 (proto3 string fields must be)"},
       // User agents.
       {"MegabyteUserAgent", [&] { return check(ip_request("8.8.8.8", std::string(1 << 20, 'a'))); },
        grpc::StatusCode::INVALID_ARGUMENT, "user_agent is 1048576 bytes; the limit is 1024"},
@@ -194,7 +211,35 @@ TEST(HostileInputTest, EveryFieldGetsAPreciseStatusAndNothingIsSpentOrDamaged) {
        grpc::StatusCode::OK, "", 1},
       {"NonUtf8UserAgent",
        [&] { return check(ip_request("11.9.0.5", "Mozilla/5.0 \xff\xfe\xc0")); },
-       grpc::StatusCode::UNIMPLEMENTED, ""},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "field user_agent is not valid UTF-8 (proto3 string fields must be)"},
+      {"NonUtf8UserAgentInBatchItem",
+       [&] {
+         pb::CheckBatchRequest batch;
+         *batch.add_items() = ip_request("11.9.0.5");
+         *batch.add_items() = ip_request("11.9.0.5", "\xc0\xaf");
+         pb::CheckBatchResponse response;
+         return stub.CheckBatch(Context(caller).get(), batch, &response);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "field items[1].user_agent is not valid UTF-8 (proto3 string fields must be)"},
+      // Bytes that are not a protobuf message at all: ip claims 100 bytes and has 3.
+      {"MalformedProtobuf",
+       [&] {
+         return raw_call("/verdict.v1.VerdictService/CheckIp", std::string("\x0a\x64"
+                                                                           "abc",
+                                                                           5));
+       },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "the request is not a well-formed verdict.v1.CheckIpRequest (malformed protobuf wire "
+       "data)"},
+      {"UnknownFieldsIgnored",
+       [&] {
+         return raw_call("/verdict.v1.VerdictService/CheckIp", std::string("\x98\x06\x01\x0a\x07"
+                                                                           "8.8.4.4",
+                                                                           12));
+       },
+       grpc::StatusCode::OK, ""},
       {"UserAgentWithNulAndSqlRoundTrips",
        [&] { return check(ip_request("11.9.0.2", ua_with_nul_and_sql), &ua_round_trip); },
        grpc::StatusCode::OK, "", 1},
