@@ -25,7 +25,7 @@
 // POST /_sim/reset          zeroes the counters (not the config or rules)
 //
 // Modes: ok, 5xx, garbage, exhausted, unauthorized, hang, reset, huge, redirect,
-// missing_bools. Rules file: one rule per line, `#` comments:
+// missing_bools, forbidden (403), rate_limited (429). Rules file: one rule per line, `#` comments:
 //   IP SCORE [proxy] [tor] [vpn] [crawler] [bot]     SCORE: Safe | Suspicious | Fake
 //   IP error=MODE
 
@@ -54,7 +54,7 @@ ABSL_FLAG(absl::Duration, latency, absl::ZeroDuration(),
           "Delay before answering every / request, e.g. 50ms.");
 ABSL_FLAG(std::string, mode, "ok",
           "Failure mode: ok, 5xx, garbage, exhausted, unauthorized, hang, reset, huge, "
-          "redirect, missing_bools.");
+          "redirect, missing_bools, forbidden, rate_limited.");
 ABSL_FLAG(int64_t, allowance, 0, "Verdicts answered before every request gets 402; 0 = unlimited.");
 ABSL_FLAG(std::string, rules_file, "", "Per-IP verdicts and failures (see the file header).");
 ABSL_FLAG(int, threads, 128,

@@ -55,6 +55,8 @@ constexpr std::pair<FailureMode, absl::string_view> kModeNames[] = {
     {FailureMode::kHuge, "huge"},
     {FailureMode::kRedirect, "redirect"},
     {FailureMode::kMissingBools, "missing_bools"},
+    {FailureMode::kForbidden, "forbidden"},
+    {FailureMode::kRateLimited, "rate_limited"},
 };
 
 std::string AssessmentJson(const Assessment& a) {
@@ -189,8 +191,8 @@ absl::StatusOr<FailureMode> ParseFailureMode(absl::string_view name) {
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown mode '", name,
-      "' (want ok, 5xx, garbage, exhausted, unauthorized, hang, reset, huge, redirect or "
-      "missing_bools)"));
+      "' (want ok, 5xx, garbage, exhausted, unauthorized, hang, reset, huge, redirect, "
+      "missing_bools, forbidden or rate_limited)"));
 }
 
 absl::StatusOr<Rules> ParseRules(absl::string_view text, absl::string_view source) {
@@ -656,6 +658,12 @@ void ClickPatrolSimulator::AnswerFailure(FailureMode mode, const httplib::Reques
       return;
     case FailureMode::kMissingBools:
       SetJson(res, 200, R"({"trusted_ai_score":"Safe"})");
+      return;
+    case FailureMode::kForbidden:
+      SetJson(res, 403, R"({"error":"forbidden"})");
+      return;
+    case FailureMode::kRateLimited:
+      SetJson(res, 429, R"({"error":"too many requests"})");
       return;
   }
   SetJson(res, 500, R"({"error":"simulator bug: unhandled mode"})");

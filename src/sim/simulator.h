@@ -44,10 +44,12 @@ enum class FailureMode {
   kHuge,          // 200 with 8 MiB of JSON-ish padding
   kRedirect,      // 302 to /redirected
   kMissingBools,  // 200 {"trusted_ai_score":"Safe"}
+  kForbidden,     // 403 {"error":"forbidden"}
+  kRateLimited,   // 429 {"error":"too many requests"}
 };
 
 // "ok", "5xx", "garbage", "exhausted", "unauthorized", "hang", "reset", "huge", "redirect",
-// "missing_bools".
+// "missing_bools", "forbidden", "rate_limited".
 absl::string_view FailureModeName(FailureMode mode);
 absl::StatusOr<FailureMode> ParseFailureMode(absl::string_view name);
 
