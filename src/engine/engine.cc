@@ -311,6 +311,35 @@ absl::Status Engine::Admit(const CheckRequest& request) {
 }
 
 void Engine::StartAttempt(std::string key) {
+  if (options_.max_upstream_in_flight > 0) {
+    absl::MutexLock lock(&slots_mu_);
+    if (slots_in_use_ >= options_.max_upstream_in_flight) {
+      slot_queue_.push_back(std::move(key));
+      return;
+    }
+    ++slots_in_use_;
+  }
+  SendAttempt(std::move(key));
+}
+
+void Engine::ReleaseSlot() {
+  if (options_.max_upstream_in_flight <= 0) {
+    return;
+  }
+  std::string next;
+  {
+    absl::MutexLock lock(&slots_mu_);
+    if (slot_queue_.empty()) {
+      --slots_in_use_;
+      return;
+    }
+    next = std::move(slot_queue_.front());
+    slot_queue_.pop_front();
+  }
+  SendAttempt(std::move(next));  // the slot passes to it
+}
+
+void Engine::SendAttempt(std::string key) {
   std::string ip;
   std::string caller;
   {
@@ -330,6 +359,7 @@ void Engine::StartAttempt(std::string key) {
         caller = flights_.at(key).caller;
       }
       spdlog::error("click ledger write failed, nothing sent: {}", click_id.status().message());
+      ReleaseSlot();
       spend_.Refund(caller);
       breaker_.Cancel();
       Resolve(key,
@@ -354,6 +384,7 @@ void Engine::StartAttempt(std::string key) {
 }
 
 void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome) {
+  ReleaseSlot();  // the request is over: its slot goes to the next queued miss
   std::string ip;
   std::string user_agent;
   std::string caller;

@@ -1,6 +1,7 @@
 #ifndef VERDICTD_ENGINE_ENGINE_H_
 #define VERDICTD_ENGINE_ENGINE_H_
 
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -52,6 +53,12 @@ struct EngineOptions {
   // backoff doubling each time.
   int max_attempts = 3;
   absl::Duration retry_backoff = absl::Milliseconds(100);
+  // Most misses between their ledger row and ClickPatrol's answer at once; the rest wait in a
+  // FIFO queue before their ledger row is written. Set it to the client's concurrency limit, so
+  // that a row is written only when its request can leave at once: a crash then leaves at most
+  // this many rows pending (billed, possibly unsent), not every queued miss. 0: no limit.
+  // Default: 0.
+  int max_upstream_in_flight = 0;
   // History and ledger rows older than this are pruned in the background. Zero: keep forever.
   // Default: 400 days, checked every minute, 500 rows per transaction.
   absl::Duration history_retention = absl::Hours(24 * 400);
@@ -156,8 +163,13 @@ class Engine {
   absl::Status Admit(const CheckRequest& request);
   // Answers `done` with the stale candidate if young enough, else with `error`.
   void FailOrStale(const std::optional<Verdict>& stale, absl::Status error, Callback& done);
-  // Records the click, then sends the request. Runs without the lock.
+  // Starts an attempt for `key` when an upstream slot is free, else queues it. Runs without the
+  // lock.
   void StartAttempt(std::string key);
+  // Records the click, then sends the request. REQUIRES: holds an upstream slot.
+  void SendAttempt(std::string key);
+  // Hands the slot to the next queued attempt, or frees it.
+  void ReleaseSlot();
   void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
   // Removes the flight for `key` and answers the leader and every waiter. `charged`: a click was
   // spent (the leader's) whatever the result.
@@ -187,6 +199,10 @@ class Engine {
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Flight> flights_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex slots_mu_;
+  int slots_in_use_ ABSL_GUARDED_BY(slots_mu_) = 0;
+  std::deque<std::string> slot_queue_ ABSL_GUARDED_BY(slots_mu_);  // flight keys, FIFO
 };
 
 }  // namespace verdictd

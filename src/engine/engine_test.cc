@@ -243,6 +243,63 @@ TEST_F(EngineTest, LedgerRowIsWrittenBeforeTheRequestLeaves) {
   EXPECT_THAT(store_.events, ElementsAre("begin 8.8.4.4", "fetch 8.8.4.4", "complete 8.8.4.4"));
 }
 
+// With an upstream bound, a miss gets its ledger row only when a slot is free: a crash can leave
+// at most `max_upstream_in_flight` rows pending, not one per queued miss.
+TEST_F(EngineTest, LedgerRowWaitsForAnUpstreamSlot) {
+  options_.max_upstream_in_flight = 2;
+  auto a = Start(Request("11.0.0.1"));
+  auto b = Start(Request("11.0.0.2"));
+  auto c = Start(Request("11.0.0.3"));
+  auto d = Start(Request("11.0.0.4"));
+  EXPECT_EQ(client_.pending.size(), 2u);
+  EXPECT_EQ(store_.clicks.size(), 2u) << "queued misses have no ledger row yet";
+  client_.Answer(Safe());  // 11.0.0.1 done; 11.0.0.3 takes its slot
+  EXPECT_EQ(client_.pending.size(), 2u);
+  EXPECT_EQ(store_.clicks.size(), 3u);
+  client_.Answer(Safe());
+  client_.Answer(Safe());
+  client_.Answer(Safe());
+  EXPECT_TRUE(client_.pending.empty());
+  for (const auto& r : {a, b, c, d}) {
+    ASSERT_TRUE(r->has_value());
+    EXPECT_TRUE((*r)->ok());
+  }
+  EXPECT_THAT(
+      store_.events,
+      ElementsAre("begin 11.0.0.1", "fetch 11.0.0.1", "begin 11.0.0.2", "fetch 11.0.0.2",
+                  "begin 11.0.0.3", "fetch 11.0.0.3", "complete 11.0.0.1", "begin 11.0.0.4",
+                  "fetch 11.0.0.4", "complete 11.0.0.2", "complete 11.0.0.3", "complete 11.0.0.4"));
+}
+
+// A slot is given back on every path: a failed ledger write, and an unsent request that is
+// retried after a backoff (which queues for a slot again).
+TEST_F(EngineTest, UpstreamSlotsAreReleasedOnFailureAndRetry) {
+  options_.max_upstream_in_flight = 1;
+  store_.begin_error = absl::UnavailableError("disk I/O error");
+  auto refused = Start(Request("11.0.1.1"));
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kUnavailable);
+  store_.begin_error = absl::OkStatus();
+
+  auto retried = Start(Request("11.0.1.2"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "the failed write gave its slot back";
+  auto queued = Start(Request("11.0.1.3"));
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(absl::UnavailableError("connection refused"), /*maybe_sent=*/false);
+  ASSERT_EQ(client_.pending.size(), 1u);
+  EXPECT_EQ(client_.pending.front().ip, "11.0.1.3") << "the queued miss took the slot";
+  clock_.Advance(absl::Seconds(1));
+  scheduler_.RunDue();  // the retry queues behind 11.0.1.3
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  ASSERT_EQ(client_.pending.size(), 1u);
+  EXPECT_EQ(client_.pending.front().ip, "11.0.1.2");
+  client_.Answer(Fake());
+  ASSERT_TRUE(retried->has_value() && queued->has_value());
+  EXPECT_TRUE((*retried)->ok());
+  EXPECT_TRUE((*queued)->ok());
+}
+
 TEST_F(EngineTest, VerdictOlderThanMaxAgeIsRefreshed) {
   Start(Request("1.1.1.1"));
   client_.Answer(Safe());

@@ -210,6 +210,8 @@ absl::StatusOr<Settings> LoadSettings() {
   if (s.upstream.max_concurrency < 1 || s.upstream.max_concurrency > 1024) {
     return absl::InvalidArgumentError("--upstream_concurrency must be between 1 and 1024");
   }
+  // Misses beyond the limit wait in the engine, before their ledger row (see EngineOptions).
+  s.engine.max_upstream_in_flight = s.upstream.max_concurrency;
 
   FreshnessPolicy& f = s.engine.freshness;
   d = DurationFlag("max_age", absl::GetFlag(FLAGS_max_age));
