@@ -216,6 +216,20 @@ TEST_F(ConfigFileTest, SyntaxErrorHasLineAndColumn) {
               StartsWith(absl::StrCat("config ", truncated, ": invalid JSON at line 2, column 1")));
 }
 
+// Found by the config_file fuzz target: a number no double can hold made nlohmann::json throw
+// out_of_range, which ended the process with std::terminate.
+TEST_F(ConfigFileTest, NumberTooLargeForADoubleIsAnError) {
+  for (const char* json : {"{\"cfgtest_ratio\": 1e999}", "{\"cfgtest_count\": -1e999}"}) {
+    SCOPED_TRACE(json);
+    const std::string path = Write("huge.json", json);
+    const absl::Status status = ApplyConfigFile(path, kOwner);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(status.message()),
+                StartsWith(absl::StrCat("config ", path, ": invalid JSON: number overflow")));
+    EXPECT_DOUBLE_EQ(absl::GetFlag(FLAGS_cfgtest_ratio), 0.5);
+  }
+}
+
 TEST_F(ConfigFileTest, UnreadableFile) {
   const std::string missing = absl::StrCat(::testing::TempDir(), "/no_such_config_", getpid());
   absl::Status status = ApplyConfigFile(missing, kOwner);

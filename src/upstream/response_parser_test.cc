@@ -1,5 +1,6 @@
 #include "upstream/response_parser.h"
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,9 @@ struct VerdictCase {
   std::string body;
   Assessment want;
 };
+
+// ctest and gtest print a parameter by its name, not as raw bytes.
+void PrintTo(const VerdictCase& param, std::ostream* os) { *os << param.name; }
 
 class ParseVerdictTest : public ::testing::TestWithParam<VerdictCase> {};
 
@@ -85,6 +89,9 @@ struct ErrorCase {
   absl::StatusCode want_code;
   std::string want_message;  // exact
 };
+
+// ctest and gtest print a parameter by its name, not as raw bytes.
+void PrintTo(const ErrorCase& param, std::ostream* os) { *os << param.name; }
 
 class ParseErrorTest : public ::testing::TestWithParam<ErrorCase> {};
 

@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "support/harness.h"
 #include "support/process.h"
+#include "support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -47,41 +48,6 @@ constexpr char kCappedKey[] = "vk_capped_2f6d9b01e8c7a435";
 constexpr char kFreeKey[] = "vk_free_7a1c3e5b9d2f4068";
 
 constexpr int64_t kMicrosPerDay = int64_t{86'400'000'000};
-
-// Runs `sql` (one integer result) on the database file.
-int64_t QueryInt(const std::string& db_path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  sqlite3_busy_timeout(db, 5000);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK)
-      << sql << ": " << sqlite3_errmsg(db);
-  int64_t value = -1;
-  if (stmt != nullptr && sqlite3_step(stmt) == SQLITE_ROW) {
-    value = sqlite3_column_int64(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return value;
-}
-
-// Runs `sql` (one text result) on the database file.
-std::string QueryText(const std::string& db_path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  sqlite3_busy_timeout(db, 5000);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK)
-      << sql << ": " << sqlite3_errmsg(db);
-  std::string value = "(no row)";
-  if (stmt != nullptr && sqlite3_step(stmt) == SQLITE_ROW) {
-    const unsigned char* text = sqlite3_column_text(stmt, 0);
-    value = text == nullptr ? "(null)" : reinterpret_cast<const char*>(text);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return value;
-}
 
 // Runs statements that return nothing, on a writable connection (verdictd must be stopped).
 void Exec(const std::string& db_path, const std::string& sql) {

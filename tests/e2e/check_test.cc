@@ -1,8 +1,6 @@
 // End-to-end: the real verdictd binary, a SQLite file in a temp dir, and the simulated
 // ClickPatrol over loopback HTTP.
 
-#include <sqlite3.h>
-
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "support/harness.h"
 #include "support/process.h"
+#include "support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -23,21 +22,6 @@ using ::testing::Not;
 
 // A distinctive token, so a leak is easy to grep for.
 constexpr char kToken[] = "cp_E2eSecretToken_5f1d8c2a9b";
-
-// Runs `sql` (one integer result) on the database file.
-int64_t QueryInt(const std::string& db_path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK) << sql;
-  int64_t value = -1;
-  if (sqlite3_step(stmt) == SQLITE_ROW) {
-    value = sqlite3_column_int64(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return value;
-}
 
 class CheckTest : public ::testing::Test {
  protected:

@@ -6,7 +6,6 @@
 // simulator requests" is the assertion that matters most here: clicks cost money.
 
 #include <netinet/in.h>
-#include <sqlite3.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,6 +27,7 @@
 #include "httplib.h"
 #include "support/harness.h"
 #include "support/process.h"
+#include "support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -36,36 +36,6 @@ namespace pb = ::verdict::v1;
 using ::testing::HasSubstr;
 
 constexpr char kToken[] = "cp_CoalescingToken_41b7";
-
-// Runs `sql` (one integer result) on the database file; -1 if there is no row.
-int64_t QueryInt(const std::string& db_path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK) << sql;
-  int64_t value = -1;
-  if (sqlite3_step(stmt) == SQLITE_ROW) {
-    value = sqlite3_column_int64(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return value;
-}
-
-// Runs `sql` (one text result) on the database file; "" if there is no row.
-std::string QueryText(const std::string& db_path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK) << sql;
-  std::string value;
-  if (sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_text(stmt, 0) != nullptr) {
-    value = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return value;
-}
 
 // CheckIp with an explicit max_age (seconds) and/or cache_only.
 grpc::Status CheckWith(pb::VerdictService::Stub& stub, const std::string& ip,
@@ -149,9 +119,13 @@ TEST_F(CoalescingTest, ConcurrentCallersShareOneClick) {
   for (int i = 0; i < kCallers; ++i) {
     callers[i] = absl::StrCat("caller-", i);
     threads.emplace_back([&, i] {
-      // Connect first, so the timed part is only the checks themselves.
+      // Connect first, so the timed part is only the checks themselves. 32 connections opened
+      // at once on a loaded 2-core machine: a connect attempt can fail transiently (seen once in
+      // dozens of runs), so the warm-up waits for the channel to be ready.
       pb::GetServerInfoResponse info;
-      const grpc::Status warm = stubs[i]->GetServerInfo(CallerContext(callers[i]).get(), {}, &info);
+      std::unique_ptr<grpc::ClientContext> warm_context = CallerContext(callers[i]);
+      warm_context->set_wait_for_ready(true);
+      const grpc::Status warm = stubs[i]->GetServerInfo(warm_context.get(), {}, &info);
       EXPECT_TRUE(warm.ok()) << warm.error_message();
       ready.DecrementCount();
       go.WaitForNotification();

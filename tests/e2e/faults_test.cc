@@ -21,6 +21,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,7 @@
 #include "httplib.h"
 #include "support/harness.h"
 #include "support/process.h"
+#include "support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -49,34 +51,6 @@ constexpr char kToken[] = "cp_FaultSecretToken_9c41e7d02a";
 constexpr int kOutcomeVerdict = 1;
 constexpr int kOutcomeUpstreamError = 2;
 constexpr int kOutcomeNotSent = 3;
-
-// Runs `sql` (one integer result) on the database file, with `arg` bound to ?1 if given.
-int64_t QueryInt(const std::string& db_path, const std::string& sql, const std::string* arg) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  sqlite3_busy_timeout(db, 2000);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK)
-      << sql << ": " << sqlite3_errmsg(db);
-  if (arg != nullptr) {
-    sqlite3_bind_text(stmt, 1, arg->data(), static_cast<int>(arg->size()), SQLITE_TRANSIENT);
-  }
-  int64_t value = -1;
-  if (sqlite3_step(stmt) == SQLITE_ROW) {
-    value = sqlite3_column_int64(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return value;
-}
-
-int64_t QueryInt(const std::string& db_path, const std::string& sql) {
-  return QueryInt(db_path, sql, nullptr);
-}
-
-int64_t QueryInt(const std::string& db_path, const std::string& sql, const std::string& arg) {
-  return QueryInt(db_path, sql, &arg);
-}
 
 // Polls `done` until it holds or `timeout` passes; whether it held.
 bool WaitFor(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10)) {
@@ -152,6 +126,9 @@ struct UpstreamFault {
   std::string log;                 // must appear in verdictd's log ("" for nothing)
   After after = After::kGoesUpstream;
 };
+
+// ctest and gtest print a parameter by its name, not as raw bytes.
+void PrintTo(const UpstreamFault& param, std::ostream* os) { *os << param.name; }
 
 class FaultUpstreamTest : public ::testing::TestWithParam<UpstreamFault> {};
 
@@ -598,6 +575,9 @@ struct CorruptFile {
   std::string name;
   std::string contents;
 };
+
+// ctest and gtest print a parameter by its name, not as raw bytes.
+void PrintTo(const CorruptFile& param, std::ostream* os) { *os << param.name; }
 
 class FaultStartupTest : public ::testing::TestWithParam<CorruptFile> {};
 

@@ -3,7 +3,6 @@
 // error messages and the database, and the permission checks on the files verdictd trusts.
 // The real verdictd binary, a SQLite file in a temp dir and the simulator over loopback.
 
-#include <sqlite3.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -28,6 +27,7 @@
 #include "httplib.h"
 #include "support/harness.h"
 #include "support/process.h"
+#include "support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -51,32 +51,6 @@ std::unique_ptr<grpc::ClientContext> Context(const Metadata& metadata) {
   }
   context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   return context;
-}
-
-// Runs `sql` (one integer result) on the database file, with `arg` bound to ?1 if given: as a
-// BLOB when `blob` (user agents are stored as BLOBs), else as TEXT.
-int64_t QueryInt(const std::string& db_path, const std::string& sql,
-                 const std::string* arg = nullptr, bool blob = false) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  sqlite3_busy_timeout(db, 2000);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK)
-      << sql << ": " << sqlite3_errmsg(db);
-  if (arg != nullptr) {
-    if (blob) {
-      sqlite3_bind_blob(stmt, 1, arg->data(), static_cast<int>(arg->size()), SQLITE_TRANSIENT);
-    } else {
-      sqlite3_bind_text(stmt, 1, arg->data(), static_cast<int>(arg->size()), SQLITE_TRANSIENT);
-    }
-  }
-  int64_t value = -1;
-  if (sqlite3_step(stmt) == SQLITE_ROW) {
-    value = sqlite3_column_int64(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return value;
 }
 
 // --- hostile input, table-driven, one server ---------------------------------------------------

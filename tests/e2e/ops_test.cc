@@ -2,7 +2,6 @@
 // config file and JSON logs, all against the real verdictd binary, a SQLite file in a temp dir
 // and the simulated ClickPatrol over loopback HTTP.
 
-#include <sqlite3.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +32,7 @@
 #include "nlohmann/json.hpp"
 #include "support/harness.h"
 #include "support/process.h"
+#include "support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -47,21 +47,6 @@ constexpr char kToken[] = "cp_OpsSecretToken_7c3e91d04a";
 
 std::chrono::system_clock::time_point DeadlineIn(absl::Duration d) {
   return absl::ToChronoTime(absl::Now() + d);
-}
-
-// Runs `sql` (one integer result) on the database file.
-int64_t QueryInt(const std::string& db_path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK) << sql;
-  int64_t value = -1;
-  if (sqlite3_step(stmt) == SQLITE_ROW) {
-    value = sqlite3_column_int64(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return value;
 }
 
 void WriteFile(const std::string& path, const std::string& content) {
