@@ -1,11 +1,15 @@
 #include "cli/commands.h"
 
 #include <algorithm>
+#include <future>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "cli/format.h"
+#include "google/protobuf/unknown_field_set.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "nlohmann/json.hpp"
 
 namespace verdictd::cli {
 namespace {
@@ -61,7 +65,8 @@ void DrawProgress(size_t done, size_t total) {
 
 Connection::Connection(std::shared_ptr<grpc::Channel> channel, std::string api_key,
                        std::string caller, absl::Duration timeout)
-    : stub_(pb::VerdictService::NewStub(std::move(channel))),
+    : channel_(std::move(channel)),
+      stub_(pb::VerdictService::NewStub(channel_)),
       api_key_(std::move(api_key)),
       caller_(std::move(caller)),
       timeout_(timeout) {}
@@ -280,6 +285,64 @@ int RunUsage(Connection& connection, const UsageOptions& options, bool json) {
   }
   std::cout.flush();
   return 0;
+}
+
+// grpc.health.v1 has no generated client in Debian's packages, and its messages are one field
+// each, so they are encoded and decoded here: HealthCheckRequest{string service = 1},
+// HealthCheckResponse{ServingStatus status = 1}.
+int RunHealth(Connection& connection, const std::string& service, bool json) {
+  std::string request;
+  if (!service.empty()) {
+    request.push_back('\x0a');  // field 1, length-delimited
+    for (size_t n = service.size();; n >>= 7) {
+      if (n < 0x80) {
+        request.push_back(static_cast<char>(n));
+        break;
+      }
+      request.push_back(static_cast<char>((n & 0x7f) | 0x80));
+    }
+    request += service;
+  }
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1);
+  grpc::ByteBuffer response_buffer;
+  grpc::GenericStub stub(connection.channel());
+  std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(context.get(), "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                 &request_buffer, &response_buffer,
+                 [&done](grpc::Status status) { done.set_value(std::move(status)); });
+  const grpc::Status status = done.get_future().get();
+  if (!status.ok()) {
+    return ReportError(status);
+  }
+  std::vector<grpc::Slice> slices;
+  std::string response;
+  if (response_buffer.Valid() && response_buffer.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) {
+      response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+  }
+  google::protobuf::UnknownFieldSet fields;
+  if (!fields.ParseFromString(response)) {
+    return ReportError(grpc::Status(grpc::StatusCode::INTERNAL,
+                                    "the health response is not a HealthCheckResponse"));
+  }
+  int64_t code = 0;  // UNKNOWN when absent
+  for (int i = 0; i < fields.field_count(); ++i) {
+    if (fields.field(i).number() == 1 &&
+        fields.field(i).type() == google::protobuf::UnknownField::TYPE_VARINT) {
+      code = static_cast<int64_t>(fields.field(i).varint());
+    }
+  }
+  static constexpr const char* kNames[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  const std::string name = code >= 0 && code < 4 ? kNames[code] : absl::StrCat("STATUS_", code);
+  if (json) {
+    std::cout << nlohmann::json{{"status", name}}.dump() << '\n';
+  } else {
+    std::cout << name << '\n';
+  }
+  return code == 1 ? 0 : kExitNotServing;
 }
 
 }  // namespace verdictd::cli

@@ -21,6 +21,7 @@ namespace verdictd::cli {
 inline constexpr int kExitUsage = 64;        // EX_USAGE: bad subcommand, operand or flag
 inline constexpr int kExitItemsFailed = 65;  // EX_DATAERR: batch items failed; empty API key
 inline constexpr int kExitNoInput = 66;      // EX_NOINPUT: an input file cannot be read
+inline constexpr int kExitNotServing = 69;   // EX_UNAVAILABLE: health is not SERVING
 
 // Batch size used when the server does not implement GetServerInfo.
 inline constexpr int kDefaultMaxBatch = 1000;
@@ -32,11 +33,13 @@ class Connection {
              absl::Duration timeout);
 
   verdict::v1::VerdictService::Stub& stub() { return *stub_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   // A context for one RPC: `authorization: Bearer <key>` when a key is set, `x-caller` when a
   // caller is set, and a deadline of `timeout` from now (none when timeout is zero).
   std::unique_ptr<grpc::ClientContext> NewContext() const;
 
  private:
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<verdict::v1::VerdictService::Stub> stub_;
   std::string api_key_;
   std::string caller_;
@@ -83,6 +86,13 @@ struct UsageOptions {
 
 // GetUsage.
 int RunUsage(Connection& connection, const UsageOptions& options, bool json);
+
+// grpc.health.v1.Health/Check for `service` ("" = the server as a whole; verdictd also answers
+// for "verdict.v1.VerdictService"). Prints the serving status (SERVING, NOT_SERVING, ...), or
+// {"status":"..."} with `json`. Returns 0 for SERVING, kExitNotServing for any other status, the
+// RPC's status code when the call fails (5 NOT_FOUND for a service the server does not know,
+// 14 UNAVAILABLE when nothing answers). Sent without API key requirements: health is public.
+int RunHealth(Connection& connection, const std::string& service, bool json);
 
 }  // namespace verdictd::cli
 

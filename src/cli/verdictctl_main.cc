@@ -67,6 +67,7 @@ constexpr char kShortUsage[] = R"(usage: verdictctl [FLAGS] SUBCOMMAND [OPERANDS
   batch FILE|- [--ua=UA] [--max_age=DURATION] [--cache_only]
   history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N]
   usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
+  health [SERVICE]
   hash-key < KEY
 `verdictctl --help` describes the flags and the exit codes (64: usage error).
 )";
@@ -85,6 +86,10 @@ subcommands:
   usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
       Clicks, cache hits and requests per caller (no --caller: every caller), and the
       ClickPatrol allowance; --days adds per-day rows.
+  health [SERVICE]
+      grpc.health.v1 status of the server (or of SERVICE, e.g. verdict.v1.VerdictService):
+      prints SERVING and exits 0, or prints NOT_SERVING (the store is unusable, or the
+      server is shutting down) and exits 69. For container and load-balancer health checks.
   hash-key
       Reads an API key from stdin (one trailing newline is stripped) and prints the SHA-256
       hex that the server's keys file holds. Needs no server.
@@ -114,6 +119,7 @@ exit status:
   65      batch: every RPC succeeded but some items failed (their rows show the error);
           hash-key: the key on stdin is empty
   66      an input file (batch FILE, --tls_*) cannot be read
+  69      health: the server answered, and is not SERVING
 )";
 
 int UsageError(absl::string_view message) {
@@ -314,10 +320,13 @@ int Main(int argc, char** argv) {
   operands.erase(operands.begin());
   const size_t want_operands = (command == "usage" || command == "hash-key") ? 0 : 1;
   if (command != "check" && command != "batch" && command != "history" && command != "usage" &&
-      command != "hash-key") {
+      command != "hash-key" && command != "health") {
     return UsageError(absl::StrCat("unknown subcommand \"", command, "\""));
   }
-  if (operands.size() != want_operands) {
+  if (command == "health" ? operands.size() > 1 : operands.size() != want_operands) {
+    if (command == "health") {
+      return UsageError(absl::StrCat("health takes at most 1 operand, got ", operands.size()));
+    }
     return UsageError(absl::StrCat(command, " takes ", want_operands, " operand",
                                    want_operands == 1 ? "" : "s", ", got ", operands.size()));
   }
@@ -387,6 +396,9 @@ int Main(int argc, char** argv) {
   Connection connection(*std::move(channel), std::move(api_key), absl::GetFlag(FLAGS_caller),
                         *timeout);
   const bool json = absl::GetFlag(FLAGS_json);
+  if (command == "health") {
+    return RunHealth(connection, operands.empty() ? "" : operands[0], json);
+  }
   if (command == "check") {
     return RunCheck(connection, operands[0], absl::GetFlag(FLAGS_ua), check, json);
   }

@@ -526,6 +526,9 @@ int Run() {
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  // Answers for the service by name too (clients that ask per service, e.g. Envoy), and follows
+  // the store like the whole server does ("").
+  health->SetServingStatus(verdict::v1::VerdictService::service_full_name(), true);
   WatchStoreHealth(store, *health, *scheduler, /*previously_ok=*/true);
   spdlog::info("verdictd {} listening on {} (port {}, {})", VERDICTD_VERSION, s.listen, port,
                s.tls_cert.empty() ? "plaintext" : (s.tls_client_ca.empty() ? "TLS" : "mutual TLS"));

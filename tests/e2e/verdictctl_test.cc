@@ -2,6 +2,7 @@
 // ClickPatrol, checking what people and scripts see: tables, JSON lines, exit codes.
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -212,6 +213,52 @@ TEST_F(VerdictctlTest, UnreachableServerIsUnavailable) {
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->exit_code, 14) << result->err;
   EXPECT_THAT(result->err, StartsWith("verdictctl: UNAVAILABLE: "));
+}
+
+// The container health check: SERVING (exit 0) while the store is usable, NOT_SERVING (exit
+// 69) while the database file is gone, SERVING again once it is back.
+TEST_F(VerdictctlTest, HealthFollowsTheStore) {
+  CommandResult serving = Ctl({"health"});
+  EXPECT_EQ(serving.exit_code, 0) << serving.err;
+  EXPECT_EQ(serving.out, "SERVING\n");
+  CommandResult named = Ctl({"health", "verdict.v1.VerdictService"});
+  EXPECT_EQ(named.exit_code, 0) << named.err;
+  EXPECT_EQ(named.out, "SERVING\n");
+  CommandResult json = Ctl({"--json", "health"});
+  EXPECT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(nlohmann::json::parse(json.out), nlohmann::json({{"status", "SERVING"}}));
+  CommandResult unknown = Ctl({"health", "no.such.Service"});
+  EXPECT_EQ(unknown.exit_code, 5) << unknown.err;
+  EXPECT_THAT(unknown.err, StartsWith("verdictctl: NOT_FOUND: "));
+  EXPECT_EQ(Ctl({"health", "a", "b"}).exit_code, 64);
+
+  // Polls `verdictctl health` until it exits with `want`, for at most 10 s.
+  auto wait_for_exit = [&](int want) {
+    CommandResult last;
+    for (const absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+      last = Ctl({"--timeout=2s", "health"});
+      if (last.exit_code == want) {
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return last;
+  };
+  const std::string moved = verdictd_->db_path() + ".moved";
+  ASSERT_EQ(std::rename(verdictd_->db_path().c_str(), moved.c_str()), 0);
+  CommandResult down = wait_for_exit(69);
+  EXPECT_EQ(down.exit_code, 69) << down.out << down.err;
+  EXPECT_EQ(down.out, "NOT_SERVING\n");
+  ASSERT_EQ(std::rename(moved.c_str(), verdictd_->db_path().c_str()), 0);
+  CommandResult up = wait_for_exit(0);
+  EXPECT_EQ(up.exit_code, 0) << up.out << up.err;
+
+  const int port = verdictd_->port();
+  verdictd_->Stop();
+  absl::StatusOr<CommandResult> gone = RunCommand(
+      {VERDICTCTL_BIN, absl::StrCat("--server=127.0.0.1:", port), "--timeout=5s", "health"});
+  ASSERT_TRUE(gone.ok()) << gone.status();
+  EXPECT_EQ(gone->exit_code, 14) << gone->err;
 }
 
 TEST_F(VerdictctlTest, UsageErrorsExit64) {
