@@ -62,7 +62,7 @@ struct Row {
   std::string message;  // part of the status message ("" for OK rows)
   int64_t sends = 0;    // requests it may make to ClickPatrol (0 for every invalid input)
   // Where gRPC's transport decides the outcome, it races: either code may come back.
-  std::optional<grpc::StatusCode> or_code;
+  std::optional<grpc::StatusCode> or_code = std::nullopt;
 };
 
 std::string FlipChar(std::string s, size_t at) {
