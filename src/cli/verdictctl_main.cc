@@ -88,8 +88,8 @@ subcommands:
       ClickPatrol allowance; --days adds per-day rows.
   health [SERVICE]
       grpc.health.v1 status of the server (or of SERVICE, e.g. verdict.v1.VerdictService):
-      prints SERVING and exits 0, or prints NOT_SERVING (the store is unusable, or the
-      server is shutting down) and exits 69. For container and load-balancer health checks.
+      prints SERVING and exits 0, or prints NOT_SERVING (the store is unusable) and exits
+      69; a server that is shutting down refuses the call (14). For container health checks.
   hash-key
       Reads an API key from stdin (one trailing newline is stripped) and prints the SHA-256
       hex that the server's keys file holds. Needs no server.

@@ -322,21 +322,18 @@ void Engine::StartAttempt(std::string key) {
   SendAttempt(std::move(key));
 }
 
-void Engine::ReleaseSlot() {
+std::optional<std::string> Engine::PassSlot() {
   if (options_.max_upstream_in_flight <= 0) {
-    return;
+    return std::nullopt;
   }
-  std::string next;
-  {
-    absl::MutexLock lock(&slots_mu_);
-    if (slot_queue_.empty()) {
-      --slots_in_use_;
-      return;
-    }
-    next = std::move(slot_queue_.front());
-    slot_queue_.pop_front();
+  absl::MutexLock lock(&slots_mu_);
+  if (slot_queue_.empty()) {
+    --slots_in_use_;
+    return std::nullopt;
   }
-  SendAttempt(std::move(next));  // the slot passes to it
+  std::string next = std::move(slot_queue_.front());
+  slot_queue_.pop_front();
+  return next;
 }
 
 void Engine::SendAttempt(std::string key) {
@@ -359,7 +356,9 @@ void Engine::SendAttempt(std::string key) {
         caller = flights_.at(key).caller;
       }
       spdlog::error("click ledger write failed, nothing sent: {}", click_id.status().message());
-      ReleaseSlot();
+      if (std::optional<std::string> next = PassSlot()) {
+        SendAttempt(*std::move(next));
+      }
       spend_.Refund(caller);
       breaker_.Cancel();
       Resolve(key,
@@ -384,7 +383,11 @@ void Engine::SendAttempt(std::string key) {
 }
 
 void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome) {
-  ReleaseSlot();  // the request is over: its slot goes to the next queued miss
+  // The request is over: its slot goes to the next queued miss, which is started only once this
+  // completion is queued to the store, so that its ledger row is written after this one is
+  // completed. (Taken now, while this flight still exists: once the completion is queued, the
+  // flight may resolve and the engine be destroyed; a queued miss keeps the engine alive.)
+  std::optional<std::string> next = PassSlot();
   std::string ip;
   std::string user_agent;
   std::string caller;
@@ -477,6 +480,9 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
         hot_.Put(key, *verdict);
         Resolve(key, std::move(*verdict), charged);
       });
+  if (next.has_value()) {
+    SendAttempt(*std::move(next));
+  }
 }
 
 void Engine::Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged) {

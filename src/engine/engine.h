@@ -55,9 +55,9 @@ struct EngineOptions {
   absl::Duration retry_backoff = absl::Milliseconds(100);
   // Most misses between their ledger row and ClickPatrol's answer at once; the rest wait in a
   // FIFO queue before their ledger row is written. Set it to the client's concurrency limit, so
-  // that a row is written only when its request can leave at once: a crash then leaves at most
-  // this many rows pending (billed, possibly unsent), not every queued miss. 0: no limit.
-  // Default: 0.
+  // that a row is written only when its request can leave at once: a crash then leaves pending
+  // (billed, possibly unsent) only about this many rows — those in flight and those whose answer
+  // was being committed — not every queued miss. 0: no limit. Default: 0.
   int max_upstream_in_flight = 0;
   // History and ledger rows older than this are pruned in the background. Zero: keep forever.
   // Default: 400 days, checked every minute, 500 rows per transaction.
@@ -168,8 +168,9 @@ class Engine {
   void StartAttempt(std::string key);
   // Records the click, then sends the request. REQUIRES: holds an upstream slot.
   void SendAttempt(std::string key);
-  // Hands the slot to the next queued attempt, or frees it.
-  void ReleaseSlot();
+  // Gives up a slot: frees it, or hands it to the next queued attempt, whose key is returned
+  // and must be passed to SendAttempt.
+  std::optional<std::string> PassSlot();
   void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
   // Removes the flight for `key` and answers the leader and every waiter. `charged`: a click was
   // spent (the leader's) whatever the result.

@@ -267,8 +267,9 @@ TEST_F(EngineTest, LedgerRowWaitsForAnUpstreamSlot) {
   EXPECT_THAT(
       store_.events,
       ElementsAre("begin 11.0.0.1", "fetch 11.0.0.1", "begin 11.0.0.2", "fetch 11.0.0.2",
-                  "begin 11.0.0.3", "fetch 11.0.0.3", "complete 11.0.0.1", "begin 11.0.0.4",
-                  "fetch 11.0.0.4", "complete 11.0.0.2", "complete 11.0.0.3", "complete 11.0.0.4"));
+                  "complete 11.0.0.1", "begin 11.0.0.3", "fetch 11.0.0.3", "complete 11.0.0.2",
+                  "begin 11.0.0.4", "fetch 11.0.0.4", "complete 11.0.0.3", "complete 11.0.0.4"))
+      << "a queued miss's ledger row is written after the completion of the one it follows";
 }
 
 // A slot is given back on every path: a failed ledger write, and an unsent request that is

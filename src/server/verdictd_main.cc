@@ -549,7 +549,8 @@ int Run() {
   spdlog::info("received signal {}: draining in-flight calls (grace {})", signal_number,
                DurationToString(s.shutdown_grace));
 
-  health->SetServingStatus(false);
+  // NOT_SERVING for good: the store watcher's later SetServingStatus calls are ignored.
+  health->Shutdown();
   // Stops accepting, lets in-flight calls finish until the deadline, then cancels the rest.
   server->Shutdown(absl::ToChronoTime(absl::Now() + s.shutdown_grace));
   server->Wait();

@@ -86,7 +86,7 @@ std::string DescribeParseFailure(const Descriptor& descriptor, absl::string_view
 }
 
 absl::Status DecodeRequest(const grpc::ByteBuffer& wire, google::protobuf::Message* out) {
-  if (!wire.Valid()) {  // no bytes at all: the empty message
+  if (!wire.Valid()) {  // no message buffer at all (an empty message arrives as a valid, empty one)
     out->Clear();
     return absl::OkStatus();
   }

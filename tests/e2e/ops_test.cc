@@ -39,6 +39,7 @@ namespace {
 
 namespace pb = ::verdict::v1;
 using ::testing::AnyOf;
+using ::testing::Contains;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -532,6 +533,64 @@ bool WaitForInFlight(const Simulator& sim, int64_t want, absl::Duration timeout)
     absl::SleepFor(absl::Milliseconds(10));
   }
   return false;
+}
+
+// SIGTERM tells health watchers (load balancers) NOT_SERVING, and it stays so while in-flight
+// calls drain: the store watcher must not turn it back to SERVING.
+TEST_F(OpsTest, ShutdownTurnsHealthWatchersNotServingForGood) {
+  StartVerdictd({"--shutdown_grace=3s"});
+  std::shared_ptr<grpc::Channel> channel = PlainChannel(verdictd_->port());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(absl::Seconds(20)));
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+      stub.PrepareCall(&context, "/grpc.health.v1.Health/Watch", &cq);
+  auto await = [&cq](intptr_t want) {
+    void* tag = nullptr;
+    bool ok = false;
+    if (!cq.Next(&tag, &ok)) {
+      return false;
+    }
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+    return ok;
+  };
+  const std::string kServing("\x08\x01", 2);
+  const std::string kNotServing("\x08\x02", 2);
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(await(1));
+  call->Write(ToByteBuffer(""), reinterpret_cast<void*>(2));  // service "": the whole server
+  ASSERT_TRUE(await(2));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  ASSERT_TRUE(await(3));
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(await(4));
+  ASSERT_EQ(FromByteBuffer(response), kServing);
+
+  int exit_code = -1;
+  std::thread stopper([&] { exit_code = verdictd_->Stop(); });
+  // Everything the watcher hears until the server ends the stream (at the 3 s grace).
+  std::vector<std::string> heard;
+  call->Read(&response, reinterpret_cast<void*>(4));
+  while (await(4)) {
+    heard.push_back(FromByteBuffer(response));
+    call->Read(&response, reinterpret_cast<void*>(4));
+  }
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  await(5);
+  stopper.join();
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
+  }
+  ASSERT_FALSE(heard.empty()) << "no status after SIGTERM; stream ended with "
+                              << status.error_message();
+  EXPECT_EQ(heard.front(), kNotServing);
+  EXPECT_THAT(heard, Not(Contains(kServing))) << "SERVING again during shutdown";
+  EXPECT_EQ(exit_code, 0);
 }
 
 TEST_F(OpsTest, ShutdownLetsInFlightCallsFinish) {

@@ -6,8 +6,10 @@ This scans the non-test sources under src/ and fails when
   1. a call that runs SQL (sqlite3_prepare*, sqlite3_exec, and the store's Exec/Prepare/QueryText
      helpers) gets anything but a string literal, a choice between two literals, a k-constant
      (optionally indexed), or one of the reviewed pass-throughs in ALLOWED_ARGUMENTS, or
-  2. a string is assembled (StrCat, StrFormat, StrAppend, +) from a literal that starts with an
-     SQL keyword, except the reviewed lines in ALLOWED_ASSEMBLY.
+  2. a string is assembled at run time from a literal that starts with an SQL keyword: an
+     argument of StrCat/StrFormat/StrAppend/Substitute (over any number of lines), or an operand
+     of +, += or .append(), except the reviewed calls in ALLOWED_ASSEMBLY.
+Check 1 is the safeguard; check 2 catches assembled SQL before it reaches a call.
 
 Usage: sql_is_never_concatenated.py SRC_DIR
 """
@@ -25,9 +27,13 @@ LITERAL = re.compile(r'^(\s*"([^"\\]|\\.)*"\s*)+$')
 # cond ? "literal" : "literal"
 CHOICE = re.compile(r'^[^"?]+\?\s*"([^"\\]|\\.)*"\s*:\s*"([^"\\]|\\.)*"$')
 SQL_KEYWORD_LITERAL = re.compile(
-    r'"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|PRAGMA|ATTACH|WITH|BEGIN)\b', re.I)
-ASSEMBLY = re.compile(r"\b(StrCat|StrFormat|StrAppend|Substitute)\s*\(|\"\s*\+|\+\s*\"")
-ALLOWED_ASSEMBLY = {'absl::StrCat("PRAGMA user_version = ", kSchemaVersion)'}
+    r'^"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|PRAGMA|ATTACH|WITH|BEGIN)\b', re.I)
+ASSEMBLY_CALL = re.compile(r"\b(StrCat|StrFormat|StrAppend|Substitute)\s*\(")
+OPERATOR_WITH_SQL = re.compile(
+    r'(\+=?|\.append\()\s*"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|PRAGMA|'
+    r'ATTACH|WITH|BEGIN)\b|"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|PRAGMA|'
+    r'ATTACH|WITH|BEGIN)\b([^"\\]|\\.)*"\s*\+', re.I)
+ALLOWED_ASSEMBLY = {'StrCat("PRAGMA user_version = ", kSchemaVersion)'}
 
 
 def arguments(text, open_paren):
@@ -57,8 +63,30 @@ def arguments(text, open_paren):
 
 
 def strip_comments(text):
-    text = re.sub(r"/\*.*?\*/", lambda m: " " * len(m.group(0)), text, flags=re.S)
-    return re.sub(r"//[^\n]*", "", text)
+    """`text` with comments blanked out (newlines kept), string and char literals left alone."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "\"'":
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            out.append(" " * (j - i))
+            i = j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append(re.sub(r"[^\n]", " ", text[i:j]))
+            i = j
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def check(path):
@@ -77,10 +105,17 @@ def check(path):
             continue
         problems.append(f"{path}:{line}: {match.group(1)} runs SQL from `{sql}`, which is "
                         "neither a literal nor a k-constant")
+    for match in ASSEMBLY_CALL.finditer(text):
+        args = arguments(text, match.end() - 1)
+        if not any(SQL_KEYWORD_LITERAL.match(arg) for arg in args):
+            continue
+        call = match.group(1) + "(" + ", ".join(args) + ")"
+        if " ".join(call.split()) in ALLOWED_ASSEMBLY:
+            continue
+        line = text.count("\n", 0, match.start()) + 1
+        problems.append(f"{path}:{line}: SQL text assembled at run time: {' '.join(call.split())}")
     for number, line in enumerate(text.split("\n"), start=1):
-        if SQL_KEYWORD_LITERAL.search(line) and ASSEMBLY.search(line):
-            if any(allowed in line for allowed in ALLOWED_ASSEMBLY):
-                continue
+        if OPERATOR_WITH_SQL.search(line):
             problems.append(f"{path}:{number}: SQL text assembled at run time: {line.strip()}")
     return problems
 
