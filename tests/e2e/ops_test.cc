@@ -126,6 +126,19 @@ std::optional<absl::Duration> WaitForHealth(const std::shared_ptr<grpc::Channel>
   return std::nullopt;
 }
 
+// Waits for the next event on `cq`, which must be `want`: streams here run one operation at a
+// time, so the next event is always the one just started (the context's deadline bounds every
+// wait). Whether it succeeded.
+bool AwaitTag(grpc::CompletionQueue& cq, intptr_t want) {
+  void* tag = nullptr;
+  bool ok = false;
+  if (!cq.Next(&tag, &ok)) {
+    return false;
+  }
+  EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+  return ok;
+}
+
 // Every response message of one ServerReflectionInfo stream that sends `request` and then
 // half-closes; `status` gets the call's status.
 std::vector<std::string> ReflectionExchange(const std::shared_ptr<grpc::Channel>& channel,
@@ -136,17 +149,7 @@ std::vector<std::string> ReflectionExchange(const std::shared_ptr<grpc::Channel>
   context.set_deadline(DeadlineIn(absl::Seconds(10)));
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call = stub.PrepareCall(
       &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
-  // One operation at a time, so the next event is always the one just started; the context's
-  // deadline bounds every wait.
-  auto await = [&cq](intptr_t want) {
-    void* tag = nullptr;
-    bool ok = false;
-    if (!cq.Next(&tag, &ok)) {
-      return false;
-    }
-    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
-    return ok;
-  };
+  auto await = [&cq](intptr_t want) { return AwaitTag(cq, want); };
   std::vector<std::string> responses;
   call->StartCall(reinterpret_cast<void*>(1));
   if (await(1)) {
@@ -546,15 +549,7 @@ TEST_F(OpsTest, ShutdownTurnsHealthWatchersNotServingForGood) {
   context.set_deadline(DeadlineIn(absl::Seconds(20)));
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
       stub.PrepareCall(&context, "/grpc.health.v1.Health/Watch", &cq);
-  auto await = [&cq](intptr_t want) {
-    void* tag = nullptr;
-    bool ok = false;
-    if (!cq.Next(&tag, &ok)) {
-      return false;
-    }
-    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
-    return ok;
-  };
+  auto await = [&cq](intptr_t want) { return AwaitTag(cq, want); };
   const std::string kServing("\x08\x01", 2);
   const std::string kNotServing("\x08\x02", 2);
   call->StartCall(reinterpret_cast<void*>(1));
