@@ -569,6 +569,47 @@ TEST(FaultStoreTest, DiskFull) {
   EXPECT_EQ(QueryInt(db, "SELECT count(*) FROM clicks WHERE outcome != 3"), sim.Requests());
 }
 
+// A database on a file system that is read-only (root ignores file permissions, a read-only
+// mount stops it too): verdictd refuses to start, quickly and naming the file, rather than take
+// checks whose clicks it could never record. The file is left as it was.
+TEST(FaultStoreTest, ReadOnlyFileSystemAtStartUp) {
+  TempDir dir;
+  Simulator sim(dir, kToken);
+  const std::string mnt = dir.File("ro");
+  TmpfsMount mount(mnt, "size=4m,mode=0700");
+  if (!mount.mounted()) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << mount.error()
+                 << "); needs root or CAP_SYS_ADMIN";
+  }
+  const std::string db = mnt + "/verdicts.db";
+  {
+    Verdictd verdictd(dir, sim.url(), kToken, {"--db=" + db});
+    pb::CheckIpResponse r;
+    ASSERT_TRUE(CheckIp(verdictd.stub(), "11.8.2.1", &r).ok());
+    ASSERT_EQ(verdictd.Stop(), 0);
+  }
+  const std::string before = ReadFileOrEmpty(db);
+  ASSERT_FALSE(before.empty());
+  ASSERT_EQ(::mount(nullptr, mnt.c_str(), nullptr, MS_REMOUNT | MS_RDONLY, nullptr), 0)
+      << std::strerror(errno);
+
+  const std::string log = dir.File("verdictd-ro.log");
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<ChildProcess>> process = ChildProcess::Start(
+      {VERDICTD_BIN, "--listen=127.0.0.1:0", "--db=" + db, "--upstream_url=" + sim.url()},
+      {{"CLICKPATROL_TOKEN", kToken}}, log);
+  ASSERT_TRUE(process.ok()) << process.status();
+  absl::StatusOr<int> code = (*process)->Wait(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << "verdictd kept running on a read-only database";
+  EXPECT_EQ(*code, 1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  const std::string text = ReadFileOrEmpty(log);
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("verdictd cannot start: database ", db,
+                                           " is not usable: the file is read-only")));
+  EXPECT_EQ(ReadFileOrEmpty(db), before) << "the file must be left as it was";
+  EXPECT_EQ(sim.Requests(), 1);
+}
+
 // --- corrupt database at start-up --------------------------------------------------------------
 
 struct CorruptFile {
