@@ -53,11 +53,12 @@ std::vector<std::string> ChildEnvironment(const std::map<std::string, std::strin
   return env_strings;
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
-    const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
-    const std::string& log_path) {
+// Starts argv[0] with ChildEnvironment(env) and `actions` (which it destroys), in a clean signal
+// state: nothing blocked, and SIGTERM, SIGINT and SIGPIPE at their defaults, whatever gtest's
+// threads or the benchmark's signal handling left in this process.
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
+                            const std::map<std::string, std::string>& env,
+                            posix_spawn_file_actions_t* actions) {
   std::vector<std::string> env_strings = ChildEnvironment(env);
   std::vector<char*> c_env;
   for (std::string& s : env_strings) {
@@ -71,13 +72,6 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
   }
   c_argv.push_back(nullptr);
 
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  // The child must not inherit a blocked signal mask or ignored signals from gtest's thread.
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t empty;
@@ -91,13 +85,31 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
   posix_spawnattr_setsigdefault(&attr, &defaults);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid = 0;
-  const int rc = posix_spawn(&pid, c_argv[0], &actions, &attr, c_argv.data(), c_env.data());
-  posix_spawn_file_actions_destroy(&actions);
+  const int rc = posix_spawn(&pid, c_argv[0], actions, &attr, c_argv.data(), c_env.data());
+  posix_spawn_file_actions_destroy(actions);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) {
     return absl::InternalError(absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(rc)));
   }
-  return std::unique_ptr<ChildProcess>(new ChildProcess(pid));
+  return pid;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
+    const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+    const std::string& log_path) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  absl::StatusOr<pid_t> pid = Spawn(argv, env, &actions);
+  if (!pid.ok()) {
+    return pid.status();
+  }
+  return std::unique_ptr<ChildProcess>(new ChildProcess(*pid));
 }
 
 ChildProcess::~ChildProcess() {
@@ -181,19 +193,6 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
     std::ofstream in(in_path, std::ios::binary);
     in << stdin_text;
   }
-  std::vector<std::string> env_strings = ChildEnvironment(env);
-  std::vector<char*> c_env;
-  for (std::string& s : env_strings) {
-    c_env.push_back(s.data());
-  }
-  c_env.push_back(nullptr);
-  std::vector<std::string> args = argv;
-  std::vector<char*> c_argv;
-  for (std::string& s : args) {
-    c_argv.push_back(s.data());
-  }
-  c_argv.push_back(nullptr);
-
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, in_path.c_str(), O_RDONLY, 0);
@@ -201,25 +200,11 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
                                    O_WRONLY | O_CREAT | O_TRUNC, 0600);
   posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(),
                                    O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t empty;
-  sigemptyset(&empty);
-  posix_spawnattr_setsigmask(&attr, &empty);
-  sigset_t defaults;
-  sigemptyset(&defaults);
-  sigaddset(&defaults, SIGTERM);
-  sigaddset(&defaults, SIGINT);
-  sigaddset(&defaults, SIGPIPE);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, c_argv[0], &actions, &attr, c_argv.data(), c_env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  if (rc != 0) {
-    return absl::InternalError(absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(rc)));
+  absl::StatusOr<pid_t> spawned = Spawn(argv, env, &actions);
+  if (!spawned.ok()) {
+    return spawned.status();
   }
+  const pid_t pid = *spawned;
   const absl::Time deadline = absl::Now() + timeout;
   int status = 0;
   while (waitpid(pid, &status, WNOHANG) != pid) {
