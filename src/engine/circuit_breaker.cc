@@ -27,6 +27,19 @@ bool CircuitBreaker::Allow() {
   return false;
 }
 
+bool CircuitBreaker::WouldAllow() const {
+  absl::MutexLock lock(&mu_);
+  switch (state_) {
+    case State::kClosed:
+      return true;
+    case State::kOpen:
+      return clock_.Now() >= open_until_;
+    case State::kHalfOpen:
+      return !probe_in_flight_;
+  }
+  return false;
+}
+
 void CircuitBreaker::RecordSuccess() {
   absl::MutexLock lock(&mu_);
   consecutive_failures_ = 0;

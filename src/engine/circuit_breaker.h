@@ -28,6 +28,9 @@ class CircuitBreaker {
   // that probe's outcome is recorded. Every admitted request must be followed by exactly one
   // RecordSuccess or RecordFailure.
   bool Allow();
+  // Whether Allow() would admit a request now, without admitting one (for a request that will
+  // wait in a queue first and call Allow() when it is about to be sent).
+  bool WouldAllow() const;
   void RecordSuccess();
   void RecordFailure();
   // An admitted request was not sent after all: frees a half-open probe slot, learns nothing.

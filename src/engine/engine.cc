@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -125,6 +126,15 @@ void Engine::WaitIdle() {
       &flights_));
 }
 
+bool Engine::WaitIdleUntil(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithDeadline(
+      absl::Condition(
+          +[](absl::flat_hash_map<std::string, Flight>* flights) { return flights->empty(); },
+          &flights_),
+      deadline);
+}
+
 void Engine::ScheduleUsageFlush() {
   scheduler_.RunAfter(options_.usage_flush_interval, [this, life = lifeline_] {
     absl::MutexLock lock(&life->mu);
@@ -192,6 +202,11 @@ void Engine::Check(CheckRequest request, Callback done) {
     done(std::move(valid));
     return;
   }
+  if (request.call != nullptr && !request.call->Alive(clock_.Now())) {
+    done(request.call->cancelled() ? absl::CancelledError("the call was cancelled")
+                                   : absl::DeadlineExceededError("the deadline passed first"));
+    return;
+  }
   absl::StatusOr<IpAddress> ip = ParseIp(request.ip);
   if (!ip.ok()) {
     done(ip.status());
@@ -241,99 +256,396 @@ void Engine::Check(CheckRequest request, Callback done) {
     return;
   }
 
-  absl::Status admitted;
+  Outbox out;
+  absl::Status refused;
   std::optional<Verdict> raced;
+  bool watch = false;
+  bool created = false;
+  bool send = false;
+  std::shared_ptr<CallState> call = request.call;
   {
     absl::MutexLock lock(&mu_);
     auto it = flights_.find(key);
     if (it != flights_.end()) {
       // Joining costs nothing, so neither budgets nor the breaker apply.
-      it->second.waiters.push_back(Waiter{std::move(done)});
+      it->second.waiters.push_back(Waiter{std::move(done), std::move(request.call),
+                                          std::move(request.caller), request.monthly_budget});
       if (observer_ != nullptr) {
         observer_->OnWaiterJoined();
       }
-      return;
-    }
-    // The flight for this key may have finished between the lookup above and this lock: it
-    // fills the hot cache before it leaves `flights_`, so look there again rather than paying
-    // for a second request.
-    if (std::optional<Verdict> cached = hot_.Get(key);
-        cached.has_value() &&
-        (!latest->has_value() || cached->checked_at > (*latest)->checked_at) &&
-        IsFresh(clock_.Now(), cached->checked_at,
-                options_.freshness.LimitFor(cached->assessment.score, request.max_age))) {
+      watch = true;
+    } else if (std::optional<Verdict> cached = hot_.Get(key);
+               cached.has_value() &&
+               (!latest->has_value() || cached->checked_at > (*latest)->checked_at) &&
+               IsFresh(now, cached->checked_at,
+                       options_.freshness.LimitFor(cached->assessment.score, request.max_age))) {
+      // The flight for this key may have finished between the lookup above and this lock: it
+      // fills the hot cache before it leaves `flights_`, so look there again rather than
+      // paying for a second request.
       raced = std::move(cached);
+    } else if (shutting_down_) {
+      refused = ShuttingDownError();
     } else {
       // Admission happens under the lock so that nobody joins a flight that is then refused.
-      admitted = Admit(request);
-    }
-    if (admitted.ok() && !raced.has_value()) {
-      Flight& flight = flights_[key];
-      flight.ip = canonical;
-      flight.user_agent = std::move(request.user_agent);
-      flight.caller = std::move(request.caller);
-      flight.stale_candidate = *latest;
-      flight.leader = std::move(done);
+      const bool slot_free =
+          options_.max_upstream_in_flight <= 0 || slots_in_use_ < options_.max_upstream_in_flight;
+      if (!slot_free && options_.max_queued_misses > 0 &&
+          slot_queue_.size() >= options_.max_queued_misses) {
+        refused = absl::ResourceExhaustedError(absl::StrCat(
+            "too many misses waiting for ClickPatrol (", slot_queue_.size(),
+            " queued, the limit is ", options_.max_queued_misses, "); nothing was sent"));
+        if (observer_ != nullptr) {
+          observer_->OnNotSent("queue_full");
+        }
+      } else {
+        // A miss that must wait is admitted for real when its turn comes.
+        refused = slot_free ? AdmitToSend(now) : PeekAdmission(now);
+        if (refused.ok() && !spend_.TryReserve(request.caller, request.monthly_budget)) {
+          refused = BudgetSpentError(request.caller, request.monthly_budget);
+          if (slot_free) {
+            breaker_.Cancel();
+          }
+        }
+      }
+      if (refused.ok()) {
+        Flight& flight = flights_[key];
+        flight.id = next_flight_id_++;
+        flight.ip = canonical;
+        flight.user_agent = request.user_agent;
+        flight.caller = request.caller;
+        flight.stale_candidate = *latest;
+        flight.waiters.push_back(Waiter{std::move(done), std::move(request.call),
+                                        std::move(request.caller), request.monthly_budget});
+        if (slot_free) {
+          if (options_.max_upstream_in_flight > 0) {
+            ++slots_in_use_;
+          }
+          flight.stage = Stage::kSending;
+          send = true;
+        } else {
+          flight.stage = Stage::kQueued;
+          slot_queue_.push_back(key);
+          if (observer_ != nullptr) {
+            observer_->OnQueueDepth(slot_queue_.size());
+          }
+        }
+        watch = true;
+        created = true;
+      }
     }
   }
   if (raced.has_value()) {
     Answer(done, CheckResult{*std::move(raced), Source::kCache, /*click_spent=*/false});
     return;
   }
-  if (!admitted.ok()) {
-    FailOrStale(*latest, std::move(admitted), done);
+  if (!watch) {
+    FailOrStale(*latest, std::move(refused), done);
     return;
   }
-  if (observer_ != nullptr) {
+  if (created && observer_ != nullptr) {
     observer_->OnFlightStarted();
   }
-  StartAttempt(std::move(key));
+  if (call != nullptr) {
+    // Cancel() reads the keys after setting the flag, and this reads the flag after adding the
+    // key, so one of the two sees the other.
+    bool cancelled = false;
+    {
+      absl::MutexLock lock(&call->keys_mu_);
+      call->keys_.push_back(key);
+      cancelled = call->cancelled();
+    }
+    if (cancelled) {
+      DropCancelled(key, call.get());
+    }
+  }
+  if (send) {
+    SendAttempt(std::move(key));
+  }
 }
 
-absl::Status Engine::Admit(const CheckRequest& request) {
-  if (!spend_.AllowUnderAllowance()) {
-    const AllowanceStatus allowance = spend_.Allowance();
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the ClickPatrol click allowance is exhausted until ",
-        absl::FormatTime("%Y-%m-%d %H:%M UTC", allowance.period_end, absl::UTCTimeZone())));
+absl::Status Engine::ShuttingDownError() {
+  return absl::UnavailableError(
+      "verdictd is shutting down; the check was not sent to ClickPatrol (no click spent)");
+}
+
+absl::Status Engine::BudgetSpentError(absl::string_view caller, int64_t monthly_budget) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "caller ", caller, " has spent its monthly budget of ", monthly_budget, " clicks"));
+}
+
+absl::Status Engine::AllowanceError() {
+  const AllowanceStatus allowance = spend_.Allowance();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the ClickPatrol click allowance is exhausted until ",
+      absl::FormatTime("%Y-%m-%d %H:%M UTC", allowance.period_end, absl::UTCTimeZone())));
+}
+
+absl::Status Engine::TokenRejectedError(absl::Time now) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "ClickPatrol rejected the API token; misses fail fast until it is replaced (next probe in ",
+      absl::FormatDuration(absl::Ceil(next_token_probe_ - now, absl::Seconds(1))), ")"));
+}
+
+absl::Status Engine::BreakerOpenError() {
+  return absl::UnavailableError(
+      "ClickPatrol is failing; requests are paused for a while (circuit breaker open)");
+}
+
+absl::Status Engine::PeekAdmission(absl::Time now) {
+  if (!spend_.WouldAllowUnderAllowance()) {
+    return AllowanceError();
   }
-  if (!spend_.TryReserve(request.caller, request.monthly_budget)) {
-    return absl::ResourceExhaustedError(absl::StrCat("caller ", request.caller,
-                                                     " has spent its monthly budget of ",
-                                                     request.monthly_budget, " clicks"));
+  if (token_rejected_ && now < next_token_probe_) {
+    return TokenRejectedError(now);
   }
-  if (!breaker_.Allow()) {
-    spend_.Refund(request.caller);
-    return absl::UnavailableError(
-        "ClickPatrol is failing; requests are paused for a while (circuit breaker open)");
+  if (!breaker_.WouldAllow()) {
+    return BreakerOpenError();
   }
   return absl::OkStatus();
 }
 
-void Engine::StartAttempt(std::string key) {
-  if (options_.max_upstream_in_flight > 0) {
-    absl::MutexLock lock(&slots_mu_);
-    if (slots_in_use_ >= options_.max_upstream_in_flight) {
-      slot_queue_.push_back(std::move(key));
-      return;
-    }
-    ++slots_in_use_;
+absl::Status Engine::AdmitToSend(absl::Time now) {
+  if (!spend_.AllowUnderAllowance()) {
+    return AllowanceError();
   }
-  SendAttempt(std::move(key));
+  if (token_rejected_) {
+    if (now < next_token_probe_) {
+      return TokenRejectedError(now);
+    }
+    next_token_probe_ = now + options_.token_probe_interval;  // this miss is the probe
+  }
+  if (!breaker_.Allow()) {
+    return BreakerOpenError();
+  }
+  return absl::OkStatus();
 }
 
-std::optional<std::string> Engine::PassSlot() {
+void Engine::FailOrStaleLater(const std::optional<Verdict>& stale, absl::Status error,
+                              Callback done, Outbox& out) {
+  if (stale.has_value() &&
+      IsFresh(clock_.Now(), stale->checked_at, options_.freshness.stale_if_error)) {
+    out.emplace_back(std::move(done), CheckResult{*stale, Source::kStale, /*click_spent=*/false});
+    return;
+  }
+  out.emplace_back(std::move(done), std::move(error));
+}
+
+void Engine::Deliver(Outbox& out) {
+  for (auto& [done, result] : out) {
+    Answer(done, std::move(result));
+  }
+  out.clear();
+}
+
+void Engine::RefuseLocked(Flight flight, absl::Status error, absl::string_view reason,
+                          Outbox& out) {
+  if (flight.payer_waiting) {
+    spend_.Refund(flight.caller);
+  }
+  for (Waiter& waiter : flight.waiters) {
+    FailOrStaleLater(flight.stale_candidate, error, std::move(waiter.done), out);
+  }
+  if (observer_ != nullptr) {
+    observer_->OnNotSent(reason);
+    observer_->OnFlightEnded();
+  }
+}
+
+bool Engine::PruneWaitersLocked(Flight& flight, absl::Time now, const CallState* cancelled,
+                                Outbox& out) {
+  bool payer_left = false;
+  std::vector<Waiter> kept;
+  kept.reserve(flight.waiters.size());
+  for (size_t i = 0; i < flight.waiters.size(); ++i) {
+    Waiter& waiter = flight.waiters[i];
+    const CallState* call = waiter.call.get();
+    if (call == nullptr || (call != cancelled && call->Alive(now))) {
+      kept.push_back(std::move(waiter));
+      continue;
+    }
+    if (i == 0 && flight.payer_waiting) {
+      payer_left = true;
+    }
+    out.emplace_back(std::move(waiter.done),
+                     call->cancelled() || call == cancelled
+                         ? absl::CancelledError("the call was cancelled")
+                         : absl::DeadlineExceededError("the deadline passed first"));
+  }
+  flight.waiters = std::move(kept);
+  if (payer_left) {
+    flight.payer_waiting = false;
+    if (flight.stage != Stage::kSending) {
+      // Nothing was sent: the payer who left gets its click back, and the next waiter who can
+      // pay leads (it alone would otherwise get an answer nobody paid for).
+      spend_.Refund(flight.caller);
+      while (!flight.waiters.empty()) {
+        Waiter& next = flight.waiters.front();
+        if (spend_.TryReserve(next.caller, next.monthly_budget)) {
+          flight.caller = next.caller;
+          flight.payer_waiting = true;
+          break;
+        }
+        FailOrStaleLater(flight.stale_candidate, BudgetSpentError(next.caller, next.monthly_budget),
+                         std::move(next.done), out);
+        flight.waiters.erase(flight.waiters.begin());
+      }
+    }
+  }
+  return !flight.waiters.empty();
+}
+
+void Engine::DropCancelled(const std::string& key, const CallState* call) {
+  Outbox out;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    if (it == flights_.end()) {
+      return;
+    }
+    Flight& flight = it->second;
+    if (!PruneWaitersLocked(flight, clock_.Now(), call, out) && flight.stage != Stage::kSending) {
+      // Unsent and unwanted: it leaves without a ledger row (its payer was refunded above).
+      if (flight.stage == Stage::kQueued) {
+        slot_queue_.erase(std::find(slot_queue_.begin(), slot_queue_.end(), key));
+        if (observer_ != nullptr) {
+          observer_->OnQueueDepth(slot_queue_.size());
+        }
+      }
+      flights_.erase(it);
+      if (observer_ != nullptr) {
+        observer_->OnNotSent("abandoned");
+        observer_->OnFlightEnded();
+      }
+    }
+  }
+  Deliver(out);
+}
+
+void Engine::Cancel(const std::shared_ptr<CallState>& call) {
+  call->cancelled_.store(true, std::memory_order_release);
+  std::vector<std::string> keys;
+  {
+    absl::MutexLock lock(&call->keys_mu_);
+    keys = call->keys_;
+  }
+  for (const std::string& key : keys) {
+    DropCancelled(key, call.get());
+  }
+}
+
+void Engine::Shutdown() {
+  Outbox out;
+  {
+    absl::MutexLock lock(&mu_);
+    shutting_down_ = true;
+    for (auto it = flights_.begin(); it != flights_.end();) {
+      if (it->second.stage == Stage::kSending) {
+        ++it;
+        continue;
+      }
+      Flight flight = std::move(it->second);
+      flights_.erase(it++);
+      RefuseLocked(std::move(flight), ShuttingDownError(), "shutdown", out);
+    }
+    slot_queue_.clear();
+    if (observer_ != nullptr) {
+      observer_->OnQueueDepth(0);
+    }
+  }
+  Deliver(out);
+}
+
+size_t Engine::QueuedMisses() {
+  absl::MutexLock lock(&mu_);
+  return slot_queue_.size();
+}
+
+std::optional<std::string> Engine::PassSlotLocked(Outbox& out) {
   if (options_.max_upstream_in_flight <= 0) {
     return std::nullopt;
   }
-  absl::MutexLock lock(&slots_mu_);
-  if (slot_queue_.empty()) {
-    --slots_in_use_;
-    return std::nullopt;
+  const absl::Time now = clock_.Now();
+  std::optional<std::string> next;
+  while (!slot_queue_.empty() && !next.has_value()) {
+    std::string key = std::move(slot_queue_.front());
+    slot_queue_.pop_front();
+    auto it = flights_.find(key);
+    if (it == flights_.end() || it->second.stage != Stage::kQueued) {
+      continue;  // not expected: a dropped flight leaves the queue
+    }
+    Flight& flight = it->second;
+    if (!PruneWaitersLocked(flight, now, nullptr, out)) {
+      flights_.erase(it);
+      if (observer_ != nullptr) {
+        observer_->OnNotSent("abandoned");
+        observer_->OnFlightEnded();
+      }
+      continue;
+    }
+    // Its turn: admitted again, now that the breaker, the allowance and the token may have
+    // changed while it waited.
+    absl::Status admitted = shutting_down_ ? ShuttingDownError() : AdmitToSend(now);
+    if (!admitted.ok()) {
+      Flight refused = std::move(flight);
+      flights_.erase(it);
+      RefuseLocked(std::move(refused), std::move(admitted), "refused", out);
+      continue;
+    }
+    flight.stage = Stage::kSending;
+    next = std::move(key);
   }
-  std::string next = std::move(slot_queue_.front());
-  slot_queue_.pop_front();
+  if (observer_ != nullptr) {
+    observer_->OnQueueDepth(slot_queue_.size());
+  }
+  if (!next.has_value()) {
+    --slots_in_use_;
+  }
   return next;
+}
+
+void Engine::Retry(const std::string& key, uint64_t id) {
+  Outbox out;
+  bool send = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    if (it == flights_.end() || it->second.id != id || it->second.stage != Stage::kBackoff) {
+      return;  // dropped while it waited
+    }
+    Flight& flight = it->second;
+    const absl::Time now = clock_.Now();
+    if (!PruneWaitersLocked(flight, now, nullptr, out)) {
+      flights_.erase(it);
+      if (observer_ != nullptr) {
+        observer_->OnNotSent("abandoned");
+        observer_->OnFlightEnded();
+      }
+    } else if (options_.max_upstream_in_flight <= 0 ||
+               slots_in_use_ < options_.max_upstream_in_flight) {
+      absl::Status admitted = shutting_down_ ? ShuttingDownError() : AdmitToSend(now);
+      if (!admitted.ok()) {
+        Flight refused = std::move(flight);
+        flights_.erase(it);
+        RefuseLocked(std::move(refused), std::move(admitted), "refused", out);
+      } else {
+        if (options_.max_upstream_in_flight > 0) {
+          ++slots_in_use_;
+        }
+        flight.stage = Stage::kSending;
+        send = true;
+      }
+    } else {
+      flight.stage = Stage::kQueued;
+      slot_queue_.push_back(key);
+      if (observer_ != nullptr) {
+        observer_->OnQueueDepth(slot_queue_.size());
+      }
+    }
+  }
+  Deliver(out);
+  if (send) {
+    SendAttempt(key);
+  }
 }
 
 void Engine::SendAttempt(std::string key) {
@@ -349,45 +661,69 @@ void Engine::SendAttempt(std::string key) {
   // The ledger row is durable before the request leaves: a crash after this point still
   // counts the click as spent.
   store_.BeginClick(caller, ip, clock_.Now(), [this, key](absl::StatusOr<int64_t> click_id) {
-    if (!click_id.ok()) {
-      std::string caller;
-      {
-        absl::MutexLock lock(&mu_);
-        caller = flights_.at(key).caller;
-      }
-      spdlog::error("click ledger write failed, nothing sent: {}", click_id.status().message());
-      if (std::optional<std::string> next = PassSlot()) {
-        SendAttempt(*std::move(next));
-      }
-      spend_.Refund(caller);
-      breaker_.Cancel();
-      Resolve(key,
-              absl::UnavailableError(absl::StrCat("cannot record the click, so nothing was sent: ",
-                                                  click_id.status().message())),
-              /*charged=*/false);
-      return;
-    }
+    Outbox out;
+    std::optional<std::string> next;
+    std::string caller;
     std::string ip;
     std::string user_agent;
+    absl::Status drop;  // why the request will not leave after all
     {
       absl::MutexLock lock(&mu_);
-      const Flight& flight = flights_.at(key);
-      ip = flight.ip;
-      user_agent = flight.user_agent;
+      Flight& flight = flights_.at(key);
+      caller = flight.caller;
+      if (!click_id.ok()) {
+        drop = absl::UnavailableError(absl::StrCat("cannot record the click, so nothing was sent: ",
+                                                   click_id.status().message()));
+      } else if (shutting_down_) {
+        drop = ShuttingDownError();
+      } else if (!PruneWaitersLocked(flight, clock_.Now(), nullptr, out)) {
+        drop = absl::CancelledError("nobody waits for the answer any more");
+      }
+      if (!drop.ok()) {
+        next = PassSlotLocked(out);
+      } else {
+        ip = flight.ip;
+        user_agent = flight.user_agent;
+      }
     }
-    client_.Fetch(std::move(ip), std::move(user_agent),
-                  [this, key, id = *click_id](FetchOutcome outcome) {
-                    OnFetched(key, id, std::move(outcome));
-                  });
+    Deliver(out);
+    if (drop.ok()) {
+      client_.Fetch(std::move(ip), std::move(user_agent),
+                    [this, key, id = *click_id](FetchOutcome outcome) {
+                      OnFetched(key, id, std::move(outcome));
+                    });
+      return;
+    }
+    spend_.Refund(caller);
+    breaker_.Cancel();
+    if (!click_id.ok()) {
+      spdlog::error("click ledger write failed, nothing sent: {}", click_id.status().message());
+      if (next.has_value()) {
+        SendAttempt(*std::move(next));
+      }
+      Resolve(key, std::move(drop), /*charged=*/false);
+      return;
+    }
+    if (observer_ != nullptr) {
+      observer_->OnNotSent(drop.code() == absl::StatusCode::kCancelled ? "abandoned" : "shutdown");
+    }
+    // The row was written but the request never leaves: it is completed as not sent (no click).
+    ClickCompletion completion;
+    completion.outcome = ClickOutcome::kNotSent;
+    completion.error = std::string(drop.message());
+    store_.CompleteClick(*click_id, std::move(completion), [this, key, drop](absl::Status stored) {
+      if (!stored.ok()) {
+        spdlog::error("could not complete click ledger row: {}", stored.message());
+      }
+      Resolve(key, drop, /*charged=*/false);
+    });
+    if (next.has_value()) {
+      SendAttempt(*std::move(next));
+    }
   });
 }
 
 void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome) {
-  // The request is over: its slot goes to the next queued miss, which is started only once this
-  // completion is queued to the store, so that its ledger row is written after this one is
-  // completed. (Taken now, while this flight still exists: once the completion is queued, the
-  // flight may resolve and the engine be destroyed; a queued miss keeps the engine alive.)
-  std::optional<std::string> next = PassSlot();
   std::string ip;
   std::string user_agent;
   std::string caller;
@@ -433,22 +769,41 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
 
   const bool not_sent = completion.outcome == ClickOutcome::kNotSent;
   const bool retry = not_sent && attempts < options_.max_attempts;
+  // What this answer says about ClickPatrol is recorded before the slot passes on, so that the
+  // next queued miss is admitted in its light.
   if (status.ok()) {
     breaker_.RecordSuccess();
     spend_.MarkUpstreamAvailable();
   } else if (status.code() == absl::StatusCode::kResourceExhausted) {
     spend_.MarkUpstreamExhausted();
     breaker_.RecordSuccess();  // ClickPatrol is healthy; it just will not serve us
-  } else if (!retry) {
-    if (CountsAgainstBreaker(status)) {
-      breaker_.RecordFailure();
-    } else {
-      breaker_.RecordSuccess();
-    }
+  } else if (retry) {
+    breaker_.Cancel();  // the retry is admitted again when its turn comes
+  } else if (CountsAgainstBreaker(status)) {
+    breaker_.RecordFailure();
+  } else {
+    breaker_.RecordSuccess();
   }
   if (not_sent && !retry) {
     spend_.Refund(caller);
   }
+  Outbox out;
+  std::optional<std::string> next;
+  {
+    absl::MutexLock lock(&mu_);
+    if (status.ok()) {
+      token_rejected_ = false;
+    } else if (status.code() == absl::StatusCode::kFailedPrecondition && !not_sent) {
+      token_rejected_ = true;
+      next_token_probe_ = clock_.Now() + options_.token_probe_interval;
+    }
+    // The request is over: its slot goes to the next queued miss, which is started only once
+    // this completion is queued to the store, so that its ledger row is written after this one
+    // is completed. (Taken now, while this flight still exists: once the completion is queued,
+    // the flight may resolve and the engine be destroyed; a queued miss keeps the engine alive.)
+    next = PassSlotLocked(out);
+  }
+  Deliver(out);
 
   std::optional<Verdict> verdict = completion.verdict;
   const bool charged = !not_sent;
@@ -460,9 +815,29 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
           spdlog::error("could not complete click ledger row: {}", stored.message());
         }
         if (retry) {
-          // Never sent, so never billed: try again after a backoff.
+          // Never sent, so never billed: try again after a backoff, unless shutting down.
+          uint64_t id = 0;
+          bool stopping = false;
+          {
+            absl::MutexLock lock(&mu_);
+            Flight& flight = flights_.at(key);
+            id = flight.id;
+            stopping = shutting_down_;
+            if (!stopping) {
+              flight.stage = Stage::kBackoff;
+            }
+          }
+          if (stopping) {
+            Resolve(key, ShuttingDownError(), /*charged=*/false);
+            return;
+          }
           const absl::Duration backoff = options_.retry_backoff * (1 << (attempts - 1));
-          scheduler_.RunAfter(backoff, [this, key] { StartAttempt(key); });
+          scheduler_.RunAfter(backoff, [this, life = lifeline_, key, id] {
+            absl::MutexLock lock(&life->mu);
+            if (life->alive) {
+              Retry(key, id);
+            }
+          });
           return;
         }
         if (!status.ok()) {
@@ -496,25 +871,23 @@ void Engine::Resolve(const std::string& key, absl::StatusOr<Verdict> result, boo
   if (observer_ != nullptr) {
     observer_->OnFlightEnded();
   }
+  // The payer, if still waiting, is first; only it was charged.
+  auto spent = [&](size_t i) { return charged && i == 0 && flight.payer_waiting; };
   if (result.ok()) {
-    Answer(flight.leader, CheckResult{*result, Source::kUpstream, /*click_spent=*/charged});
-    for (Waiter& waiter : flight.waiters) {
-      Answer(waiter.done, CheckResult{*result, Source::kUpstream, /*click_spent=*/false});
+    for (size_t i = 0; i < flight.waiters.size(); ++i) {
+      Answer(flight.waiters[i].done, CheckResult{*result, Source::kUpstream, spent(i)});
     }
     return;
   }
   const absl::Duration window = options_.freshness.stale_if_error;
   if (flight.stale_candidate.has_value() &&
       IsFresh(clock_.Now(), flight.stale_candidate->checked_at, window)) {
-    Answer(flight.leader,
-           CheckResult{*flight.stale_candidate, Source::kStale, /*click_spent=*/charged});
-    for (Waiter& waiter : flight.waiters) {
-      Answer(waiter.done,
-             CheckResult{*flight.stale_candidate, Source::kStale, /*click_spent=*/false});
+    for (size_t i = 0; i < flight.waiters.size(); ++i) {
+      Answer(flight.waiters[i].done,
+             CheckResult{*flight.stale_candidate, Source::kStale, spent(i)});
     }
     return;
   }
-  Answer(flight.leader, result.status());
   for (Waiter& waiter : flight.waiters) {
     Answer(waiter.done, result.status());
   }

@@ -1,6 +1,8 @@
 #ifndef VERDICTD_ENGINE_ENGINE_H_
 #define VERDICTD_ENGINE_ENGINE_H_
 
+#include <atomic>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -59,6 +61,15 @@ struct EngineOptions {
   // (billed, possibly unsent) only about this many rows — those in flight and those whose answer
   // was being committed — not every queued miss. 0: no limit. Default: 0.
   int max_upstream_in_flight = 0;
+  // Most misses waiting in that queue; a miss beyond it fails fast with RESOURCE_EXHAUSTED
+  // ("too many misses waiting for ClickPatrol") and costs nothing, so a hung ClickPatrol and a
+  // flood of cold IPs cannot grow memory without bound. Only with max_upstream_in_flight > 0.
+  // 0: no limit. Default: 0.
+  size_t max_queued_misses = 0;
+  // After ClickPatrol rejects the token (HTTP 401/403) misses fail fast with
+  // FAILED_PRECONDITION, letting one probe through per this interval (a rejected token stays
+  // rejected until the operator replaces it; each probe may cost a click). Default: 1 min.
+  absl::Duration token_probe_interval = absl::Minutes(1);
   // History and ledger rows older than this are pruned in the background. Zero: keep forever.
   // Default: 400 days, checked every minute, 500 rows per transaction.
   absl::Duration history_retention = absl::Hours(24 * 400);
@@ -71,6 +82,28 @@ struct EngineOptions {
   absl::Duration usage_flush_interval = absl::Seconds(1);
 };
 
+// One RPC's stake in its checks, shared by every item of a batch: its deadline, and whether the
+// caller has gone away. A miss that is still waiting for an upstream slot when every caller
+// waiting for it has gone is dropped without a ledger row or a request.
+class CallState {
+ public:
+  explicit CallState(absl::Time deadline = absl::InfiniteFuture()) : deadline_(deadline) {}
+  CallState(const CallState&) = delete;
+  CallState& operator=(const CallState&) = delete;
+
+  absl::Time deadline() const { return deadline_; }
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  // Whether someone may still read the answer at `now`.
+  bool Alive(absl::Time now) const { return !cancelled() && now < deadline_; }
+
+ private:
+  friend class Engine;
+  const absl::Time deadline_;
+  std::atomic<bool> cancelled_{false};
+  absl::Mutex keys_mu_;
+  std::vector<std::string> keys_ ABSL_GUARDED_BY(keys_mu_);  // the flights it waits for
+};
+
 struct CheckRequest {
   std::string ip;          // as the caller wrote it
   std::string user_agent;  // "" for none
@@ -78,6 +111,8 @@ struct CheckRequest {
   bool cache_only = false;
   std::string caller;          // who is asking (and pays for a miss)
   int64_t monthly_budget = 0;  // the caller's clicks per calendar month; 0: unlimited
+  // The RPC this check belongs to; null: someone always waits for the answer.
+  std::shared_ptr<CallState> call;
 };
 
 struct CheckResult {
@@ -97,6 +132,12 @@ class EngineObserver {
   virtual void OnFlightStarted() {}
   virtual void OnFlightEnded() {}
   virtual void OnWaiterJoined() {}
+  // A miss was answered without a request because `reason`: "abandoned" (nobody waited any
+  // more), "refused" (breaker, allowance or token state when its turn came), "shutdown" or
+  // "queue_full".
+  virtual void OnNotSent(absl::string_view reason) {}
+  // Misses waiting for an upstream slot.
+  virtual void OnQueueDepth(size_t depth) {}
 };
 
 // Freshness, single flight, budgets and accounting: decides for each check whether a stored
@@ -126,7 +167,19 @@ class Engine {
   // cache_only miss, FAILED_PRECONDITION for a non-public address, RESOURCE_EXHAUSTED for a
   // spent budget or allowance, UNAVAILABLE while the circuit breaker is open, and the
   // upstream's error otherwise — each replaced by a STALE answer when one is young enough.
+  // Misses are admitted twice: when they arrive, and again (breaker, allowance, token) when
+  // their turn for an upstream slot comes, so a queued miss is never sent into a known failure.
   void Check(CheckRequest request, Callback done);
+
+  // The RPC behind `call` is gone (cancelled, deadline passed): its checks are answered
+  // CANCELLED at once, and a miss nobody else waits for is dropped unless already sent (a sent
+  // request is billed; its verdict is still stored).
+  void Cancel(const std::shared_ptr<CallState>& call);
+
+  // Stops admitting misses (UNAVAILABLE "shutting down"), and answers every miss that has not
+  // been sent (queued, or waiting to retry) UNAVAILABLE at once, without a request. Misses
+  // already sent finish. Hits are still served.
+  void Shutdown();
 
   // Audit and accounting reads (blocking store reads).
   absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query);
@@ -139,41 +192,83 @@ class Engine {
 
   // Blocks until every upstream request in flight has been answered.
   void WaitIdle();
+  // As WaitIdle, until `deadline`; whether it became idle.
+  bool WaitIdleUntil(absl::Time deadline);
+  // Misses waiting for an upstream slot now.
+  size_t QueuedMisses();
 
  private:
   struct Waiter {
     Callback done;
+    std::shared_ptr<CallState> call;  // null: always waiting
+    std::string caller;
+    int64_t monthly_budget = 0;
+  };
+  enum class Stage {
+    kQueued,   // waiting for an upstream slot (in slot_queue_), nothing written yet
+    kSending,  // holds a slot: ledger row being written, request on the wire, or completing
+    kBackoff,  // a request that provably never left, waiting to be retried
   };
   // One upstream request and everyone waiting for it.
   struct Flight {
+    uint64_t id = 0;  // tells a flight from a later one for the same key
     std::string ip;
     std::string user_agent;
-    std::string caller;                      // the leader, who pays
+    std::string caller;  // who pays: the caller in the ledger row
+    // waiters.front() is the payer, who gets click_spent, until it goes away.
+    bool payer_waiting = true;
     std::optional<Verdict> stale_candidate;  // newest stored verdict when the flight began
-    Callback leader;
     std::vector<Waiter> waiters;
+    Stage stage = Stage::kQueued;
     int attempts = 0;
   };
+  // Answers to deliver once the lock is released.
+  using Outbox = std::vector<std::pair<Callback, absl::StatusOr<CheckResult>>>;
 
   Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& client, const Clock& clock,
          Scheduler& scheduler, EngineObserver* observer,
          const std::vector<std::pair<std::string, int64_t>>& month_clicks, int64_t period_clicks);
 
-  // Why a miss may not be sent now, or OK. REQUIRES: the caller leads a new flight.
-  absl::Status Admit(const CheckRequest& request);
+  static absl::Status ShuttingDownError();
+  static absl::Status BudgetSpentError(absl::string_view caller, int64_t monthly_budget);
+  static absl::Status BreakerOpenError();
+  absl::Status AllowanceError();
+  absl::Status TokenRejectedError(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why a new miss may not wait for a slot, without using up a breaker or allowance probe.
+  absl::Status PeekAdmission(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why a miss may not be sent now, or OK, using up a probe if it is one. On OK the breaker has
+  // admitted the request: exactly one RecordSuccess, RecordFailure or Cancel must follow.
+  absl::Status AdmitToSend(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Answers `done` with the stale candidate if young enough, else with `error`.
   void FailOrStale(const std::optional<Verdict>& stale, absl::Status error, Callback& done);
-  // Starts an attempt for `key` when an upstream slot is free, else queues it. Runs without the
-  // lock.
-  void StartAttempt(std::string key);
-  // Records the click, then sends the request. REQUIRES: holds an upstream slot.
+  // The same, for delivery once the lock is released.
+  void FailOrStaleLater(const std::optional<Verdict>& stale, absl::Status error, Callback done,
+                        Outbox& out);
+  void Deliver(Outbox& out);
+  // Answers every waiter of `flight` (already removed from flights_) with `error` or stale, and
+  // returns the payer's reservation. Nothing was sent for it.
+  void RefuseLocked(Flight flight, absl::Status error, absl::string_view reason, Outbox& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the waiters nobody waits for any more (`cancelled`'s, and those whose call is gone),
+  // answering them CANCELLED or DEADLINE_EXCEEDED. While the flight has not been sent, a payer
+  // who left is refunded and the next waiter that can pay takes over. Whether anyone still
+  // waits.
+  bool PruneWaitersLocked(Flight& flight, absl::Time now, const CallState* cancelled, Outbox& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes `call`'s waiters from the flight for `key`, and the flight itself if it has not
+  // been sent and nobody else waits.
+  void DropCancelled(const std::string& key, const CallState* call);
+  // Gives up a slot: hands it to the next queued flight that is still wanted and admitted
+  // (dropping or refusing the others), whose key is returned and must be passed to
+  // SendAttempt; or frees it.
+  std::optional<std::string> PassSlotLocked(Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Retries a flight whose request provably never left, after its backoff.
+  void Retry(const std::string& key, uint64_t id);
+  // Records the click, then sends the request. REQUIRES: the flight holds an upstream slot.
   void SendAttempt(std::string key);
-  // Gives up a slot: frees it, or hands it to the next queued attempt, whose key is returned
-  // and must be passed to SendAttempt.
-  std::optional<std::string> PassSlot();
   void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
-  // Removes the flight for `key` and answers the leader and every waiter. `charged`: a click was
-  // spent (the leader's) whatever the result.
+  // Removes the flight for `key` and answers every waiter. `charged`: a click was spent (the
+  // payer's) whatever the result.
   void Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged);
   void Answer(Callback& done, absl::StatusOr<CheckResult> result);
   void SchedulePrune(absl::Duration delay);
@@ -200,10 +295,13 @@ class Engine {
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Flight> flights_ ABSL_GUARDED_BY(mu_);
-
-  absl::Mutex slots_mu_;
-  int slots_in_use_ ABSL_GUARDED_BY(slots_mu_) = 0;
-  std::deque<std::string> slot_queue_ ABSL_GUARDED_BY(slots_mu_);  // flight keys, FIFO
+  uint64_t next_flight_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int slots_in_use_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<std::string> slot_queue_ ABSL_GUARDED_BY(mu_);  // keys of kQueued flights, FIFO
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  // ClickPatrol rejected the token: misses fail fast but for one probe per interval.
+  bool token_rejected_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time next_token_probe_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace verdictd

@@ -657,6 +657,280 @@ TEST_F(EngineTest, RetentionPrunesWithTheInjectedClock) {
   EXPECT_EQ(store_.prune_cutoffs[1], clock_.Now() - absl::Hours(24 * 400));
 }
 
+// --- Never send a click nobody can use -------------------------------------------------------
+
+// Misses queued behind a failing ClickPatrol are admitted again when their turn comes: once the
+// breaker opens they fail fast, with neither a ledger row nor a request, and their reservations
+// are returned.
+TEST_F(EngineTest, QueuedMissesAreRefusedOnceTheBreakerOpens) {
+  options_.max_upstream_in_flight = 2;
+  options_.breaker.failure_threshold = 2;
+  std::vector<std::shared_ptr<std::optional<absl::StatusOr<CheckResult>>>> results;
+  for (int i = 0; i < 6; ++i) {
+    CheckRequest r = Request(absl::StrCat("11.1.0.", i + 1));
+    r.monthly_budget = 100;
+    results.push_back(Start(r));
+  }
+  EXPECT_EQ(engine().QueuedMisses(), 4u);
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  ASSERT_EQ(client_.pending.size(), 2u) << "one failure: the next queued miss is sent";
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  EXPECT_EQ(engine().breaker_state(), CircuitBreaker::State::kOpen);
+  // The second failure opened the breaker: the three still queued are refused at their turn.
+  EXPECT_EQ(client_.pending.size(), 1u);
+  EXPECT_EQ(engine().QueuedMisses(), 0u);
+  for (int i = 3; i < 6; ++i) {
+    ASSERT_TRUE(results[i]->has_value()) << i;
+    EXPECT_EQ((*results[i])->status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string((*results[i])->status().message()),
+                ::testing::HasSubstr("circuit breaker"));
+  }
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  EXPECT_EQ(store_.clicks.size(), 3u) << "ledger rows only for the requests sent";
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 3) << "the refused misses were refunded";
+}
+
+TEST_F(EngineTest, QueuedMissesAreRefusedOnceTheAllowanceIsExhausted) {
+  options_.max_upstream_in_flight = 1;
+  auto first = Start(Request("11.1.1.1"));
+  auto second = Start(Request("11.1.1.2"));
+  auto third = Start(Request("11.1.1.3"));
+  client_.Answer(absl::ResourceExhaustedError("ClickPatrol click allowance exhausted (HTTP 402)"));
+  EXPECT_TRUE(client_.pending.empty());
+  for (const auto& r : {first, second, third}) {
+    ASSERT_TRUE(r->has_value());
+    EXPECT_EQ((*r)->status().code(), absl::StatusCode::kResourceExhausted);
+  }
+  EXPECT_THAT(std::string((*second)->status().message()),
+              ::testing::HasSubstr("allowance is exhausted"));
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+// A rejected token stays rejected until the operator replaces it: queued and new misses fail
+// fast, and one probe per interval finds out whether it works again.
+TEST_F(EngineTest, RejectedTokenStopsQueuedAndNewMissesUntilAProbeSucceeds) {
+  options_.max_upstream_in_flight = 1;
+  options_.token_probe_interval = absl::Minutes(1);
+  Start(Request("11.1.2.1"));
+  auto queued = Start(Request("11.1.2.2"));
+  client_.Answer(absl::FailedPreconditionError("ClickPatrol rejected the API token (HTTP 401)"));
+  ASSERT_TRUE(queued->has_value());
+  EXPECT_EQ((*queued)->status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string((*queued)->status().message()), ::testing::HasSubstr("rejected"));
+  auto fresh = Start(Request("11.1.2.3"));
+  EXPECT_EQ((*fresh)->status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(store_.clicks.size(), 1u);
+
+  clock_.Advance(absl::Minutes(1));
+  auto probe = Start(Request("11.1.2.4"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "one probe a minute";
+  auto during_probe = Start(Request("11.1.2.5"));
+  ASSERT_TRUE(during_probe->has_value());
+  EXPECT_EQ((*during_probe)->status().code(), absl::StatusCode::kFailedPrecondition)
+      << "while the probe is out, others fail fast (as with the breaker's half-open probe)";
+  client_.Answer(Safe());
+  ASSERT_TRUE((*probe)->ok());
+  auto after = Start(Request("11.1.2.5"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "the token works again";
+  client_.Answer(Safe());
+  EXPECT_TRUE((*after)->ok());
+  EXPECT_EQ(store_.clicks.size(), 3u);
+}
+
+// A miss still waiting for a slot when its caller goes away is dropped: no ledger row, no
+// request, its reservation returned. The caller is answered CANCELLED at once.
+TEST_F(EngineTest, CancelledQueuedMissIsDroppedWithoutARequest) {
+  options_.max_upstream_in_flight = 1;
+  Start(Request("11.1.3.1"));
+  auto call = std::make_shared<CallState>();
+  CheckRequest r = Request("11.1.3.2", "team-b");
+  r.monthly_budget = 10;
+  r.call = call;
+  auto abandoned = Start(r);
+  EXPECT_EQ(engine().QueuedMisses(), 1u);
+  EXPECT_EQ(engine().SpentThisMonth("team-b"), 1) << "reserved while it waits";
+  engine().Cancel(call);
+  ASSERT_TRUE(abandoned->has_value());
+  EXPECT_EQ((*abandoned)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine().QueuedMisses(), 0u);
+  EXPECT_EQ(engine().SpentThisMonth("team-b"), 0);
+  client_.Answer(Safe());
+  EXPECT_TRUE(client_.pending.empty());
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].ip, "11.1.3.1");
+  auto after = Start(Request("11.1.3.3"));
+  EXPECT_EQ(client_.pending.size(), 1u) << "the slot is free";
+  client_.Answer(Safe());
+  EXPECT_TRUE((*after)->ok());
+}
+
+// Every item of a batch shares one CallState: cancelling it drops all of them.
+TEST_F(EngineTest, CancellingABatchDropsAllItsQueuedMisses) {
+  options_.max_upstream_in_flight = 1;
+  auto call = std::make_shared<CallState>();
+  std::vector<std::shared_ptr<std::optional<absl::StatusOr<CheckResult>>>> items;
+  for (int i = 0; i < 5; ++i) {
+    CheckRequest r = Request(absl::StrCat("11.1.4.", i + 1));
+    r.call = call;
+    items.push_back(Start(r));
+  }
+  ASSERT_EQ(client_.pending.size(), 1u);
+  engine().Cancel(call);
+  for (const auto& item : items) {
+    ASSERT_TRUE(item->has_value());
+    EXPECT_EQ((*item)->status().code(), absl::StatusCode::kCancelled);
+  }
+  EXPECT_EQ(engine().QueuedMisses(), 0u);
+  // The one already sent is billed and never recalled; its verdict is still stored.
+  client_.Answer(Fake());
+  EXPECT_TRUE(client_.pending.empty());
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kVerdict);
+  ASSERT_EQ(store_.history.size(), 1u);
+  EXPECT_EQ(store_.history[0].ip, "11.1.4.1");
+  auto hit = Start(Request("11.1.4.1"));
+  ASSERT_TRUE((*hit)->ok());
+  EXPECT_EQ((**hit)->source, Source::kCache);
+  // A check that arrives for a call already cancelled is answered at once.
+  CheckRequest late = Request("11.1.4.9");
+  late.call = call;
+  auto refused = Start(late);
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(client_.pending.empty());
+}
+
+// Deadlines are read from the engine's clock when a queued miss's turn comes.
+TEST_F(EngineTest, QueuedMissPastItsDeadlineIsNotSent) {
+  options_.max_upstream_in_flight = 1;
+  Start(Request("11.1.5.1"));
+  CheckRequest r = Request("11.1.5.2");
+  r.call = std::make_shared<CallState>(clock_.Now() + absl::Seconds(1));
+  auto late = Start(r);
+  clock_.Advance(absl::Seconds(2));
+  client_.Answer(Safe());
+  ASSERT_TRUE(late->has_value());
+  EXPECT_EQ((*late)->status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+// The payer of a queued miss goes away while someone else waits for the same IP: the other
+// caller pays instead, and the payer gets its click back.
+TEST_F(EngineTest, WhenThePayerLeavesAQueuedMissTheNextWaiterPays) {
+  options_.max_upstream_in_flight = 1;
+  Start(Request("11.1.6.1"));
+  auto payer_call = std::make_shared<CallState>();
+  CheckRequest a = Request("11.1.6.2", "team-a");
+  a.call = payer_call;
+  a.monthly_budget = 10;
+  auto left = Start(a);
+  CheckRequest b = Request("11.1.6.2", "team-b");
+  b.monthly_budget = 10;
+  auto stayed = Start(b);
+  engine().Cancel(payer_call);
+  EXPECT_EQ((*left)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 1) << "only 11.1.6.1";
+  EXPECT_EQ(engine().SpentThisMonth("team-b"), 1) << "reserved on taking over";
+  client_.Answer(Safe());
+  ASSERT_EQ(client_.pending.size(), 1u) << "still wanted: sent";
+  client_.Answer(Fake());
+  ASSERT_TRUE(stayed->has_value() && (*stayed)->ok());
+  EXPECT_TRUE((**stayed)->click_spent);
+  ASSERT_EQ(store_.clicks.size(), 2u);
+  EXPECT_EQ(store_.clicks[1].caller, "team-b");
+  EXPECT_EQ((**stayed)->verdict.caller, "team-b");
+}
+
+// A waiter of a request already on the wire who goes away is answered at once; the request is
+// billed to its payer and its verdict stored for the others.
+TEST_F(EngineTest, CancellingASentMissAnswersTheCallerButKeepsTheVerdict) {
+  auto call = std::make_shared<CallState>();
+  CheckRequest r = Request("11.1.7.1");
+  r.call = call;
+  auto gone = Start(r);
+  auto other = Start(Request("11.1.7.1", "team-b"));
+  ASSERT_EQ(client_.pending.size(), 1u);
+  engine().Cancel(call);
+  EXPECT_EQ((*gone)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(other->has_value());
+  client_.Answer(Safe());
+  ASSERT_TRUE((*other)->ok());
+  EXPECT_FALSE((**other)->click_spent);
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].caller, "team-a");
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kVerdict);
+  EXPECT_EQ(store_.history.size(), 1u);
+}
+
+TEST_F(EngineTest, MissesPastTheQueueBoundFailFastAndCostNothing) {
+  options_.max_upstream_in_flight = 1;
+  options_.max_queued_misses = 2;
+  Start(Request("11.1.8.1"));
+  Start(Request("11.1.8.2"));
+  Start(Request("11.1.8.3"));
+  CheckRequest r = Request("11.1.8.4");
+  r.monthly_budget = 10;
+  auto refused = Start(r);
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string((*refused)->status().message()),
+              ::testing::HasSubstr("too many misses waiting for ClickPatrol"));
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 3);
+  auto joined = Start(Request("11.1.8.3", "team-b"));
+  EXPECT_FALSE(joined->has_value()) << "joining a queued miss costs no queue place";
+  client_.Answer(Safe());
+  auto now_fits = Start(Request("11.1.8.5"));
+  EXPECT_FALSE(now_fits->has_value()) << "a place came free";
+  while (!client_.pending.empty()) {
+    client_.Answer(Safe());
+  }
+  EXPECT_TRUE((*joined)->ok());
+  EXPECT_TRUE((*now_fits)->ok());
+  EXPECT_EQ(store_.clicks.size(), 4u);
+}
+
+// Shutdown: nothing that has not left leaves. Queued misses and retries waiting for their
+// backoff are answered UNAVAILABLE at once; what is on the wire finishes; new misses are
+// refused while hits are still served.
+TEST_F(EngineTest, ShutdownAnswersUnsentMissesAndAdmitsNoMore) {
+  options_.max_upstream_in_flight = 2;
+  Start(Request("11.1.9.1"));
+  client_.Answer(Safe());
+  auto on_wire = Start(Request("11.1.9.2"));
+  auto retrying = Start(Request("11.1.9.3"));
+  client_.pending.back().done(FetchOutcome{absl::UnavailableError("could not connect"), "", 0,
+                                           /*maybe_sent=*/false, absl::ZeroDuration()});
+  client_.pending.pop_back();
+  auto queued = Start(Request("11.1.9.4"));
+  auto queued2 = Start(Request("11.1.9.5"));
+  ASSERT_EQ(client_.pending.size(), 2u);  // 11.1.9.2 and 11.1.9.4 (took the retry's slot)
+  EXPECT_EQ(engine().QueuedMisses(), 1u);
+  const size_t rows = store_.clicks.size();
+
+  engine().Shutdown();
+  for (const auto& r : {retrying, queued2}) {
+    ASSERT_TRUE(r->has_value());
+    EXPECT_EQ((*r)->status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string((*r)->status().message()), ::testing::HasSubstr("shutting down"));
+  }
+  auto refused = Start(Request("11.1.9.6"));
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kUnavailable);
+  auto hit = Start(Request("11.1.9.1"));
+  ASSERT_TRUE((*hit)->ok());
+  clock_.Advance(absl::Seconds(1));
+  scheduler_.RunDue();
+  EXPECT_EQ(client_.pending.size(), 2u) << "no retry after shutdown";
+  client_.Answer(Safe());
+  client_.Answer(Fake());
+  EXPECT_TRUE((*on_wire)->ok());
+  EXPECT_TRUE((*queued)->ok());
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(store_.clicks.size(), rows) << "no ledger row after shutdown";
+  EXPECT_TRUE(engine().WaitIdleUntil(clock_.Now()));
+}
+
 TEST(CircuitBreakerTest, HalfOpenFailureReopens) {
   FakeClock clock;
   CircuitBreaker breaker({/*failure_threshold=*/2, /*open_for=*/absl::Seconds(10)}, clock);

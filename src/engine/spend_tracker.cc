@@ -112,6 +112,13 @@ bool SpendTracker::AllowUnderAllowance() {
   return false;
 }
 
+bool SpendTracker::WouldAllowUnderAllowance() {
+  const absl::Time now = clock_.Now();
+  absl::MutexLock lock(&mu_);
+  RollPeriodLocked(now);
+  return !exhausted_upstream_ || now >= next_probe_;
+}
+
 AllowanceStatus SpendTracker::Allowance() {
   const absl::Time now = clock_.Now();
   absl::MutexLock lock(&mu_);

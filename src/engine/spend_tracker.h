@@ -64,6 +64,8 @@ class SpendTracker {
   // Whether a miss may be sent with respect to the allowance (true, except while exhausted,
   // when one probe per interval is let through).
   bool AllowUnderAllowance();
+  // Whether AllowUnderAllowance() would say yes now, without using up a probe.
+  bool WouldAllowUnderAllowance();
   AllowanceStatus Allowance();
 
  private:
