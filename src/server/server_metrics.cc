@@ -49,6 +49,18 @@ ServerMetrics::ServerMetrics(metrics::Registry& registry) {
                   .AddCounter("verdictd_singleflight_waiters_total",
                               "Checks that joined another caller's upstream request.")
                   .WithLabels({});
+  not_sent_ = &registry.AddCounter(
+      "verdictd_misses_not_sent_total",
+      "Misses answered without a ClickPatrol request: abandoned (nobody waited any more), refused "
+      "(breaker, allowance or token state when their turn came), shutdown, queue_full.",
+      {"reason"});
+  for (const char* reason : {"abandoned", "refused", "shutdown", "queue_full"}) {
+    not_sent_->WithLabels({reason});
+  }
+  queued_ = &registry
+                 .AddGauge("verdictd_upstream_queued_misses",
+                           "Misses waiting for an upstream slot (bounded by --max_queued_misses).")
+                 .WithLabels({});
   store_read_latency_ = &registry
                              .AddHistogram("verdictd_store_read_latency_seconds",
                                            "Latency of verdict store lookups on the check path.",
@@ -70,6 +82,10 @@ void ServerMetrics::OnUpstream(const std::string& caller, absl::string_view outc
   }
   upstream_->WithLabels({std::string(outcome), absl::StrCat(http_status)}).Increment();
   upstream_latency_->Observe(absl::ToDoubleSeconds(latency));
+}
+
+void ServerMetrics::OnNotSent(absl::string_view reason) {
+  not_sent_->WithLabels({std::string(reason)}).Increment();
 }
 
 }  // namespace verdictd

@@ -31,6 +31,8 @@ class ServerMetrics : public EngineObserver {
   void OnFlightStarted() override { in_flight_->Add(1); }
   void OnFlightEnded() override { in_flight_->Add(-1); }
   void OnWaiterJoined() override { waiters_->Increment(); }
+  void OnNotSent(absl::string_view reason) override;
+  void OnQueueDepth(size_t depth) override { queued_->Set(static_cast<double>(depth)); }
 
   metrics::Histogram& store_read_latency() { return *store_read_latency_; }
 
@@ -43,6 +45,8 @@ class ServerMetrics : public EngineObserver {
   metrics::Histogram* upstream_latency_;
   metrics::Gauge* in_flight_;
   metrics::Counter* waiters_;
+  metrics::Family<metrics::Counter>* not_sent_;
+  metrics::Gauge* queued_;
   metrics::Histogram* store_read_latency_;
 };
 

@@ -153,6 +153,14 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   Request request;
   Response response;
 
+  // Lets the engine know when the caller goes away (cancelled, deadline passed, server
+  // shutting down), so that a miss nobody waits for any more is not sent. For calls that check.
+  void WatchCancellation(Engine* engine, const grpc::CallbackServerContext& context) {
+    engine_ = engine;
+    state_ = std::make_shared<CallState>(absl::FromChrono(context.deadline()));
+  }
+  const std::shared_ptr<CallState>& state() const { return state_; }
+
   // Finishes the call with `status`, counting it; an OK call sends `response`.
   void Complete(ServerMetrics* metrics, ServerMetrics::Method method, absl::Status status) {
     if (status.ok()) {
@@ -167,8 +175,15 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
 
  private:
   void OnDone() override { delete this; }
+  void OnCancel() override {
+    if (engine_ != nullptr) {
+      engine_->Cancel(state_);
+    }
+  }
 
   grpc::ByteBuffer* const wire_response_;
+  Engine* engine_ = nullptr;
+  std::shared_ptr<CallState> state_;
 };
 
 }  // namespace
@@ -215,6 +230,8 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::CheckIp(grpc::CallbackServerContex
     call->Complete(metrics_, ServerMetrics::kCheckIp, check.status());
     return call;
   }
+  call->WatchCancellation(&engine_, *context);
+  check->call = call->state();
   engine_.Check(std::move(*check), [this, call](absl::StatusOr<CheckResult> result) {
     if (result.ok()) {
       ToProto(*result, &call->response);
@@ -255,6 +272,8 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::CheckBatch(grpc::CallbackServerCon
     call->Complete(metrics_, ServerMetrics::kCheckBatch, absl::OkStatus());
   };
   batch->remaining.store(n, std::memory_order_relaxed);
+  call->WatchCancellation(&engine_, *context);
+  const std::shared_ptr<CallState> state = call->state();
   for (int i = 0; i < n; ++i) {
     pb::CheckBatchResult* slot = call->response.mutable_results(i);
     absl::StatusOr<CheckRequest> check = FromProto(call->request.items(i), *identity);
@@ -263,6 +282,7 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::CheckBatch(grpc::CallbackServerCon
       batch->ItemDone();
       continue;
     }
+    check->call = state;
     engine_.Check(std::move(*check), [batch, slot](absl::StatusOr<CheckResult> result) {
       SetItemResult(result, slot);
       batch->ItemDone();

@@ -57,6 +57,9 @@ ABSL_FLAG(std::string, upstream_ca_file, "",
 ABSL_FLAG(std::string, upstream_connect_timeout, "2s", "Time allowed to connect to ClickPatrol");
 ABSL_FLAG(std::string, upstream_timeout, "10s", "Time allowed for one ClickPatrol request");
 ABSL_FLAG(int, upstream_concurrency, 32, "Most ClickPatrol requests in flight at once");
+ABSL_FLAG(int64_t, max_queued_misses, 10000,
+          "Most misses waiting for a free upstream slot; a miss beyond it fails fast with "
+          "RESOURCE_EXHAUSTED and costs nothing (0: no limit)");
 ABSL_FLAG(std::string, token_file, "",
           "File holding the ClickPatrol token (else $CLICKPATROL_TOKEN)");
 ABSL_FLAG(std::string, max_age, "24h", "How old a stored verdict may be and still be served");
@@ -212,6 +215,11 @@ absl::StatusOr<Settings> LoadSettings() {
   }
   // Misses beyond the limit wait in the engine, before their ledger row (see EngineOptions).
   s.engine.max_upstream_in_flight = s.upstream.max_concurrency;
+  const int64_t max_queued = absl::GetFlag(FLAGS_max_queued_misses);
+  if (max_queued < 0 || max_queued > 10'000'000) {
+    return absl::InvalidArgumentError("--max_queued_misses must be between 0 and 10000000");
+  }
+  s.engine.max_queued_misses = static_cast<size_t>(max_queued);
 
   FreshnessPolicy& f = s.engine.freshness;
   d = DurationFlag("max_age", absl::GetFlag(FLAGS_max_age));
@@ -551,10 +559,23 @@ int Run() {
 
   // NOT_SERVING for good: the store watcher's later SetServingStatus calls are ignored.
   health->Shutdown();
+  // Nothing leaves after the signal that had not left before it: misses waiting for a slot (or
+  // a retry) are answered UNAVAILABLE now, without a request, and no new miss is admitted.
+  (*engine)->Shutdown();
+  const absl::Time deadline = absl::Now() + s.shutdown_grace;
   // Stops accepting, lets in-flight calls finish until the deadline, then cancels the rest.
-  server->Shutdown(absl::ToChronoTime(absl::Now() + s.shutdown_grace));
+  server->Shutdown(absl::ToChronoTime(deadline));
   server->Wait();
   spdlog::debug("gRPC server stopped");
+  // Requests already on the wire are billed: their answers are still stored if they come
+  // within the grace. Past it they are abandoned; destroying the client answers them as
+  // errors, so their ledger rows stay spent.
+  if (!(*engine)->WaitIdleUntil(deadline)) {
+    spdlog::warn(
+        "ClickPatrol requests still in flight at the end of the shutdown grace: "
+        "abandoned (their clicks stay in the ledger)");
+    client->reset();
+  }
   scheduler.reset();  // no more background ticks
   engine->reset();    // writes the batched usage counters
   metrics_server.reset();

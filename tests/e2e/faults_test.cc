@@ -108,9 +108,10 @@ int64_t ProcStatusKib(pid_t pid, const std::string& field) {
 
 // What happens after the fault is cleared.
 enum class After {
-  kGoesUpstream,       // nothing was cached: the next check asks ClickPatrol again
-  kCached,             // the answer was a verdict, so it is served from the store
-  kRefusedUntilProbe,  // ClickPatrol said the allowance is spent: misses are refused unsent
+  kGoesUpstream,            // nothing was cached: the next check asks ClickPatrol again
+  kCached,                  // the answer was a verdict, so it is served from the store
+  kRefusedUntilProbe,       // ClickPatrol said the allowance is spent: misses are refused unsent
+  kTokenRefusedUntilProbe,  // ClickPatrol rejected the token: misses fail fast, unsent
 };
 
 struct UpstreamFault {
@@ -140,7 +141,7 @@ TEST_P(FaultUpstreamTest, PreciseStatusNothingCachedClickAccountedServerHealthy)
   const std::string ip = "11.6.0.1";
   const std::string db = verdictd.db_path();
 
-  if (fault.after == After::kRefusedUntilProbe) {
+  if (fault.after == After::kRefusedUntilProbe || fault.after == After::kTokenRefusedUntilProbe) {
     // A verdict stored before the fault, to show that hits are still served.
     pb::CheckIpResponse r;
     ASSERT_TRUE(CheckIp(verdictd.stub(), "11.6.9.9", &r, "faults").ok());
@@ -222,12 +223,29 @@ TEST_P(FaultUpstreamTest, PreciseStatusNothingCachedClickAccountedServerHealthy)
       EXPECT_EQ(hit.source(), pb::SOURCE_CACHE);
       break;
     }
+    case After::kTokenRefusedUntilProbe: {
+      // A rejected token stays rejected until the operator replaces it: the next misses fail
+      // fast without a request, even though ClickPatrol would now answer (one probe a minute).
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+      for (const char* other : {"11.6.0.2", "11.6.0.3"}) {
+        SCOPED_TRACE(other);
+        pb::CheckIpResponse r;
+        grpc::Status refused = CheckIp(verdictd.stub(), other, &r, "faults");
+        EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+        EXPECT_THAT(refused.error_message(), HasSubstr("misses fail fast until it is replaced"));
+      }
+      EXPECT_EQ(sim.Requests(), before + 1) << "a refused miss must not be sent";
+      EXPECT_EQ(QueryInt(db, "SELECT count(*) FROM clicks"), 2) << "nor recorded as a click";
+      break;
+    }
   }
 
   // The server is healthy: a normal check succeeds (a hit where misses are refused).
   pb::CheckIpResponse healthy;
   const std::string healthy_ip =
-      fault.after == After::kRefusedUntilProbe ? "11.6.9.9" : "11.6.0.200";
+      fault.after == After::kRefusedUntilProbe || fault.after == After::kTokenRefusedUntilProbe
+          ? "11.6.9.9"
+          : "11.6.0.200";
   status = CheckIp(verdictd.stub(), healthy_ip, &healthy, "faults");
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(healthy.verdict().ip(), healthy_ip);
@@ -259,11 +277,11 @@ INSTANTIATE_TEST_SUITE_P(
         UpstreamFault{"TokenRejected", "unauthorized", false, 0, kNoFlags,
                       grpc::StatusCode::FAILED_PRECONDITION,
                       "ClickPatrol rejected the API token (HTTP 401)", kOutcomeUpstreamError, 401,
-                      "REJECTED THE API TOKEN"},
+                      "REJECTED THE API TOKEN", After::kTokenRefusedUntilProbe},
         UpstreamFault{"TokenForbidden", "forbidden", false, 0, kNoFlags,
                       grpc::StatusCode::FAILED_PRECONDITION,
                       "ClickPatrol rejected the API token (HTTP 403)", kOutcomeUpstreamError, 403,
-                      "REJECTED THE API TOKEN"},
+                      "REJECTED THE API TOKEN", After::kTokenRefusedUntilProbe},
         UpstreamFault{"RateLimited", "rate_limited", false, 0, kNoFlags,
                       grpc::StatusCode::RESOURCE_EXHAUSTED,
                       "ClickPatrol click allowance exhausted (HTTP 429)", kOutcomeUpstreamError,

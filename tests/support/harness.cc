@@ -1,11 +1,13 @@
 #include "support/harness.h"
 
+#include <signal.h>
 #include <stdlib.h>
 
 #include <chrono>
 #include <stdexcept>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 
@@ -117,6 +119,21 @@ int Verdictd::Stop() {
 }
 
 void Verdictd::Crash() { process_->Kill(); }
+
+void Verdictd::Terminate() { process_->Signal(SIGTERM); }
+
+absl::StatusOr<int> Verdictd::Wait(absl::Duration timeout) { return process_->Wait(timeout); }
+
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout, absl::Duration poll) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() > deadline) {
+      return false;
+    }
+    absl::SleepFor(poll);
+  }
+  return true;
+}
 
 std::unique_ptr<grpc::ClientContext> CallerContext(const std::string& caller) {
   auto context = std::make_unique<grpc::ClientContext>();

@@ -4,11 +4,14 @@
 // The real binaries for end-to-end tests: the simulated ClickPatrol over loopback HTTP and
 // verdictd over loopback gRPC, each on a port chosen by the OS, with a SQLite file in a temp dir.
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
 #include "support/process.h"
@@ -58,6 +61,13 @@ class Verdictd {
   int Stop();
   // SIGKILL: a crash.
   void Crash();
+  // The verdictd process's id (for /proc/PID/status).
+  pid_t pid() const { return process_->pid(); }
+  // Sends SIGTERM without waiting; Wait() for the exit.
+  void Terminate();
+  // Waits up to `timeout` for the process to exit; its exit code (128+signal if killed by one),
+  // or DEADLINE_EXCEEDED if it is still running.
+  absl::StatusOr<int> Wait(absl::Duration timeout);
 
  private:
   std::string db_path_;
@@ -66,6 +76,10 @@ class Verdictd {
   int port_ = 0;
   std::unique_ptr<verdict::v1::VerdictService::Stub> stub_;
 };
+
+// Polls `done` every `poll` until it holds or `timeout` passes; whether it held.
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout,
+               absl::Duration poll = absl::Milliseconds(20));
 
 // A client context carrying `caller` as x-caller metadata, with a 30 s deadline.
 std::unique_ptr<grpc::ClientContext> CallerContext(const std::string& caller = "e2e");

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -153,6 +154,12 @@ absl::StatusOr<int> ChildProcess::Terminate(absl::Duration timeout) {
   return code;
 }
 
+void ChildProcess::Signal(int signal_number) {
+  if (Running()) {
+    kill(pid_, signal_number);
+  }
+}
+
 void ChildProcess::Kill() {
   if (reaped_) {
     return;
@@ -242,6 +249,23 @@ std::string ReadFileOrEmpty(const std::string& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
+}
+
+int64_t ProcStatusFieldKib(pid_t pid, const std::string& field) {
+  const std::string status = ReadFileOrEmpty(absl::StrCat("/proc/", pid, "/status"));
+  const std::string key = "\n" + field + ":";
+  const size_t at = status.find(key);
+  if (at == std::string::npos) {
+    return -1;
+  }
+  const size_t end = status.find('\n', at + key.size());
+  std::string value(absl::StripAsciiWhitespace(
+      absl::string_view(status).substr(at + key.size(), end - (at + key.size()))));
+  if (absl::EndsWith(value, " kB")) {
+    value.resize(value.size() - 3);
+  }
+  int64_t kib = 0;
+  return absl::SimpleAtoi(value, &kib) ? kib : -1;
 }
 
 }  // namespace verdictd::testing

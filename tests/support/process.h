@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,6 +34,8 @@ class ChildProcess {
   void Kill();
   // Waits for the process to exit on its own; its exit code as for Terminate.
   absl::StatusOr<int> Wait(absl::Duration timeout);
+  // Sends `signal_number` (e.g. SIGTERM) if it is still running, without waiting.
+  void Signal(int signal_number);
 
  private:
   explicit ChildProcess(pid_t pid) : pid_(pid) {}
@@ -73,6 +76,9 @@ class TempDir {
 };
 
 std::string ReadFileOrEmpty(const std::string& path);
+
+// A field of /proc/PID/status given in kB ("VmRSS", "VmHWM"), in KiB; -1 if unreadable.
+int64_t ProcStatusFieldKib(pid_t pid, const std::string& field);
 
 }  // namespace verdictd::testing
 
