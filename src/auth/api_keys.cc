@@ -325,6 +325,14 @@ absl::StatusOr<std::vector<ApiKeyEntry>> LoadApiKeysFile(const std::string& path
   return entries;
 }
 
+absl::Status CheckCallerName(absl::string_view name, absl::string_view what) {
+  if (name.empty() || name.size() > kMaxXCallerLength || !IsPrintableAscii(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " must be 1-", kMaxXCallerLength, " printable ASCII characters"));
+  }
+  return absl::OkStatus();
+}
+
 Authenticator Authenticator::Open() { return Authenticator(false, {}); }
 
 Authenticator Authenticator::Keyed(std::vector<ApiKeyEntry> entries) {
@@ -340,8 +348,8 @@ absl::StatusOr<Identity> Authenticator::Identify(std::optional<absl::string_view
       identity.caller = kAnonymous;
       return identity;
     }
-    if (x_caller->size() > kMaxXCallerLength || !IsPrintableAscii(*x_caller)) {
-      return absl::InvalidArgumentError("x-caller must be 1-128 printable ASCII characters");
+    if (absl::Status valid = CheckCallerName(*x_caller, "x-caller"); !valid.ok()) {
+      return valid;
     }
     identity.caller = std::string(*x_caller);
     return identity;

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -35,6 +36,13 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
 
 // Reads and parses `path`; errors are prefixed with the path (`keys.txt: line 3: ...`).
 absl::StatusOr<std::vector<ApiKeyEntry>> LoadApiKeysFile(const std::string& path);
+
+// Checks a caller name that a request supplies: the x-caller metadata (open mode) and
+// GetUsage.caller are both checked with this. A valid name is 1-128 printable ASCII bytes
+// (0x21-0x7e, so no spaces or control characters); every caller name of a keys file is one.
+// INVALID_ARGUMENT "<what> must be 1-128 printable ASCII characters" otherwise; the message
+// never quotes `name`, so it stays short whatever the input.
+absl::Status CheckCallerName(absl::string_view name, absl::string_view what);
 
 // Who is calling.
 struct Identity {

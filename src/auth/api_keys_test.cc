@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "gmock/gmock.h"
@@ -428,6 +429,41 @@ TEST(OpenIdentifyTest, BadXCallerRejected) {
     EXPECT_EQ(identity.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(identity.status().message(), kBadXCaller);
   }
+}
+
+// GetUsage.caller is checked with the same function as x-caller; only the name in the message
+// differs, and the message never grows with the input.
+TEST(CheckCallerNameTest, SameRuleAsXCaller) {
+  const Authenticator auth = Authenticator::Open();
+  const std::vector<std::string> cases = {
+      "team-a",
+      "!",
+      std::string(128, '~'),
+      "has space",
+      std::string(129, 'a'),
+      "tab\there",
+      "del\x7f",
+      "caf\xc3\xa9",
+      "line\n",
+      std::string("nul\0", 4),
+      "",
+      std::string(3 << 20, 'z'),
+  };
+  for (const std::string& name : cases) {
+    SCOPED_TRACE(absl::CHexEscape(name.substr(0, 40)));
+    const absl::Status checked = CheckCallerName(name, "caller");
+    if (name.empty()) {
+      EXPECT_FALSE(checked.ok());  // Identify maps an empty x-caller to "anonymous" first
+    } else {
+      absl::StatusOr<Identity> identity = auth.Identify(std::nullopt, name);
+      EXPECT_EQ(checked.ok(), identity.ok());
+    }
+    if (!checked.ok()) {
+      EXPECT_EQ(checked.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_EQ(checked.message(), "caller must be 1-128 printable ASCII characters");
+    }
+  }
+  EXPECT_EQ(CheckCallerName("has space", "x-caller").message(), kBadXCaller);
 }
 
 }  // namespace

@@ -7,20 +7,22 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/quote.h"
 
 namespace verdictd {
 namespace {
 
 absl::Status NotADuration(absl::string_view text) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "\"", text, "\" is not a non-negative duration (examples: 7d, 24h, 90s, 1h30m, 250ms)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(QuoteForError(text),
+                   " is not a non-negative duration (examples: 7d, 24h, 90s, 1h30m, 250ms)"));
 }
 
 }  // namespace
 
 absl::StatusOr<absl::Duration> ParseDuration(absl::string_view text) {
   if (text.empty() || text.size() > 64) {
-    return NotADuration(text.substr(0, 64));
+    return NotADuration(text);
   }
   absl::string_view days_text = text;
   if (absl::ConsumeSuffix(&days_text, "d")) {

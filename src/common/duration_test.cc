@@ -1,5 +1,7 @@
 #include "common/duration.h"
 
+#include <string>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -23,6 +25,15 @@ TEST(ParseDurationTest, RejectsJunkNegativeAndInfinite) {
     ASSERT_FALSE(d.ok());
     EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
   }
+}
+
+TEST(ParseDurationTest, MessagesQuoteTheInputEscapedAndCut) {
+  constexpr char kTail[] = " is not a non-negative duration (examples: 7d, 24h, 90s, 1h30m, 250ms)";
+  EXPECT_EQ(ParseDuration("abc").status().message(), std::string("\"abc\"") + kTail);
+  EXPECT_EQ(ParseDuration("1h\n\x1b[2J").status().message(),
+            std::string("\"1h\\n\\x1b[2J\"") + kTail);
+  EXPECT_EQ(ParseDuration(std::string(1 << 20, '9')).status().message(),
+            "\"" + std::string(64, '9') + "\"..." + kTail);
 }
 
 TEST(DurationToStringTest, WholeDaysAsDays) {

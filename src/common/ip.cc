@@ -11,6 +11,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/quote.h"
 
 namespace verdictd {
 namespace {
@@ -18,36 +19,6 @@ namespace {
 // "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255" is the longest valid text form. Anything
 // longer is rejected before any other work so hostile input costs O(1).
 constexpr size_t kMaxIpTextLength = 45;
-
-// Error messages quote at most this many characters of (escaped) input, so a hostile caller
-// cannot bloat logs or inject control characters through them.
-constexpr size_t kMaxQuotedLength = 64;
-
-// Quotes `text` for an error message: C-escaped (so NULs, control characters, non-ASCII bytes
-// and quotes are shown as escapes, never raw) and cut to kMaxQuotedLength characters without
-// splitting an escape sequence; "..." marks a cut.
-std::string QuoteForError(absl::string_view text) {
-  const std::string escaped = absl::CHexEscape(text.substr(0, kMaxQuotedLength));
-  std::string quoted = "\"";
-  size_t pos = 0;
-  while (pos < escaped.size()) {
-    // CHexEscape emits "\xNN" or a two-character escape such as "\n" or "\\".
-    size_t token = 1;
-    if (escaped[pos] == '\\') {
-      token = (pos + 1 < escaped.size() && escaped[pos + 1] == 'x') ? 4 : 2;
-    }
-    if (pos + token > kMaxQuotedLength) {
-      break;
-    }
-    quoted.append(escaped, pos, token);
-    pos += token;
-  }
-  quoted += '"';
-  if (pos < escaped.size() || text.size() > kMaxQuotedLength) {
-    quoted += "...";
-  }
-  return quoted;
-}
 
 absl::Status Invalid(absl::string_view text, absl::string_view reason) {
   return absl::InvalidArgumentError(

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "common/quote.h"
 #include "nlohmann/json.hpp"
 
 namespace verdictd {
@@ -30,7 +31,7 @@ absl::Status ConfigError(const std::string& path, absl::string_view message) {
 
 absl::Status KeyError(const std::string& path, absl::string_view key, absl::string_view message) {
   return absl::InvalidArgumentError(
-      absl::StrCat("config ", path, ": key \"", key, "\": ", message));
+      absl::StrCat("config ", path, ": key ", QuoteForError(key), ": ", message));
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -175,7 +176,7 @@ absl::Status ApplyConfigFile(const std::string& path, absl::string_view owner_fi
     }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(key);
     if (flag == nullptr || flag->IsRetired() || !OwnedBy(flag->Filename(), owner_file_suffix)) {
-      return ConfigError(path, absl::StrCat("unknown key \"", key, "\""));
+      return ConfigError(path, absl::StrCat("unknown key ", QuoteForError(key)));
     }
     absl::StatusOr<std::string> text = FlagText(value);
     if (!text.ok()) {

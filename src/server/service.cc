@@ -16,6 +16,7 @@
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
 #include "common/ip.h"
+#include "common/quote.h"
 #include "server/status.h"
 #include "server/wire.h"
 
@@ -382,11 +383,19 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::GetUsage(grpc::CallbackServerConte
 absl::Status VerdictServiceImpl::Usage(const Identity& identity, const pb::GetUsageRequest& request,
                                        pb::GetUsageResponse* response) {
   const std::string& caller = request.caller();
+  // A caller is named as x-caller names one, and is checked the same way before anything else:
+  // a name no caller can have is an invalid argument, whoever asks.
+  if (!caller.empty()) {
+    if (absl::Status valid = CheckCallerName(caller, "caller"); !valid.ok()) {
+      return valid;
+    }
+  }
   if (!identity.auditor && caller != identity.caller) {
     return absl::PermissionDeniedError(
-        caller.empty() ? "only auditors may read every caller's usage; ask for your own"
-                       : absl::StrCat("caller ", identity.caller,
-                                      " may read only its own usage, not ", caller, "'s"));
+        caller.empty()
+            ? "only auditors may read every caller's usage; ask for your own"
+            : absl::StrCat("caller ", QuoteForError(identity.caller),
+                           " may read only its own usage, not that of ", QuoteForError(caller)));
   }
   const absl::Time now = absl::Now();
   absl::Time since = SpendTracker::MonthStart(now);

@@ -46,6 +46,17 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "gRPC address to listen on (port 0: any free port)");
 ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving");
+ABSL_FLAG(std::string, max_connection_idle, "5m",
+          "Close a gRPC connection that has had no call in flight for this long (a GOAWAY: "
+          "clients reconnect on their next call), so idle or abandoned connections do not hold "
+          "file descriptors and memory for ever. gRPC checks once per period, so the close comes "
+          "between one and two periods after the last call (0: never)");
+ABSL_FLAG(std::string, handshake_timeout, "10s",
+          "Close a gRPC connection that has not finished its TLS handshake and sent the HTTP/2 "
+          "preface and SETTINGS within this long after connecting (gRPC's own default is 2m)");
+ABSL_FLAG(int, max_concurrent_streams, 100,
+          "Most calls in flight at once on one gRPC connection (HTTP/2 "
+          "SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait in its own queue");
 ABSL_FLAG(std::string, db, "./verdicts.db", "SQLite file holding the verdict history and ledger");
 ABSL_FLAG(bool, db_sync_full, false,
           "SQLite synchronous=FULL: durable against power loss, not only process crashes");
@@ -117,6 +128,9 @@ struct Settings {
   std::string tls_client_ca;
   std::string metrics_listen;
   absl::Duration shutdown_grace;
+  absl::Duration max_connection_idle;  // zero: never
+  absl::Duration handshake_timeout;
+  int max_concurrent_streams = 0;
 };
 
 absl::Status Prefix(absl::string_view flag, const absl::Status& status) {
@@ -291,6 +305,26 @@ absl::StatusOr<Settings> LoadSettings() {
   d = DurationFlag("shutdown_grace", absl::GetFlag(FLAGS_shutdown_grace));
   if (!d.ok()) return d.status();
   s.shutdown_grace = *d;
+  // gRPC takes these in milliseconds, as an int: at most 2^31-1 ms, a little over 24 days.
+  constexpr absl::Duration kMaxChannelArgDuration = absl::Hours(24 * 24);
+  d = DurationFlag("max_connection_idle", absl::GetFlag(FLAGS_max_connection_idle));
+  if (!d.ok()) return d.status();
+  s.max_connection_idle = *d;
+  if (s.max_connection_idle > kMaxChannelArgDuration ||
+      (s.max_connection_idle > absl::ZeroDuration() &&
+       s.max_connection_idle < absl::Milliseconds(1))) {
+    return absl::InvalidArgumentError("--max_connection_idle must be 0 (never) or 1ms to 24d");
+  }
+  d = DurationFlag("handshake_timeout", absl::GetFlag(FLAGS_handshake_timeout));
+  if (!d.ok()) return d.status();
+  s.handshake_timeout = *d;
+  if (s.handshake_timeout < absl::Milliseconds(1) || s.handshake_timeout > kMaxChannelArgDuration) {
+    return absl::InvalidArgumentError("--handshake_timeout must be between 1ms and 24d");
+  }
+  s.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  if (s.max_concurrent_streams < 1 || s.max_concurrent_streams > 1'000'000) {
+    return absl::InvalidArgumentError("--max_concurrent_streams must be between 1 and 1000000");
+  }
 
   s.service.max_batch = absl::GetFlag(FLAGS_max_batch);
   if (s.service.max_batch < 1 || s.service.max_batch > 100'000) {
@@ -333,22 +367,27 @@ void LogConfiguration(const Settings& s) {
   };
   spdlog::info(
       "configuration: listen={} db={} upstream_url={} token=<redacted, from {}> "
-      "upstream_concurrency={} upstream_connect_timeout={} upstream_timeout={} "
+      "upstream_concurrency={} max_queued_misses={} upstream_connect_timeout={} "
+      "upstream_timeout={} "
       "upstream_attempts={} max_age={} max_age_safe={} max_age_suspicious={} max_age_fake={} "
       "stale_if_error={} cache_key={} allow_non_public={} max_batch={} db_sync_full={} "
       "api_keys_file={} monthly_allowance={} allowance_reset_day={} history_retention={} "
       "breaker_failures={} breaker_open_for={} tls={} mtls={} metrics_listen={} "
-      "shutdown_grace={}",
+      "shutdown_grace={} max_connection_idle={} handshake_timeout={} max_concurrent_streams={}",
       s.listen, s.store.path, s.upstream.base_url, s.token_source, s.upstream.max_concurrency,
-      DurationToString(s.upstream.connect_timeout), DurationToString(s.upstream.request_timeout),
-      s.engine.max_attempts, DurationToString(f.default_max_age), opt(f.max_age_safe),
-      opt(f.max_age_suspicious), opt(f.max_age_fake), DurationToString(f.stale_if_error),
-      s.service.cache_key_name, s.engine.allow_non_public, s.service.max_batch,
-      s.store.synchronous_full, s.api_keys_file.empty() ? "(open mode)" : s.api_keys_file,
+      s.engine.max_queued_misses, DurationToString(s.upstream.connect_timeout),
+      DurationToString(s.upstream.request_timeout), s.engine.max_attempts,
+      DurationToString(f.default_max_age), opt(f.max_age_safe), opt(f.max_age_suspicious),
+      opt(f.max_age_fake), DurationToString(f.stale_if_error), s.service.cache_key_name,
+      s.engine.allow_non_public, s.service.max_batch, s.store.synchronous_full,
+      s.api_keys_file.empty() ? "(open mode)" : s.api_keys_file,
       s.engine.allowance.monthly_allowance, s.engine.allowance.reset_day,
       DurationToString(s.engine.history_retention), s.engine.breaker.failure_threshold,
       DurationToString(s.engine.breaker.open_for), !s.tls_cert.empty(), !s.tls_client_ca.empty(),
-      s.metrics_listen.empty() ? "(off)" : s.metrics_listen, DurationToString(s.shutdown_grace));
+      s.metrics_listen.empty() ? "(off)" : s.metrics_listen, DurationToString(s.shutdown_grace),
+      s.max_connection_idle == absl::ZeroDuration() ? std::string("0 (never)")
+                                                    : DurationToString(s.max_connection_idle),
+      DurationToString(s.handshake_timeout), s.max_concurrent_streams);
 }
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view flag) {
@@ -528,6 +567,18 @@ int Run() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Connections that cost the server without doing anything: one with no call in flight for
+  // --max_connection_idle is sent a GOAWAY (keepalive pings do not count as calls), and one
+  // that never completes its handshake and HTTP/2 preface within --handshake_timeout (a bare
+  // TCP connect, a stalled TLS hello) is closed. One connection carries at most
+  // --max_concurrent_streams calls at once.
+  if (s.max_connection_idle > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(s.max_connection_idle)));
+  }
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(s.handshake_timeout)));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, s.max_concurrent_streams);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     spdlog::critical("verdictd cannot start: cannot listen on {}", s.listen);

@@ -3,10 +3,17 @@
 // error messages and the database, and the permission checks on the files verdictd trusts.
 // The real verdictd binary, a SQLite file in a temp dir and the simulator over loopback.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <future>
@@ -20,6 +27,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
@@ -138,6 +147,15 @@ TEST(HostileInputTest, EveryFieldGetsAPreciseStatusAndNothingIsSpentOrDamaged) {
   const std::string ua_with_nul_and_sql = std::string("ua\0'); DELETE FROM verdicts; --", 31);
   pb::CheckIpResponse mapped;
   pb::CheckIpResponse ua_round_trip;
+  auto usage = [&](const std::string& name) {
+    pb::GetUsageRequest request;
+    request.set_caller(name);
+    pb::GetUsageResponse response;
+    grpc::Status s = stub.GetUsage(Context(caller).get(), request, &response);
+    // Whatever was asked, the answer never echoes it at length.
+    EXPECT_LT(s.error_message().size(), 200u);
+    return s;
+  };
 
   const std::vector<Row> rows = {
       // IP addresses.
@@ -307,20 +325,18 @@ TEST(HostileInputTest, EveryFieldGetsAPreciseStatusAndNothingIsSpentOrDamaged) {
          return s;
        },
        grpc::StatusCode::OK, ""},
-      {"SqlWithSpacesInUsageCaller",
-       [&] {
-         pb::GetUsageRequest request;
-         request.set_caller(sql_with_spaces);
-         pb::GetUsageResponse response;
-         grpc::Status s = stub.GetUsage(Context(caller).get(), request, &response);
-         EXPECT_EQ(response.callers_size(), 1);
-         if (response.callers_size() == 1) {
-           EXPECT_EQ(response.callers(0).caller(), sql_with_spaces);
-           EXPECT_EQ(response.callers(0).requests(), 0);
-         }
-         return s;
-       },
-       grpc::StatusCode::OK, ""},
+      // GetUsage.caller is checked as x-caller is (1-128 printable ASCII, no spaces), before
+      // anything else: a name no caller can have is INVALID_ARGUMENT, and is not echoed.
+      {"SqlWithSpacesInUsageCaller", [&] { return usage(sql_with_spaces); },
+       grpc::StatusCode::INVALID_ARGUMENT, "caller must be 1-128 printable ASCII characters"},
+      {"HundredKilobyteUsageCaller", [&] { return usage(std::string(100 << 10, 'z')); },
+       grpc::StatusCode::INVALID_ARGUMENT, "caller must be 1-128 printable ASCII characters"},
+      {"UsageCallerOneByteOverLimit", [&] { return usage(std::string(129, 'c')); },
+       grpc::StatusCode::INVALID_ARGUMENT, "caller must be 1-128 printable ASCII characters"},
+      {"UsageCallerAtLimit", [&] { return usage(std::string(128, 'c')); }, grpc::StatusCode::OK,
+       ""},
+      {"UsageCallerWithControlCharacters", [&] { return usage("bob\x1b[2J\r\nINFO:forged"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "caller must be 1-128 printable ASCII characters"},
       {"XCallerWithSpaces",
        [&] {
          return check(ip_request("11.9.1.1"), nullptr, {{"x-caller", sql_with_spaces}});
@@ -532,6 +548,51 @@ TEST_F(SecurityKeyedTest, BypassAttemptsAreRefusedAndSpendNothing) {
   EXPECT_GE(all.callers_size(), 1);
 }
 
+// GetUsage.caller is checked before the permission check, for auditors and everyone else: a
+// non-auditor asking for a 3 MB caller used to get a 3 MB PERMISSION_DENIED echoing it raw (and
+// from 8 KB on, RESOURCE_EXHAUSTED from the client's metadata limit instead of any real code).
+TEST_F(SecurityKeyedTest, UsageCallerIsCheckedBeforeThePermissionCheck) {
+  const Metadata alice = {{"authorization", absl::StrCat("Bearer ", kAliceKey)}};
+  const Metadata auditor = {{"authorization", absl::StrCat("Bearer ", kAuditorKey)}};
+  const std::vector<std::string> invalid = {
+      std::string(100 << 10, 'z'),
+      std::string(3 << 20, 'z'),
+      std::string(129, 'b'),
+      "bob\nINFO:forged-line",
+      std::string("bob\0", 4),
+      "bob\x1b[2J",
+      "has space",
+      "caf\xc3\xa9",
+  };
+  for (const Metadata* who : {&alice, &auditor}) {
+    for (const std::string& caller : invalid) {
+      SCOPED_TRACE(absl::StrCat(who == &alice ? "alice: " : "auditor: ", caller.size(), " bytes"));
+      grpc::Status status = Usage(*who, caller);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+      EXPECT_EQ(status.error_message(), "caller must be 1-128 printable ASCII characters");
+      EXPECT_LT(status.error_message().size(), 200u);
+      if (caller.size() == (3u << 20) && who == &alice) {
+        std::printf("[ observed ] 3 MB caller from a non-auditor: %d, %zu-byte message\n",
+                    static_cast<int>(status.error_code()), status.error_message().size());
+      }
+    }
+  }
+  // A valid name still meets the permission check, whose refusal quotes it escaped and cut.
+  grpc::Status status = Usage(alice, std::string(128, 'b'));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
+  EXPECT_EQ(status.error_message(),
+            absl::StrCat("caller \"alice\" may read only its own usage, not that of \"",
+                         std::string(64, 'b'), "\"..."));
+  EXPECT_LT(status.error_message().size(), 200u);
+  status = Usage(alice, "bob");
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
+  EXPECT_EQ(status.error_message(),
+            "caller \"alice\" may read only its own usage, not that of \"bob\"");
+  pb::GetUsageResponse own;
+  ASSERT_TRUE(Usage(alice, "alice", &own).ok());
+  EXPECT_EQ(sim_.Requests(), 0) << "no call here spends a click";
+}
+
 TEST_F(SecurityKeyedTest, SecretsNeverAppearInLogsMetricsMessagesOrTheDatabase) {
   const Metadata alice = {{"authorization", absl::StrCat("Bearer ", kAliceKey)}};
   const Metadata bob = {{"authorization", absl::StrCat("Bearer ", kBobKey)}};
@@ -637,6 +698,202 @@ TEST(SecurityFilesTest, WritableKeysFileIsRefusedAtStartUp) {
           .ok());
   EXPECT_TRUE(info.keyed());
   EXPECT_EQ(info.caller(), "bob");
+}
+
+// --- hostile connections -----------------------------------------------------------------------
+// Connections that hold a file descriptor and memory without doing anything: idle ones, ones that
+// never speak HTTP/2, and one connection opening many calls at once.
+
+// A channel of this test's own (the harness's stubs share nothing with it), so its state says
+// what happened to its one connection.
+std::shared_ptr<grpc::Channel> OwnChannel(int port) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
+                                   grpc::InsecureChannelCredentials(), args);
+}
+
+grpc::Status ServerInfo(pb::VerdictService::Stub& stub) {
+  pb::GetServerInfoResponse info;
+  return stub.GetServerInfo(Context({{"x-caller", "conn"}}).get(), pb::GetServerInfoRequest(),
+                            &info);
+}
+
+// Polls `done` every 10 ms for up to `timeout`; how long until it held, nullopt if it never did.
+std::optional<absl::Duration> TimeUntil(const std::function<bool()>& done, absl::Duration timeout) {
+  const absl::Time start = absl::Now();
+  while (!done()) {
+    if (absl::Now() - start > timeout) {
+      return std::nullopt;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return absl::Now() - start;
+}
+
+// A raw loopback TCP connection to `port` that sends `bytes`, then nothing; -1 on failure.
+int ConnectRaw(int port, const std::string& bytes) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return -1;
+  }
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0 ||
+      (!bytes.empty() &&
+       send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size()))) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads (and drops: the server may send its SETTINGS first) until the server closes `fd`, i.e.
+// read() returns 0 or fails with ECONNRESET; how long after `since` that was, nullopt if `fd`
+// is still open at `deadline`.
+std::optional<absl::Duration> WaitForClose(int fd, absl::Time since, absl::Time deadline) {
+  char buffer[4096];
+  while (true) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return std::nullopt;
+    }
+    pollfd p{fd, POLLIN, 0};
+    const int ready = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1);
+    if (ready < 0 && errno == EINTR) {
+      continue;
+    }
+    if (ready <= 0) {
+      continue;  // the loop's deadline check ends it
+    }
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+      return absl::Now() - since;
+    }
+    if (n < 0 && errno != EINTR && errno != EAGAIN) {
+      ADD_FAILURE() << "read: " << std::strerror(errno);
+      return std::nullopt;
+    }
+  }
+}
+
+TEST(HostileConnectionTest, IdleConnectionIsClosedAfterMaxConnectionIdle) {
+  TempDir dir;
+  Simulator sim(dir, kToken);
+  // Through the config file, which takes the connection flags like any other.
+  const std::string config = dir.File("verdictd.json");
+  {
+    std::ofstream out(config, std::ios::trunc);
+    out << R"({"max_connection_idle": "1s", "handshake_timeout": "3s",)"
+        << R"( "max_concurrent_streams": 50})";
+  }
+  Verdictd verdictd(dir, sim.url(), kToken, {"--config=" + config});
+  EXPECT_THAT(verdictd.Log(),
+              HasSubstr("max_connection_idle=1s handshake_timeout=3s max_concurrent_streams=50"));
+
+  std::shared_ptr<grpc::Channel> channel = OwnChannel(verdictd.port());
+  std::unique_ptr<pb::VerdictService::Stub> stub = pb::VerdictService::NewStub(channel);
+  ASSERT_TRUE(ServerInfo(*stub).ok());
+  ASSERT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
+  // The server's GOAWAY takes the channel out of READY (to IDLE: it reconnects when next used).
+  // gRPC checks for idleness once per --max_connection_idle, and a period with a call in it does
+  // not count, so the close comes between one and two periods after the last call.
+  grpc_connectivity_state state = GRPC_CHANNEL_READY;
+  const std::optional<absl::Duration> closed = TimeUntil(
+      [&] {
+        state = channel->GetState(false);
+        return state != GRPC_CHANNEL_READY;
+      },
+      absl::Seconds(1 + 2));
+  ASSERT_TRUE(closed.has_value()) << "still connected 3 s after the last call";
+  std::printf("[ observed ] idle connection closed %s after its last call (state %d)\n",
+              absl::FormatDuration(*closed).c_str(), static_cast<int>(state));
+  EXPECT_GE(*closed, absl::Milliseconds(900)) << "closed before --max_connection_idle";
+  // A well-behaved client loses nothing: its next call reconnects.
+  EXPECT_TRUE(ServerInfo(*stub).ok());
+  EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
+}
+
+TEST(HostileConnectionTest, ConnectionsThatNeverSpeakHttp2AreClosedAfterTheHandshakeTimeout) {
+  TempDir dir;
+  Simulator sim(dir, kToken);
+  Verdictd verdictd(dir, sim.url(), kToken, {"--handshake_timeout=1s"});
+  // For contrast, a connection that did its handshake: neither limit touches it (the idle limit
+  // is the default 5 minutes).
+  std::shared_ptr<grpc::Channel> channel = OwnChannel(verdictd.port());
+  std::unique_ptr<pb::VerdictService::Stub> stub = pb::VerdictService::NewStub(channel);
+  ASSERT_TRUE(ServerInfo(*stub).ok());
+
+  const absl::Time connected = absl::Now();
+  const int silent = ConnectRaw(verdictd.port(), "");
+  // Half of the 24-byte HTTP/2 client preface, then nothing (a slow-loris client).
+  const int partial = ConnectRaw(verdictd.port(), "PRI * HTTP/2.0\r\n");
+  ASSERT_GE(silent, 0) << std::strerror(errno);
+  ASSERT_GE(partial, 0) << std::strerror(errno);
+  const absl::Time deadline = connected + absl::Seconds(1 + 2);
+  const std::optional<absl::Duration> silent_closed = WaitForClose(silent, connected, deadline);
+  const std::optional<absl::Duration> partial_closed = WaitForClose(partial, connected, deadline);
+  close(silent);
+  close(partial);
+  ASSERT_TRUE(silent_closed.has_value()) << "a connection that sent nothing is still open at 3 s";
+  ASSERT_TRUE(partial_closed.has_value()) << "a half-preface connection is still open at 3 s";
+  std::printf("[ observed ] silent connection closed after %s, half-preface after %s\n",
+              absl::FormatDuration(*silent_closed).c_str(),
+              absl::FormatDuration(*partial_closed).c_str());
+  EXPECT_GE(*silent_closed, absl::Milliseconds(900)) << "closed before --handshake_timeout";
+  EXPECT_GE(*partial_closed, absl::Milliseconds(900)) << "closed before --handshake_timeout";
+
+  EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
+  EXPECT_TRUE(ServerInfo(*stub).ok());
+}
+
+TEST(HostileConnectionTest, OneConnectionCarriesAtMostMaxConcurrentStreamsCalls) {
+  TempDir dir;
+  Simulator sim(dir, kToken);
+  Verdictd verdictd(dir, sim.url(), kToken, {"--max_concurrent_streams=1"});
+  constexpr int kCalls = 3;
+  constexpr absl::Duration kLatency = absl::Milliseconds(300);
+  sim.Configure({{"latency_ms", absl::ToInt64Milliseconds(kLatency)}});
+
+  // kCalls misses at once, each on `stubs[i]`; every one must succeed.
+  auto misses = [&](const std::vector<pb::VerdictService::Stub*>& stubs, int first_ip) {
+    std::vector<std::future<grpc::Status>> calls;
+    for (int i = 0; i < kCalls; ++i) {
+      calls.push_back(std::async(std::launch::async, [&stubs, i, first_ip] {
+        pb::CheckIpResponse response;
+        return CheckIp(*stubs[i], absl::StrCat("11.12.0.", first_ip + i), &response, "streams");
+      }));
+    }
+    for (std::future<grpc::Status>& call : calls) {
+      grpc::Status status = call.get();
+      EXPECT_TRUE(status.ok()) << status.error_message();
+    }
+  };
+
+  // One connection: its first call brings the server's SETTINGS (before them a client may open
+  // more streams than the limit), then the misses are queued by the client, one at a time.
+  std::shared_ptr<grpc::Channel> channel = OwnChannel(verdictd.port());
+  std::unique_ptr<pb::VerdictService::Stub> shared = pb::VerdictService::NewStub(channel);
+  ASSERT_TRUE(ServerInfo(*shared).ok());
+  const absl::Time start = absl::Now();
+  misses(std::vector<pb::VerdictService::Stub*>(kCalls, shared.get()), 1);
+  const absl::Duration one_connection = absl::Now() - start;
+  EXPECT_EQ(sim.Stats().at("max_in_flight").get<int64_t>(), 1);
+  EXPECT_GE(one_connection, kCalls * kLatency);
+
+  // The limit is per connection: the same misses on a connection each do run at once.
+  std::vector<std::unique_ptr<pb::VerdictService::Stub>> own;
+  std::vector<pb::VerdictService::Stub*> stubs;
+  for (int i = 0; i < kCalls; ++i) {
+    own.push_back(pb::VerdictService::NewStub(OwnChannel(verdictd.port())));
+    stubs.push_back(own.back().get());
+  }
+  misses(stubs, 1 + kCalls);
+  EXPECT_GE(sim.Stats().at("max_in_flight").get<int64_t>(), 2);
+  std::printf("[ observed ] %d misses on one connection took %s (max 1 in flight upstream)\n",
+              kCalls, absl::FormatDuration(one_connection).c_str());
 }
 
 }  // namespace
