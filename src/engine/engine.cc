@@ -287,8 +287,7 @@ void Engine::Check(CheckRequest request, Callback done) {
       refused = ShuttingDownError();
     } else {
       // Admission happens under the lock so that nobody joins a flight that is then refused.
-      const bool slot_free =
-          options_.max_upstream_in_flight <= 0 || slots_in_use_ < options_.max_upstream_in_flight;
+      const bool slot_free = SlotFreeLocked();
       if (!slot_free && options_.max_queued_misses > 0 &&
           slot_queue_.size() >= options_.max_queued_misses) {
         refused = absl::ResourceExhaustedError(absl::StrCat(
@@ -316,19 +315,8 @@ void Engine::Check(CheckRequest request, Callback done) {
         flight.stale_candidate = *latest;
         flight.waiters.push_back(Waiter{std::move(done), std::move(request.call),
                                         std::move(request.caller), request.monthly_budget});
-        if (slot_free) {
-          if (options_.max_upstream_in_flight > 0) {
-            ++slots_in_use_;
-          }
-          flight.stage = Stage::kSending;
-          send = true;
-        } else {
-          flight.stage = Stage::kQueued;
-          slot_queue_.push_back(key);
-          if (observer_ != nullptr) {
-            observer_->OnQueueDepth(slot_queue_.size());
-          }
-        }
+        PlaceLocked(key, flight, /*take_slot=*/slot_free);
+        send = slot_free;
         watch = true;
         created = true;
       }
@@ -560,6 +548,25 @@ size_t Engine::QueuedMisses() {
   return slot_queue_.size();
 }
 
+bool Engine::SlotFreeLocked() const {
+  return options_.max_upstream_in_flight <= 0 || slots_in_use_ < options_.max_upstream_in_flight;
+}
+
+void Engine::PlaceLocked(const std::string& key, Flight& flight, bool take_slot) {
+  if (take_slot) {
+    if (options_.max_upstream_in_flight > 0) {
+      ++slots_in_use_;
+    }
+    flight.stage = Stage::kSending;
+    return;
+  }
+  flight.stage = Stage::kQueued;
+  slot_queue_.push_back(key);
+  if (observer_ != nullptr) {
+    observer_->OnQueueDepth(slot_queue_.size());
+  }
+}
+
 std::optional<std::string> Engine::PassSlotLocked(Outbox& out) {
   if (options_.max_upstream_in_flight <= 0) {
     return std::nullopt;
@@ -620,26 +627,16 @@ void Engine::Retry(const std::string& key, uint64_t id) {
         observer_->OnNotSent("abandoned");
         observer_->OnFlightEnded();
       }
-    } else if (options_.max_upstream_in_flight <= 0 ||
-               slots_in_use_ < options_.max_upstream_in_flight) {
-      absl::Status admitted = shutting_down_ ? ShuttingDownError() : AdmitToSend(now);
-      if (!admitted.ok()) {
-        Flight refused = std::move(flight);
-        flights_.erase(it);
-        RefuseLocked(std::move(refused), std::move(admitted), "refused", out);
-      } else {
-        if (options_.max_upstream_in_flight > 0) {
-          ++slots_in_use_;
-        }
-        flight.stage = Stage::kSending;
-        send = true;
-      }
+    } else if (!SlotFreeLocked()) {
+      PlaceLocked(key, flight, /*take_slot=*/false);
+    } else if (absl::Status admitted = shutting_down_ ? ShuttingDownError() : AdmitToSend(now);
+               !admitted.ok()) {
+      Flight refused = std::move(flight);
+      flights_.erase(it);
+      RefuseLocked(std::move(refused), std::move(admitted), "refused", out);
     } else {
-      flight.stage = Stage::kQueued;
-      slot_queue_.push_back(key);
-      if (observer_ != nullptr) {
-        observer_->OnQueueDepth(slot_queue_.size());
-      }
+      PlaceLocked(key, flight, /*take_slot=*/true);
+      send = true;
     }
   }
   Deliver(out);

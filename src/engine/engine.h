@@ -258,6 +258,11 @@ class Engine {
   // Removes `call`'s waiters from the flight for `key`, and the flight itself if it has not
   // been sent and nobody else waits.
   void DropCancelled(const std::string& key, const CallState* call);
+  bool SlotFreeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives `flight` an upstream slot (the caller then sends it) or puts it at the back of the
+  // queue.
+  void PlaceLocked(const std::string& key, Flight& flight, bool take_slot)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Gives up a slot: hands it to the next queued flight that is still wanted and admitted
   // (dropping or refusing the others), whose key is returned and must be passed to
   // SendAttempt; or frees it.
