@@ -288,11 +288,10 @@ void Engine::Check(CheckRequest request, Callback done) {
     } else {
       // Admission happens under the lock so that nobody joins a flight that is then refused.
       const bool slot_free = SlotFreeLocked();
-      if (!slot_free && options_.max_queued_misses > 0 &&
-          slot_queue_.size() >= options_.max_queued_misses) {
+      if (!slot_free && options_.max_queued_misses > 0 && queued_ >= options_.max_queued_misses) {
         refused = absl::ResourceExhaustedError(absl::StrCat(
-            "too many misses waiting for ClickPatrol (", slot_queue_.size(),
-            " queued, the limit is ", options_.max_queued_misses, "); nothing was sent"));
+            "too many misses waiting for ClickPatrol (", queued_, " queued, the limit is ",
+            options_.max_queued_misses, "); nothing was sent"));
         if (observer_ != nullptr) {
           observer_->OnNotSent("queue_full");
         }
@@ -494,9 +493,12 @@ void Engine::DropCancelled(const std::string& key, const CallState* call) {
     if (!PruneWaitersLocked(flight, clock_.Now(), call, out) && flight.stage != Stage::kSending) {
       // Unsent and unwanted: it leaves without a ledger row (its payer was refunded above).
       if (flight.stage == Stage::kQueued) {
-        slot_queue_.erase(std::find(slot_queue_.begin(), slot_queue_.end(), key));
+        // Its queue entry stays behind, dead, and is skipped at its turn: finding it would cost
+        // a scan of the queue per dropped miss, under the lock, in a cancellation storm.
+        --queued_;
+        ++dead_queue_entries_;
         if (observer_ != nullptr) {
-          observer_->OnQueueDepth(slot_queue_.size());
+          observer_->OnQueueDepth(queued_);
         }
       }
       flights_.erase(it);
@@ -504,9 +506,31 @@ void Engine::DropCancelled(const std::string& key, const CallState* call) {
         observer_->OnNotSent("abandoned");
         observer_->OnFlightEnded();
       }
+      CompactQueueLocked();
     }
   }
   Deliver(out);
+}
+
+bool Engine::IsQueuedLocked(const QueueEntry& entry) const {
+  auto it = flights_.find(entry.key);
+  return it != flights_.end() && it->second.id == entry.id && it->second.stage == Stage::kQueued;
+}
+
+void Engine::CompactQueueLocked() {
+  // Dead entries are at most as many as live ones (and a few), so the queue's memory stays
+  // bounded by --max_queued_misses even while nothing leaves it (a hung ClickPatrol).
+  if (dead_queue_entries_ <= 64 || dead_queue_entries_ <= queued_) {
+    return;
+  }
+  std::deque<QueueEntry> live;
+  for (QueueEntry& entry : slot_queue_) {
+    if (IsQueuedLocked(entry)) {
+      live.push_back(std::move(entry));
+    }
+  }
+  slot_queue_ = std::move(live);
+  dead_queue_entries_ = 0;
 }
 
 void Engine::Cancel(const std::shared_ptr<CallState>& call) {
@@ -536,6 +560,8 @@ void Engine::Shutdown() {
       RefuseLocked(std::move(flight), ShuttingDownError(), "shutdown", out);
     }
     slot_queue_.clear();
+    queued_ = 0;
+    dead_queue_entries_ = 0;
     if (observer_ != nullptr) {
       observer_->OnQueueDepth(0);
     }
@@ -545,7 +571,7 @@ void Engine::Shutdown() {
 
 size_t Engine::QueuedMisses() {
   absl::MutexLock lock(&mu_);
-  return slot_queue_.size();
+  return queued_;
 }
 
 bool Engine::SlotFreeLocked() const {
@@ -561,9 +587,10 @@ void Engine::PlaceLocked(const std::string& key, Flight& flight, bool take_slot)
     return;
   }
   flight.stage = Stage::kQueued;
-  slot_queue_.push_back(key);
+  slot_queue_.push_back(QueueEntry{key, flight.id});
+  ++queued_;
   if (observer_ != nullptr) {
-    observer_->OnQueueDepth(slot_queue_.size());
+    observer_->OnQueueDepth(queued_);
   }
 }
 
@@ -574,12 +601,15 @@ std::optional<std::string> Engine::PassSlotLocked(Outbox& out) {
   const absl::Time now = clock_.Now();
   std::optional<std::string> next;
   while (!slot_queue_.empty() && !next.has_value()) {
-    std::string key = std::move(slot_queue_.front());
+    QueueEntry entry = std::move(slot_queue_.front());
     slot_queue_.pop_front();
-    auto it = flights_.find(key);
-    if (it == flights_.end() || it->second.stage != Stage::kQueued) {
-      continue;  // not expected: a dropped flight leaves the queue
+    if (!IsQueuedLocked(entry)) {
+      dead_queue_entries_ -= dead_queue_entries_ > 0 ? 1 : 0;  // its flight was dropped
+      continue;
     }
+    --queued_;
+    std::string key = std::move(entry.key);
+    auto it = flights_.find(key);
     Flight& flight = it->second;
     if (!PruneWaitersLocked(flight, now, nullptr, out)) {
       flights_.erase(it);
@@ -602,7 +632,7 @@ std::optional<std::string> Engine::PassSlotLocked(Outbox& out) {
     next = std::move(key);
   }
   if (observer_ != nullptr) {
-    observer_->OnQueueDepth(slot_queue_.size());
+    observer_->OnQueueDepth(queued_);
   }
   if (!next.has_value()) {
     --slots_in_use_;

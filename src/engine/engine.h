@@ -222,6 +222,10 @@ class Engine {
     Stage stage = Stage::kQueued;
     int attempts = 0;
   };
+  struct QueueEntry {
+    std::string key;
+    uint64_t id = 0;  // the flight's: a later flight for the same key has its own entry
+  };
   // Answers to deliver once the lock is released.
   using Outbox = std::vector<std::pair<Callback, absl::StatusOr<CheckResult>>>;
 
@@ -259,6 +263,10 @@ class Engine {
   // been sent and nobody else waits.
   void DropCancelled(const std::string& key, const CallState* call);
   bool SlotFreeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `entry` is still its flight's place in the queue.
+  bool IsQueuedLocked(const QueueEntry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops dead entries once they outnumber the live ones.
+  void CompactQueueLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Gives `flight` an upstream slot (the caller then sends it) or puts it at the back of the
   // queue.
   void PlaceLocked(const std::string& key, Flight& flight, bool take_slot)
@@ -302,7 +310,10 @@ class Engine {
   absl::flat_hash_map<std::string, Flight> flights_ ABSL_GUARDED_BY(mu_);
   uint64_t next_flight_id_ ABSL_GUARDED_BY(mu_) = 1;
   int slots_in_use_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<std::string> slot_queue_ ABSL_GUARDED_BY(mu_);  // keys of kQueued flights, FIFO
+  // kQueued flights, FIFO, and dead entries of flights dropped while they waited.
+  std::deque<QueueEntry> slot_queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // live entries
+  size_t dead_queue_entries_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   // ClickPatrol rejected the token: misses fail fast but for one probe per interval.
   bool token_rejected_ ABSL_GUARDED_BY(mu_) = false;

@@ -864,6 +864,33 @@ TEST_F(EngineTest, CancellingASentMissAnswersTheCallerButKeepsTheVerdict) {
   EXPECT_EQ(store_.history.size(), 1u);
 }
 
+// A storm of cancelled batches behind a hung ClickPatrol: the dropped misses neither count
+// against the queue bound nor get sent when a slot finally frees.
+TEST_F(EngineTest, CancelledMissesFreeTheirQueuePlacesAtOnce) {
+  options_.max_upstream_in_flight = 1;
+  options_.max_queued_misses = 10;
+  Start(Request("11.2.0.1"));  // holds the only slot
+  for (int round = 0; round < 50; ++round) {
+    auto call = std::make_shared<CallState>();
+    for (int i = 0; i < 10; ++i) {
+      CheckRequest r = Request(absl::StrCat("11.2.", 1 + round, ".", i + 1));
+      r.call = call;
+      auto queued = Start(r);
+      ASSERT_FALSE(queued->has_value()) << "round " << round << ": refused " << (*queued)->status();
+    }
+    EXPECT_EQ(engine().QueuedMisses(), 10u);
+    engine().Cancel(call);
+    ASSERT_EQ(engine().QueuedMisses(), 0u);
+  }
+  auto live = Start(Request("11.2.99.1"));
+  client_.Answer(Safe());
+  ASSERT_EQ(client_.pending.size(), 1u);
+  EXPECT_EQ(client_.pending.front().ip, "11.2.99.1") << "dead entries are skipped";
+  client_.Answer(Safe());
+  EXPECT_TRUE((*live)->ok());
+  EXPECT_EQ(store_.clicks.size(), 2u);
+}
+
 TEST_F(EngineTest, MissesPastTheQueueBoundFailFastAndCostNothing) {
   options_.max_upstream_in_flight = 1;
   options_.max_queued_misses = 2;
