@@ -508,7 +508,14 @@ TEST_F(ClickWasteTest, FloodOfColdBatchesKeepsMemoryBoundedAndServerResponsive) 
   constexpr int kConcurrency = 32;
   constexpr int kCallers = 50;
   constexpr int kItems = 1000;
+#if defined(__SANITIZE_ADDRESS__)
+  // Under ASan (scripts/sanitize.sh) freed memory sits in a quarantine of up to 256 MB and
+  // shadow memory comes on top: only the bound itself is checked there. The figure in the README
+  // is the plain build's.
+  constexpr int64_t kLimitKib = 1024 * 1024;
+#else
   constexpr int64_t kLimitKib = 200 * 1024;
+#endif
   Verdictd verdictd(dir_, sim_.url(), kToken,
                     {absl::StrCat("--upstream_concurrency=", kConcurrency)});
   const pid_t pid = verdictd.pid();
