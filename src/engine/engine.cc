@@ -121,18 +121,14 @@ Engine::~Engine() {
 
 void Engine::WaitIdle() {
   absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](absl::flat_hash_map<std::string, Flight>* flights) { return flights->empty(); },
-      &flights_));
+  mu_.Await(absl::Condition(this, &Engine::IdleLocked));
 }
+
+bool Engine::IdleLocked() const { return flights_.empty() && cancels_in_progress_ == 0; }
 
 bool Engine::WaitIdleUntil(absl::Time deadline) {
   absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithDeadline(
-      absl::Condition(
-          +[](absl::flat_hash_map<std::string, Flight>* flights) { return flights->empty(); },
-          &flights_),
-      deadline);
+  return mu_.AwaitWithDeadline(absl::Condition(this, &Engine::IdleLocked), deadline);
 }
 
 void Engine::ScheduleUsageFlush() {
@@ -534,6 +530,12 @@ void Engine::CompactQueueLocked() {
 }
 
 void Engine::Cancel(const std::shared_ptr<CallState>& call) {
+  // Counted, so that the engine is not destroyed under a cancellation that answers a call (and
+  // so lets gRPC's shutdown finish) while it still has other keys to drop.
+  {
+    absl::MutexLock lock(&mu_);
+    ++cancels_in_progress_;
+  }
   call->cancelled_.store(true, std::memory_order_release);
   std::vector<std::string> keys;
   {
@@ -543,6 +545,8 @@ void Engine::Cancel(const std::shared_ptr<CallState>& call) {
   for (const std::string& key : keys) {
     DropCancelled(key, call.get());
   }
+  absl::MutexLock lock(&mu_);
+  --cancels_in_progress_;
 }
 
 void Engine::Shutdown() {

@@ -263,6 +263,8 @@ class Engine {
   // been sent and nobody else waits.
   void DropCancelled(const std::string& key, const CallState* call);
   bool SlotFreeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // No flight, and no Cancel() under way: what WaitIdle waits for.
+  bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `entry` is still its flight's place in the queue.
   bool IsQueuedLocked(const QueueEntry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops dead entries once they outnumber the live ones.
@@ -315,6 +317,7 @@ class Engine {
   size_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // live entries
   size_t dead_queue_entries_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  int cancels_in_progress_ ABSL_GUARDED_BY(mu_) = 0;
   // ClickPatrol rejected the token: misses fail fast but for one probe per interval.
   bool token_rejected_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time next_token_probe_ ABSL_GUARDED_BY(mu_);

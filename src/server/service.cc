@@ -159,6 +159,10 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   void WatchCancellation(Engine* engine, const grpc::CallbackServerContext& context) {
     engine_ = engine;
     state_ = std::make_shared<CallState>(absl::FromChrono(context.deadline()));
+    // Published for OnCancel, which gRPC runs on another thread once this handler has returned,
+    // through its core's synchronisation (invisible to TSan: Debian's libgrpc is not
+    // instrumented). The release/acquire pair states the ordering in our own code.
+    watching_.store(true, std::memory_order_release);
   }
   const std::shared_ptr<CallState>& state() const { return state_; }
 
@@ -177,12 +181,13 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
  private:
   void OnDone() override { delete this; }
   void OnCancel() override {
-    if (engine_ != nullptr) {
+    if (watching_.load(std::memory_order_acquire)) {
       engine_->Cancel(state_);
     }
   }
 
   grpc::ByteBuffer* const wire_response_;
+  std::atomic<bool> watching_{false};
   Engine* engine_ = nullptr;
   std::shared_ptr<CallState> state_;
 };
