@@ -234,6 +234,8 @@ class Engine {
          const std::vector<std::pair<std::string, int64_t>>& month_clicks, int64_t period_clicks);
 
   static absl::Status ShuttingDownError();
+  // CANCELLED or DEADLINE_EXCEEDED, for a check whose call is gone.
+  static absl::Status GoneError(const CallState& call);
   static absl::Status BudgetSpentError(absl::string_view caller, int64_t monthly_budget);
   static absl::Status BreakerOpenError();
   absl::Status AllowanceError();
@@ -249,10 +251,13 @@ class Engine {
   void FailOrStaleLater(const std::optional<Verdict>& stale, absl::Status error, Callback done,
                         Outbox& out);
   void Deliver(Outbox& out);
-  // Answers every waiter of `flight` (already removed from flights_) with `error` or stale, and
-  // returns the payer's reservation. Nothing was sent for it.
-  void RefuseLocked(Flight flight, absl::Status error, absl::string_view reason, Outbox& out)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  using FlightMap = absl::flat_hash_map<std::string, Flight>;
+  // Removes the flight at `it` and answers every waiter with `error` or stale, and returns the
+  // payer's reservation. Nothing was sent for it.
+  void RefuseLocked(FlightMap::iterator it, absl::Status error, absl::string_view reason,
+                    Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes an unsent flight nobody waits for any more (its waiters already answered).
+  void EraseAbandonedLocked(FlightMap::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes the waiters nobody waits for any more (`cancelled`'s, and those whose call is gone),
   // answering them CANCELLED or DEADLINE_EXCEEDED. While the flight has not been sent, a payer
   // who left is refunded and the next waiter that can pay takes over. Whether anyone still
@@ -309,7 +314,7 @@ class Engine {
   HotCache hot_;
 
   absl::Mutex mu_;
-  absl::flat_hash_map<std::string, Flight> flights_ ABSL_GUARDED_BY(mu_);
+  FlightMap flights_ ABSL_GUARDED_BY(mu_);
   uint64_t next_flight_id_ ABSL_GUARDED_BY(mu_) = 1;
   int slots_in_use_ ABSL_GUARDED_BY(mu_) = 0;
   // kQueued flights, FIFO, and dead entries of flights dropped while they waited.
