@@ -18,8 +18,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "auth/api_keys.h"
 #include "fuzz_check.h"
+#include "server/auth/api_keys.h"
 
 namespace {
 

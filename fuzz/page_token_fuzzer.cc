@@ -15,8 +15,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "auth/page_token.h"
 #include "fuzz_check.h"
+#include "server/auth/page_token.h"
 
 namespace {
 

@@ -13,7 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "common/verdict.h"
 #include "fuzz_check.h"
-#include "upstream/response_parser.h"
+#include "server/upstream/response_parser.h"
 
 namespace {
 

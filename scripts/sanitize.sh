@@ -11,7 +11,7 @@
 #          spend budgets or shut down under load (TSAN_E2E_REGEX). Not every end-to-end test:
 #          under TSan the whole e2e suite takes over 15 minutes, and gRPC's and OpenSSL's
 #          uninstrumented internals keep producing reports that say nothing about our code (see
-#          tsan.supp).
+#          tests/sanitizers/tsan.supp).
 #
 # A sanitizer report from any process (test binaries, and the verdictd, simulator and verdictctl
 # processes the end-to-end tests start) fails the run: reports go to per-process files under
@@ -90,7 +90,7 @@ for mode in "${modes[@]}"; do
       # at every instrumented process's normal exit; lsan.supp lists the leaks in Debian's
       # libraries' global state.
       ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$logs/asan" \
-        LSAN_OPTIONS="suppressions=$root/lsan.supp:print_suppressions=0" \
+        LSAN_OPTIONS="suppressions=$root/tests/sanitizers/lsan.supp:print_suppressions=0" \
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan" \
         ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout "$timeout" ||
         status=1
@@ -108,7 +108,7 @@ for mode in "${modes[@]}"; do
       start=$(now)
       # halt_on_error: the first race ends the process, so it cannot go unnoticed in a child
       # process whose test still passes. tsan.supp documents each suppression.
-      TSAN_OPTIONS="suppressions=$root/tsan.supp:halt_on_error=1:second_deadlock_stack=1:log_path=$logs/tsan" \
+      TSAN_OPTIONS="suppressions=$root/tests/sanitizers/tsan.supp:halt_on_error=1:second_deadlock_stack=1:log_path=$logs/tsan" \
         ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout "$timeout" -R "$regex" ||
         status=1
       echo "sanitize: thread tests took $(($(now) - start)) s"

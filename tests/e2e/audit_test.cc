@@ -23,12 +23,12 @@
 #include "absl/time/civil_time.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "auth/api_keys.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "support/harness.h"
-#include "support/process.h"
-#include "support/sqlite_query.h"
+#include "server/auth/api_keys.h"
+#include "tests/support/harness.h"
+#include "tests/support/process.h"
+#include "tests/support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -775,7 +775,7 @@ TEST_F(HistoryPagingTest, PageTokensAreTamperEvidentBoundAndSurviveRestart) {
 // --- 5. Retention --------------------------------------------------------------------------
 
 // The injected-clock side of pruning (what is old relative to "now", the batch loop, the
-// every-minute schedule) is covered in src/engine/engine_test.cc
+// every-minute schedule) is covered in server/engine/engine_test.cc
 // (EngineTest.RetentionPrunesWithTheInjectedClock); this checks the real binary, flag and schema.
 class RetentionTest : public ::testing::Test {
  protected:

@@ -26,9 +26,9 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "support/harness.h"
-#include "support/process.h"
-#include "support/sqlite_query.h"
+#include "tests/support/harness.h"
+#include "tests/support/process.h"
+#include "tests/support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -43,9 +43,9 @@ constexpr char kQueueFull[] = "too many misses waiting for ClickPatrol";
 
 // --- the ledger ---------------------------------------------------------------------------------
 //
-// Table `clicks` (src/storage/sqlite_store.cc), one row per attempt, its `outcome` a ClickOutcome
-// (src/storage/verdict_store.h): 0 pending (written before sending and not completed yet), 1
-// verdict, 2 upstream error (sent, or maybe sent, and failed), 3 not sent (provably never left).
+// Table `clicks` (storage/sqlite/sqlite_store.cc), one row per attempt, its `outcome` a
+// ClickOutcome (storage/verdict_store.h): 0 pending (written before sending and not completed yet),
+// 1 verdict, 2 upstream error (sent, or maybe sent, and failed), 3 not sent (provably never left).
 // "Spent" rows are those whose outcome is not 3: every click ClickPatrol may bill. Once no request
 // is in flight, spent rows must equal the simulator's request count exactly: fewer would be an
 // unrecorded click, more a click recorded but never sent.

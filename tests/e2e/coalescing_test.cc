@@ -25,9 +25,9 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
-#include "support/harness.h"
-#include "support/process.h"
-#include "support/sqlite_query.h"
+#include "tests/support/harness.h"
+#include "tests/support/process.h"
+#include "tests/support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {
@@ -224,7 +224,7 @@ TEST_F(CoalescingTest, StaleVerdictOnServerErrorUnlessDisabled) {
 // --- Circuit breaker -------------------------------------------------------------------------
 
 // The same behaviour with an injected clock (exact open/half-open/closed transitions) is a unit
-// test in src/engine/engine_test.cc; this one proves the flags reach the engine and that an open
+// test in server/engine/engine_test.cc; this one proves the flags reach the engine and that an open
 // breaker really keeps requests off the wire.
 TEST_F(CoalescingTest, CircuitBreakerOpensFailsFastAndRecovers) {
   StartVerdictd({"--breaker_failures=3", "--breaker_open_for=1s"});

@@ -35,9 +35,9 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
-#include "support/harness.h"
-#include "support/process.h"
-#include "support/sqlite_query.h"
+#include "tests/support/harness.h"
+#include "tests/support/process.h"
+#include "tests/support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {

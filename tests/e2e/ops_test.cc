@@ -30,9 +30,9 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
-#include "support/harness.h"
-#include "support/process.h"
-#include "support/sqlite_query.h"
+#include "tests/support/harness.h"
+#include "tests/support/process.h"
+#include "tests/support/sqlite_query.h"
 
 namespace verdictd::testing {
 namespace {

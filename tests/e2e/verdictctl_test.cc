@@ -18,8 +18,8 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "support/harness.h"
-#include "support/process.h"
+#include "tests/support/harness.h"
+#include "tests/support/process.h"
 
 namespace verdictd::testing {
 namespace {

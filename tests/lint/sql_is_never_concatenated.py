@@ -2,7 +2,7 @@
 """Security check (issue: no SQL built by string concatenation).
 
 Every SQL statement verdictd runs must be fixed text: values travel only as bound parameters.
-This scans the non-test sources under src/ and fails when
+This scans the non-test sources under the given folders and fails when
   1. a call that runs SQL (sqlite3_prepare*, sqlite3_exec, and the store's Exec/Prepare/QueryText
      helpers) gets anything but a string literal, a choice between two literals, a k-constant
      (optionally indexed), or one of the reviewed pass-throughs in ALLOWED_ARGUMENTS, or
@@ -11,7 +11,7 @@ This scans the non-test sources under src/ and fails when
      of +, += or .append(), except the reviewed calls in ALLOWED_ASSEMBLY.
 Check 1 is the safeguard; check 2 catches assembled SQL before it reaches a call.
 
-Usage: sql_is_never_concatenated.py SRC_DIR
+Usage: sql_is_never_concatenated.py DIR...
 """
 import pathlib
 import re
@@ -121,8 +121,13 @@ def check(path):
 
 
 def main():
-    root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "src")
-    sources = sorted(p for p in root.rglob("*.cc") if not p.name.endswith("_test.cc"))
+    roots = [pathlib.Path(arg) for arg in sys.argv[1:]]
+    if not roots or not all(root.is_dir() for root in roots):
+        sys.exit("usage: sql_is_never_concatenated.py DIR... (each an existing folder)")
+    sources = sorted(p for root in roots for p in root.rglob("*.cc")
+                     if not p.name.endswith("_test.cc"))
+    if not sources:
+        sys.exit("no sources found: the check would pass vacuously")
     problems = [problem for path in sources for problem in check(path)]
     for problem in problems:
         print(problem)

@@ -1,4 +1,4 @@
-#include "support/harness.h"
+#include "tests/support/harness.h"
 
 #include <signal.h>
 #include <stdlib.h>

@@ -14,7 +14,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
-#include "support/process.h"
+#include "tests/support/process.h"
 #include "verdict/v1/verdict.grpc.pb.h"
 
 namespace verdictd::testing {

@@ -1,4 +1,4 @@
-#include "support/sqlite_query.h"
+#include "tests/support/sqlite_query.h"
 
 #include <sqlite3.h>
 

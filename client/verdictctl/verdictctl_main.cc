@@ -1,0 +1,427 @@
+// verdictctl: the command-line client of verdictd, for people (aligned tables) and scripts
+// (--json, exit codes).
+//
+// The only place that reads flags and the environment.
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/commandlineflag.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "client/verdictctl/commands.h"
+#include "client/verdictctl/input.h"
+#include "common/duration.h"
+#include "grpcpp/grpcpp.h"
+#include "server/auth/api_keys.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "verdictd address");
+ABSL_FLAG(std::string, api_key, "",
+          "API key, sent as `authorization: Bearer <key>` (default: $VERDICT_API_KEY)");
+ABSL_FLAG(std::string, caller, "",
+          "x-caller metadata (open mode); for `usage`, also whose usage to show");
+ABSL_FLAG(bool, json, false, "One JSON object per line instead of a table");
+ABSL_FLAG(std::string, timeout, "30s", "Deadline of each RPC (0: none)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM file of root CAs: use TLS and trust these roots");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate chain for mTLS (needs --tls_ca)");
+ABSL_FLAG(std::string, tls_key, "", "PEM client private key for mTLS (needs --tls_ca)");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name to verify the server's certificate against (default: the --server host)");
+ABSL_FLAG(std::string, ua, "", "User agent (batch: for lines without one)");
+ABSL_FLAG(std::string, max_age, "",
+          "Oldest acceptable stored verdict, e.g. 1h, 7d; 0 always asks ClickPatrol "
+          "(default: the server's)");
+ABSL_FLAG(bool, cache_only, false, "Answer only from the store; never spend a click");
+ABSL_FLAG(std::string, since, "", "Start of the range, inclusive: RFC 3339, YYYY-MM-DD or -24h");
+ABSL_FLAG(std::string, until, "", "End of the range, exclusive: RFC 3339, YYYY-MM-DD or -24h");
+ABSL_FLAG(int64_t, limit, 0, "Most history rows to print (0: all)");
+ABSL_FLAG(
+    int32_t, page_size, 0,
+    "history: rows asked per ListVerdictHistory call (0: the server's default, at most 1000)");
+ABSL_FLAG(bool, days, false, "usage: also print the per-day rows");
+
+namespace verdictd::cli {
+namespace {
+
+constexpr char kShortUsage[] = R"(usage: verdictctl [FLAGS] SUBCOMMAND [OPERANDS] [FLAGS]
+  check IP [--ua=UA] [--max_age=DURATION] [--cache_only]
+  batch FILE|- [--ua=UA] [--max_age=DURATION] [--cache_only]
+  history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N]
+  usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
+  health [SERVICE]
+  hash-key < KEY
+`verdictctl --help` describes the flags and the exit codes (64: usage error).
+)";
+
+constexpr char kUsage[] = R"(usage: verdictctl [FLAGS] SUBCOMMAND [OPERANDS] [FLAGS]
+
+subcommands:
+  check IP [--ua=UA] [--max_age=DURATION] [--cache_only]
+      One verdict.
+  batch FILE|- [--ua=UA] [--max_age=DURATION] [--cache_only]
+      One verdict per input line: `IP` or `IP,USER_AGENT` (the first comma splits); blank
+      lines and `#` comments are skipped; `-` reads stdin. Sent in batches of the server's
+      max_batch; results in input order. Progress bar on stderr when it is a terminal.
+  history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N]
+      Stored verdicts for IP, newest first, following page tokens to the end or N rows.
+  usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
+      Clicks, cache hits and requests per caller (no --caller: every caller), and the
+      ClickPatrol allowance; --days adds per-day rows.
+  health [SERVICE]
+      grpc.health.v1 status of the server (or of SERVICE, e.g. verdict.v1.VerdictService):
+      prints SERVING and exits 0, or prints NOT_SERVING (the store is unusable) and exits
+      69; a server that is shutting down refuses the call (14). For container health checks.
+  hash-key
+      Reads an API key from stdin (one trailing newline is stripped) and prints the SHA-256
+      hex that the server's keys file holds. Needs no server.
+
+flags for every subcommand:
+  --server=HOST:PORT   verdictd address (default 127.0.0.1:50051)
+  --api_key=KEY        sent as `authorization: Bearer KEY`; default $VERDICT_API_KEY
+                       (prefer the variable: flags show up in `ps`)
+  --caller=NAME        sent as x-caller (the caller's name in open mode)
+  --json               one JSON object per line (proto JSON, lowerCamelCase, defaults
+                       included): check: the response; batch: one result per input line,
+                       in order; history: one verdict per line; usage: the whole response
+  --timeout=DURATION   deadline of each RPC (default 30s; 0: none)
+  --tls_ca=PEM         use TLS, trusting these roots (plaintext otherwise)
+  --tls_cert=PEM --tls_key=PEM   client certificate for mTLS
+  --tls_server_name=NAME         certificate name to expect (default: the --server host)
+
+TIME: RFC 3339 (2026-11-27T10:00:00Z), a UTC date (2026-11-27) or relative (-24h, -7d).
+DURATION: 90s, 15m, 1h, 7d, 0.
+
+exit status:
+  0       success
+  1..16   the gRPC status code of the failed call (3 INVALID_ARGUMENT, 5 NOT_FOUND,
+          8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 14 UNAVAILABLE, 16 UNAUTHENTICATED, ...);
+          the message goes to stderr as `verdictctl: CODE_NAME: message`
+  64      usage error (unknown subcommand or flag, bad operand or flag value)
+  65      batch: every RPC succeeded but some items failed (their rows show the error);
+          hash-key: the key on stdin is empty
+  66      an input file (batch FILE, --tls_*) cannot be read
+  69      health: the server answered, and is not SERVING
+)";
+
+int UsageError(absl::string_view message) {
+  std::cerr << "verdictctl: " << message << "\n" << kShortUsage;
+  return kExitUsage;
+}
+
+// Checks argv as absl::ParseCommandLine will read it, so that an unknown flag or a bad value
+// exits with kExitUsage rather than absl's exit code 1, which means CANCELLED here. Returns the
+// problem, or nullopt when absl will accept every flag.
+std::optional<std::string> CheckFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") {
+      break;
+    }
+    if (arg.size() < 2 || arg[0] != '-') {
+      continue;  // an operand, including "-" (stdin)
+    }
+    const absl::string_view body = arg.substr(arg[1] == '-' ? 2 : 1);
+    const size_t eq = body.find('=');
+    const absl::string_view name = body.substr(0, eq);
+    std::optional<absl::string_view> value;
+    if (eq != absl::string_view::npos) {
+      value = body.substr(eq + 1);
+    }
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && absl::StartsWith(name, "no")) {
+      absl::CommandLineFlag* negated = absl::FindCommandLineFlag(name.substr(2));
+      if (negated != nullptr && negated->IsOfType<bool>() && !value.has_value()) {
+        continue;
+      }
+    }
+    if (flag == nullptr) {
+      return absl::StrCat("unknown flag --", name);
+    }
+    if (!value.has_value()) {
+      if (flag->IsOfType<bool>()) {
+        continue;
+      }
+      if (i + 1 >= argc) {
+        return absl::StrCat("--", name, " needs a value");
+      }
+      value = argv[++i];
+    }
+    std::string error;
+    if (!flag->ParseFrom(*value, &error)) {
+      return absl::StrCat("--", name, ": ", error);
+    }
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  if (in.bad()) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  }
+  return buffer.str();
+}
+
+std::string ReadStdin() {
+  return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+}
+
+int HashKey() {
+  const std::string key = StripOneNewline(ReadStdin());
+  if (key.empty()) {
+    std::cerr << "verdictctl: hash-key: the API key on stdin is empty\n";
+    return kExitItemsFailed;
+  }
+  std::cout << HashApiKeyHex(key) << std::endl;
+  return 0;
+}
+
+// Flags that only some subcommands read; setting one elsewhere is a usage error rather than
+// silently ignored.
+std::optional<std::string> MisplacedFlag(const std::string& command) {
+  struct Specific {
+    const char* name;
+    bool set;
+    std::vector<std::string> commands;
+  };
+  const Specific specific[] = {
+      {"ua", !absl::GetFlag(FLAGS_ua).empty(), {"check", "batch"}},
+      {"max_age", !absl::GetFlag(FLAGS_max_age).empty(), {"check", "batch"}},
+      {"cache_only", absl::GetFlag(FLAGS_cache_only), {"check", "batch"}},
+      {"since", !absl::GetFlag(FLAGS_since).empty(), {"history", "usage"}},
+      {"until", !absl::GetFlag(FLAGS_until).empty(), {"history", "usage"}},
+      {"limit", absl::GetFlag(FLAGS_limit) != 0, {"history"}},
+      {"page_size", absl::GetFlag(FLAGS_page_size) != 0, {"history"}},
+      {"days", absl::GetFlag(FLAGS_days), {"usage"}},
+  };
+  for (const Specific& s : specific) {
+    if (s.set && std::find(s.commands.begin(), s.commands.end(), command) == s.commands.end()) {
+      return absl::StrCat("--", s.name, " does not apply to ", command);
+    }
+  }
+  return std::nullopt;
+}
+
+// Reads one of --since/--until (unset when empty); a usage error message on failure.
+std::optional<std::string> TimeFlag(absl::string_view name, const std::string& text, absl::Time now,
+                                    std::optional<absl::Time>* out) {
+  if (text.empty()) {
+    return std::nullopt;
+  }
+  absl::StatusOr<absl::Time> t = ParseTimeArg(text, now);
+  if (!t.ok()) {
+    return absl::StrCat("--", name, ": ", t.status().message());
+  }
+  *out = *t;
+  return std::nullopt;
+}
+
+// Reads --since and --until, relative ones against the same `now`.
+std::optional<std::string> TimeRange(std::optional<absl::Time>* since,
+                                     std::optional<absl::Time>* until) {
+  const absl::Time now = absl::Now();
+  if (std::optional<std::string> problem =
+          TimeFlag("since", absl::GetFlag(FLAGS_since), now, since)) {
+    return problem;
+  }
+  if (std::optional<std::string> problem =
+          TimeFlag("until", absl::GetFlag(FLAGS_until), now, until)) {
+    return problem;
+  }
+  if (since->has_value() && until->has_value() && **since >= **until) {
+    return "--since must be before --until";
+  }
+  return std::nullopt;
+}
+
+// The channel to --server: TLS when --tls_ca is set, plaintext otherwise.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel() {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_tls_key);
+  grpc::ChannelArguments args;
+  if (ca.empty()) {
+    if (!cert.empty() || !key.empty()) {
+      return absl::InvalidArgumentError("--tls_cert and --tls_key need --tls_ca");
+    }
+    return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server),
+                                     grpc::InsecureChannelCredentials(), args);
+  }
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> roots = ReadFile(ca);
+  if (!roots.ok()) {
+    return roots.status();
+  }
+  ssl.pem_root_certs = *std::move(roots);
+  if (!cert.empty()) {
+    absl::StatusOr<std::string> chain = ReadFile(cert);
+    if (!chain.ok()) {
+      return chain.status();
+    }
+    absl::StatusOr<std::string> private_key = ReadFile(key);
+    if (!private_key.ok()) {
+      return private_key.status();
+    }
+    ssl.pem_cert_chain = *std::move(chain);
+    ssl.pem_private_key = *std::move(private_key);
+  }
+  if (const std::string name = absl::GetFlag(FLAGS_tls_server_name); !name.empty()) {
+    args.SetSslTargetNameOverride(name);
+  }
+  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::SslCredentials(ssl), args);
+}
+
+int Main(int argc, char** argv) {
+  // Our own help: absl's --help would exit 1, which means CANCELLED here.
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-help" || arg == "-h" || (i == 1 && arg == "help")) {
+      std::cout << kUsage;
+      return 0;
+    }
+  }
+  if (std::optional<std::string> problem = CheckFlags(argc, argv)) {
+    return UsageError(*problem);
+  }
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> operands(positional.begin() + 1, positional.end());
+  if (operands.empty()) {
+    return UsageError("no subcommand");
+  }
+  const std::string command = operands[0];
+  operands.erase(operands.begin());
+  const size_t want_operands = (command == "usage" || command == "hash-key") ? 0 : 1;
+  if (command != "check" && command != "batch" && command != "history" && command != "usage" &&
+      command != "hash-key" && command != "health") {
+    return UsageError(absl::StrCat("unknown subcommand \"", command, "\""));
+  }
+  if (command == "health" ? operands.size() > 1 : operands.size() != want_operands) {
+    if (command == "health") {
+      return UsageError(absl::StrCat("health takes at most 1 operand, got ", operands.size()));
+    }
+    return UsageError(absl::StrCat(command, " takes ", want_operands, " operand",
+                                   want_operands == 1 ? "" : "s", ", got ", operands.size()));
+  }
+  if (std::optional<std::string> problem = MisplacedFlag(command)) {
+    return UsageError(*problem);
+  }
+  if (command == "hash-key") {
+    return HashKey();
+  }
+
+  absl::StatusOr<absl::Duration> timeout = ParseDuration(absl::GetFlag(FLAGS_timeout));
+  if (!timeout.ok()) {
+    return UsageError(absl::StrCat("--timeout: ", timeout.status().message()));
+  }
+  CheckOptions check;
+  if (const std::string max_age = absl::GetFlag(FLAGS_max_age); !max_age.empty()) {
+    absl::StatusOr<absl::Duration> d = ParseDuration(max_age);
+    if (!d.ok()) {
+      return UsageError(absl::StrCat("--max_age: ", d.status().message()));
+    }
+    check.max_age = *d;
+  }
+  check.cache_only = absl::GetFlag(FLAGS_cache_only);
+  if (absl::GetFlag(FLAGS_limit) < 0) {
+    return UsageError("--limit must not be negative");
+  }
+  if (absl::GetFlag(FLAGS_page_size) < 0 || absl::GetFlag(FLAGS_page_size) > 1000) {
+    return UsageError("--page_size must be 0..1000");
+  }
+  std::optional<absl::Time> since;
+  std::optional<absl::Time> until;
+  if (std::optional<std::string> problem = TimeRange(&since, &until)) {
+    return UsageError(*problem);
+  }
+  std::string api_key = absl::GetFlag(FLAGS_api_key);
+  if (api_key.empty()) {
+    if (const char* env = std::getenv("VERDICT_API_KEY"); env != nullptr) {
+      api_key = env;
+    }
+  }
+
+  // Read batch input before connecting, so a missing file is reported as such.
+  std::vector<BatchItem> items;
+  if (command == "batch") {
+    std::string text;
+    if (operands[0] == "-") {
+      text = ReadStdin();
+    } else {
+      absl::StatusOr<std::string> contents = ReadFile(operands[0]);
+      if (!contents.ok()) {
+        std::cerr << "verdictctl: " << contents.status().message() << '\n';
+        return kExitNoInput;
+      }
+      text = *std::move(contents);
+    }
+    items = ParseBatchInput(text, absl::GetFlag(FLAGS_ua));
+  }
+
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel();
+  if (!channel.ok()) {
+    if (absl::IsNotFound(channel.status())) {
+      std::cerr << "verdictctl: " << channel.status().message() << '\n';
+      return kExitNoInput;
+    }
+    return UsageError(channel.status().message());
+  }
+  Connection connection(*std::move(channel), std::move(api_key), absl::GetFlag(FLAGS_caller),
+                        *timeout);
+  const bool json = absl::GetFlag(FLAGS_json);
+  if (command == "health") {
+    return RunHealth(connection, operands.empty() ? "" : operands[0], json);
+  }
+  if (command == "check") {
+    return RunCheck(connection, operands[0], absl::GetFlag(FLAGS_ua), check, json);
+  }
+  if (command == "batch") {
+    return RunBatch(connection, items, check, json, /*progress=*/isatty(STDERR_FILENO) == 1);
+  }
+  if (command == "history") {
+    HistoryOptions history;
+    history.since = since;
+    history.until = until;
+    history.limit = absl::GetFlag(FLAGS_limit);
+    history.page_size = absl::GetFlag(FLAGS_page_size);
+    return RunHistory(connection, operands[0], history, json);
+  }
+  UsageOptions usage;
+  usage.caller = absl::GetFlag(FLAGS_caller);
+  usage.since = since;
+  usage.until = until;
+  usage.days = absl::GetFlag(FLAGS_days);
+  return RunUsage(connection, usage, json);
+}
+
+}  // namespace
+}  // namespace verdictd::cli
+
+int main(int argc, char** argv) { return verdictd::cli::Main(argc, argv); }

@@ -1,0 +1,386 @@
+#include "server/auth/api_keys.h"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+
+namespace verdictd {
+namespace {
+
+constexpr size_t kMaxCallerLength = 64;
+constexpr int64_t kMaxBudget = 1'000'000'000'000;  // 10^12
+constexpr size_t kMaxApiKeyLength = 512;
+constexpr size_t kMaxXCallerLength = 128;
+constexpr off_t kMaxKeysFileSize = 16 << 20;  // far more than any sane keys file
+constexpr char kAnonymous[] = "anonymous";
+constexpr char kFormat[] = "expected CALLER SHA256_HEX [BUDGET|-] [auditor]";
+constexpr char kMalformedAuthorization[] =
+    "missing or malformed authorization: expected 'Bearer <api key>'";
+
+bool IsCallerChar(char c) {
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+}
+
+bool IsValidCaller(absl::string_view caller) {
+  if (caller.empty() || caller.size() > kMaxCallerLength) {
+    return false;
+  }
+  for (char c : caller) {
+    if (!IsCallerChar(c)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
+  }
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
+}
+
+// Decodes exactly 64 hex digits (either case) into a digest.
+std::optional<Sha256> ParseSha256Hex(absl::string_view hex) {
+  Sha256 out{};
+  if (hex.size() != 2 * out.size()) {
+    return std::nullopt;
+  }
+  for (size_t i = 0; i < out.size(); ++i) {
+    const int hi = HexValue(hex[2 * i]);
+    const int lo = HexValue(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) {
+      return std::nullopt;
+    }
+    out[i] = static_cast<uint8_t>((hi << 4) | lo);
+  }
+  return out;
+}
+
+// A positive decimal integer no larger than kMaxBudget; digits only (no sign, no spaces).
+std::optional<int64_t> ParseBudget(absl::string_view field) {
+  if (field.empty() || field.size() > 13) {
+    return std::nullopt;
+  }
+  for (char c : field) {
+    if (c < '0' || c > '9') {
+      return std::nullopt;
+    }
+  }
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(field, &value) || value <= 0 || value > kMaxBudget) {
+    return std::nullopt;
+  }
+  return value;
+}
+
+bool IsFieldSeparator(char c) { return c == ' ' || c == '\t'; }
+
+// Splits on runs of spaces/tabs, dropping empty pieces.
+std::vector<absl::string_view> SplitFields(absl::string_view line) {
+  std::vector<absl::string_view> fields;
+  size_t i = 0;
+  while (i < line.size()) {
+    while (i < line.size() && IsFieldSeparator(line[i])) {
+      ++i;
+    }
+    const size_t start = i;
+    while (i < line.size() && !IsFieldSeparator(line[i])) {
+      ++i;
+    }
+    if (i > start) {
+      fields.push_back(line.substr(start, i - start));
+    }
+  }
+  return fields;
+}
+
+absl::Status LineError(int line, absl::string_view message) {
+  return absl::InvalidArgumentError(absl::StrCat("line ", line, ": ", message));
+}
+
+bool IsPrintableAscii(absl::string_view s) {
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x21 || u > 0x7e) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Parses `authorization` as "Bearer <key>": the scheme in any case, one or more spaces, then a
+// non-empty key of at most kMaxApiKeyLength bytes.
+std::optional<absl::string_view> BearerKey(absl::string_view authorization) {
+  constexpr absl::string_view kScheme = "bearer";
+  if (authorization.size() <= kScheme.size() ||
+      !absl::EqualsIgnoreCase(authorization.substr(0, kScheme.size()), kScheme) ||
+      authorization[kScheme.size()] != ' ') {
+    return std::nullopt;
+  }
+  absl::string_view key = authorization.substr(kScheme.size());
+  while (!key.empty() && key.front() == ' ') {
+    key.remove_prefix(1);
+  }
+  if (key.empty() || key.size() > kMaxApiKeyLength) {
+    return std::nullopt;
+  }
+  return key;
+}
+
+}  // namespace
+
+Sha256 HashApiKey(absl::string_view key) {
+  Sha256 out{};
+  unsigned int len = 0;
+  if (EVP_Digest(key.data(), key.size(), out.data(), &len, EVP_sha256(), nullptr) != 1 ||
+      len != out.size()) {
+    // Only possible on allocation failure. Carrying on with a zero digest would be wrong in a
+    // way nobody would notice, so stop here.
+    std::fprintf(stderr, "verdictd: EVP_Digest(SHA-256) failed\n");
+    std::abort();
+  }
+  return out;
+}
+
+std::string HashApiKeyHex(absl::string_view key) {
+  const Sha256 digest = HashApiKey(key);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * digest.size());
+  for (uint8_t b : digest) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 0xf]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents) {
+  std::vector<ApiKeyEntry> entries;
+  std::map<std::string, int> caller_line;  // caller -> line it is defined on
+  std::map<Sha256, size_t> hash_index;     // digest -> index into entries
+  std::vector<int> entry_line;             // parallel to entries
+
+  int line_number = 0;
+  for (absl::string_view line : absl::StrSplit(contents, '\n')) {
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') {
+      line.remove_suffix(1);
+    }
+    if (const size_t hash = line.find('#'); hash != absl::string_view::npos) {
+      line = line.substr(0, hash);
+    }
+    const std::vector<absl::string_view> fields = SplitFields(line);
+    if (fields.empty()) {
+      continue;
+    }
+    // No message below quotes the hash field (or the key, if one was pasted by mistake): only a
+    // caller name is quoted, and only once it is known to be a valid caller name.
+    if (!IsValidCaller(fields[0])) {
+      return LineError(line_number, absl::StrCat("caller name must be 1-", kMaxCallerLength,
+                                                 " characters of [A-Za-z0-9._-]"));
+    }
+    if (fields.size() < 2) {
+      return LineError(line_number, absl::StrCat("missing key hash (", kFormat, ")"));
+    }
+    if (fields.size() > 4) {
+      return LineError(line_number, absl::StrCat("too many fields (", kFormat, ")"));
+    }
+
+    ApiKeyEntry entry;
+    entry.caller = std::string(fields[0]);
+    std::optional<Sha256> digest = ParseSha256Hex(fields[1]);
+    if (!digest.has_value()) {
+      return LineError(line_number,
+                       "key hash must be exactly 64 hex characters (the SHA-256 of the key)");
+    }
+    entry.key_sha256 = *digest;
+    if (fields.size() >= 3 && fields[2] != "-") {
+      std::optional<int64_t> budget = ParseBudget(fields[2]);
+      if (!budget.has_value()) {
+        return LineError(
+            line_number,
+            absl::StrCat("budget must be a positive integer no larger than 10^12, or \"-\" for "
+                         "none",
+                         fields[2] == "auditor" ? " (write \"- auditor\" for an auditor without "
+                                                  "a budget)"
+                                                : ""));
+      }
+      entry.monthly_budget = *budget;
+    }
+    if (fields.size() == 4) {
+      if (fields[3] != "auditor") {
+        return LineError(line_number, "the fourth field, the role, may only be \"auditor\"");
+      }
+      entry.auditor = true;
+    }
+
+    if (auto it = caller_line.find(entry.caller); it != caller_line.end()) {
+      return LineError(line_number, absl::StrFormat("caller \"%s\" already defined on line %d",
+                                                    entry.caller, it->second));
+    }
+    if (auto it = hash_index.find(entry.key_sha256); it != hash_index.end()) {
+      return LineError(line_number,
+                       absl::StrFormat("key hash already used by caller \"%s\" on line %d",
+                                       entries[it->second].caller, entry_line[it->second]));
+    }
+    caller_line.emplace(entry.caller, line_number);
+    hash_index.emplace(entry.key_sha256, entries.size());
+    entry_line.push_back(line_number);
+    entries.push_back(std::move(entry));
+  }
+  if (entries.empty()) {
+    return absl::InvalidArgumentError("no callers defined");
+  }
+  return entries;
+}
+
+absl::StatusOr<std::vector<ApiKeyEntry>> LoadApiKeysFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::ErrnoToStatus(errno, path);
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+
+  // Checked on the open descriptor, so the file we check is the file we read.
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    return absl::ErrnoToStatus(errno, path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": not a regular file"));
+  }
+  // The keys file is the list of who may call and with what rights: anyone who can write it
+  // can mint callers (add a hash for a key they know, give themselves the auditor role, lift a
+  // budget). A file that accounts other than its owner may write is therefore as good as no
+  // authentication at all, so refuse to start rather than run with it.
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s: keys file is group- or world-writable (mode %04o); anyone who can write it can "
+        "add callers. Fix with: chmod go-w %s",
+        path, static_cast<unsigned>(st.st_mode & 07777), path));
+  }
+  if (st.st_size > kMaxKeysFileSize) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": keys file is larger than ", kMaxKeysFileSize, " bytes"));
+  }
+
+  std::string contents;
+  char buf[8192];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return absl::ErrnoToStatus(errno, path);
+    }
+    if (n == 0) {
+      break;
+    }
+    contents.append(buf, static_cast<size_t>(n));
+    if (contents.size() > static_cast<size_t>(kMaxKeysFileSize)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, ": keys file is larger than ", kMaxKeysFileSize, " bytes"));
+    }
+  }
+
+  absl::StatusOr<std::vector<ApiKeyEntry>> entries = ParseApiKeys(contents);
+  if (!entries.ok()) {
+    return absl::Status(entries.status().code(),
+                        absl::StrCat(path, ": ", entries.status().message()));
+  }
+  return entries;
+}
+
+absl::Status CheckCallerName(absl::string_view name, absl::string_view what) {
+  if (name.empty() || name.size() > kMaxXCallerLength || !IsPrintableAscii(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " must be 1-", kMaxXCallerLength, " printable ASCII characters"));
+  }
+  return absl::OkStatus();
+}
+
+Authenticator Authenticator::Open() { return Authenticator(false, {}); }
+
+Authenticator Authenticator::Keyed(std::vector<ApiKeyEntry> entries) {
+  return Authenticator(true, std::move(entries));
+}
+
+absl::StatusOr<Identity> Authenticator::Identify(std::optional<absl::string_view> authorization,
+                                                 std::optional<absl::string_view> x_caller) const {
+  if (!keyed_) {
+    Identity identity;
+    identity.auditor = true;  // open mode: anyone may read all usage
+    if (!x_caller.has_value() || x_caller->empty()) {
+      identity.caller = kAnonymous;
+      return identity;
+    }
+    if (absl::Status valid = CheckCallerName(*x_caller, "x-caller"); !valid.ok()) {
+      return valid;
+    }
+    identity.caller = std::string(*x_caller);
+    return identity;
+  }
+
+  // Keyed mode: x-caller is deliberately ignored.
+  std::optional<absl::string_view> key;
+  if (authorization.has_value()) {
+    key = BearerKey(*authorization);
+  }
+  if (!key.has_value()) {
+    return absl::UnauthenticatedError(kMalformedAuthorization);
+  }
+  const Sha256 digest = HashApiKey(*key);
+  // Compare against every entry, without stopping at a match, so the time taken does not say
+  // where in the file (or whether early or late) the key sits.
+  size_t match = entries_.size();
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const bool equal =
+        CRYPTO_memcmp(digest.data(), entries_[i].key_sha256.data(), digest.size()) == 0;
+    match = (equal && match == entries_.size()) ? i : match;
+  }
+  if (match == entries_.size()) {
+    return absl::UnauthenticatedError("unknown API key");
+  }
+  const ApiKeyEntry& entry = entries_[match];
+  Identity identity;
+  identity.caller = entry.caller;
+  identity.auditor = entry.auditor;
+  identity.monthly_budget = entry.monthly_budget;
+  return identity;
+}
+
+}  // namespace verdictd

@@ -1,0 +1,81 @@
+#ifndef VERDICTD_SERVER_AUTH_API_KEYS_H_
+#define VERDICTD_SERVER_AUTH_API_KEYS_H_
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace verdictd {
+
+using Sha256 = std::array<uint8_t, 32>;
+
+// SHA-256 of an API key, and its lowercase hex form (what the keys file holds).
+Sha256 HashApiKey(absl::string_view key);
+std::string HashApiKeyHex(absl::string_view key);
+
+// One line of the keys file.
+struct ApiKeyEntry {
+  std::string caller;          // [A-Za-z0-9._-]{1,64}
+  Sha256 key_sha256{};         // only the hash is ever held
+  int64_t monthly_budget = 0;  // clicks per calendar month (UTC); 0: no budget
+  bool auditor = false;        // may read every caller's usage
+};
+
+// Parses the keys file. One caller per line, fields separated by whitespace:
+//   CALLER SHA256_HEX [BUDGET|-] [auditor]
+// `#` starts a comment; blank lines are ignored. BUDGET is a positive integer, `-` or omitted
+// means none. Errors name the line: `line 3: ...`. Duplicate callers or hashes are errors.
+absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents);
+
+// Reads and parses `path`; errors are prefixed with the path (`keys.txt: line 3: ...`).
+absl::StatusOr<std::vector<ApiKeyEntry>> LoadApiKeysFile(const std::string& path);
+
+// Checks a caller name that a request supplies: the x-caller metadata (open mode) and
+// GetUsage.caller are both checked with this. A valid name is 1-128 printable ASCII bytes
+// (0x21-0x7e, so no spaces or control characters); every caller name of a keys file is one.
+// INVALID_ARGUMENT "<what> must be 1-128 printable ASCII characters" otherwise; the message
+// never quotes `name`, so it stays short whatever the input.
+absl::Status CheckCallerName(absl::string_view name, absl::string_view what);
+
+// Who is calling.
+struct Identity {
+  std::string caller;
+  bool auditor = false;
+  int64_t monthly_budget = 0;  // 0: none
+};
+
+// Maps request credentials to an Identity. Immutable after construction; thread-safe.
+class Authenticator {
+ public:
+  // Open mode: the caller is the x-caller value (or "anonymous"); everyone may read all usage.
+  static Authenticator Open();
+  // Keyed mode: `authorization: Bearer <key>` is required and x-caller is ignored.
+  static Authenticator Keyed(std::vector<ApiKeyEntry> entries);
+
+  bool keyed() const { return keyed_; }
+  const std::vector<ApiKeyEntry>& entries() const { return entries_; }
+
+  // `authorization` and `x_caller` are the metadata values, nullopt when absent.
+  // Keyed mode: UNAUTHENTICATED when the header is missing, not "Bearer <key>", or the key is
+  // unknown (the hash is compared against every entry in constant time; messages never echo the
+  // key). Open mode: x-caller must be 1-128 printable ASCII bytes (INVALID_ARGUMENT otherwise).
+  absl::StatusOr<Identity> Identify(std::optional<absl::string_view> authorization,
+                                    std::optional<absl::string_view> x_caller) const;
+
+ private:
+  Authenticator(bool keyed, std::vector<ApiKeyEntry> entries)
+      : keyed_(keyed), entries_(std::move(entries)) {}
+  bool keyed_;
+  std::vector<ApiKeyEntry> entries_;
+};
+
+}  // namespace verdictd
+
+#endif  // VERDICTD_SERVER_AUTH_API_KEYS_H_

@@ -1,0 +1,470 @@
+#include "server/auth/api_keys.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace verdictd {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr char kMalformed[] = "missing or malformed authorization: expected 'Bearer <api key>'";
+constexpr char kBadXCaller[] = "x-caller must be 1-128 printable ASCII characters";
+
+const std::string kHashA(64, 'a');
+const std::string kHashB(64, 'b');
+const std::string kHashC(64, 'c');
+
+Sha256 Filled(uint8_t byte) {
+  Sha256 out;
+  out.fill(byte);
+  return out;
+}
+
+// --- hashing -----------------------------------------------------------------------------
+
+TEST(HashApiKeyTest, KnownVectors) {
+  struct Case {
+    std::string input;
+    std::string hex;
+  };
+  const std::vector<Case> cases = {
+      {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+      {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+      {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+       "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.input);
+    EXPECT_EQ(HashApiKeyHex(c.input), c.hex);
+    const Sha256 raw = HashApiKey(c.input);
+    std::string hex;
+    for (uint8_t b : raw) {
+      absl::StrAppend(&hex, absl::Hex(b, absl::kZeroPad2));
+    }
+    EXPECT_EQ(hex, c.hex);
+  }
+}
+
+TEST(HashApiKeyTest, BinaryKeyWithNul) {
+  const std::string key("a\0b", 3);
+  EXPECT_NE(HashApiKeyHex(key), HashApiKeyHex("a"));
+  EXPECT_EQ(HashApiKeyHex(key).size(), 64u);
+}
+
+// --- parsing -----------------------------------------------------------------------------
+
+TEST(ParseApiKeysTest, MinimalLine) {
+  absl::StatusOr<std::vector<ApiKeyEntry>> entries = ParseApiKeys("ads " + kHashA);
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->size(), 1u);
+  EXPECT_EQ((*entries)[0].caller, "ads");
+  EXPECT_EQ((*entries)[0].key_sha256, Filled(0xaa));
+  EXPECT_EQ((*entries)[0].monthly_budget, 0);
+  EXPECT_FALSE((*entries)[0].auditor);
+}
+
+TEST(ParseApiKeysTest, OkCases) {
+  struct Expected {
+    std::string caller;
+    Sha256 hash;
+    int64_t budget;
+    bool auditor;
+  };
+  struct Case {
+    std::string name;
+    std::string contents;
+    std::vector<Expected> expected;
+  };
+  const std::vector<Case> cases = {
+      {"with budget", "ads " + kHashA + " 5000\n", {{"ads", Filled(0xaa), 5000, false}}},
+      {"dash budget and auditor",
+       "ops " + kHashB + " - auditor\n",
+       {{"ops", Filled(0xbb), 0, true}}},
+      {"budget and auditor", "ops " + kHashB + " 7 auditor", {{"ops", Filled(0xbb), 7, true}}},
+      {"dash budget only", "ops " + kHashB + " -", {{"ops", Filled(0xbb), 0, false}}},
+      {"max budget",
+       "big " + kHashA + " 1000000000000",
+       {{"big", Filled(0xaa), 1'000'000'000'000, false}}},
+      {"comments and blank lines",
+       "# verdictd keys\n\n   \n\t\nads " + kHashA + " 10 # the ads team\n#ops " + kHashB + "\n\n" +
+           "x.y_z-1 " + kHashC + "   # trailing\n",
+       {{"ads", Filled(0xaa), 10, false}, {"x.y_z-1", Filled(0xcc), 0, false}}},
+      {"CRLF line endings",
+       "# keys\r\nads " + kHashA + " 10\r\n\r\nops " + kHashB + " - auditor\r\n",
+       {{"ads", Filled(0xaa), 10, false}, {"ops", Filled(0xbb), 0, true}}},
+      {"upper-case hex normalised",
+       "ads " + absl::AsciiStrToUpper(kHashA) + "\nmix " +
+           "0123456789ABCDEFabcdef0123456789AbCdEf0123456789abcdef0123456789",
+       {{"ads", Filled(0xaa), 0, false},
+        {"mix",
+         {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xab, 0xcd, 0xef,
+          0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45,
+          0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89},
+         0,
+         false}}},
+      {"tabs and runs of spaces",
+       "\t ads\t\t" + kHashA + "  \t 3 \t auditor \t",
+       {{"ads", Filled(0xaa), 3, true}}},
+      {"no trailing newline", "ads " + kHashA, {{"ads", Filled(0xaa), 0, false}}},
+      {"longest caller",
+       std::string(64, 'n') + " " + kHashA,
+       {{std::string(64, 'n'), Filled(0xaa), 0, false}}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    absl::StatusOr<std::vector<ApiKeyEntry>> entries = ParseApiKeys(c.contents);
+    ASSERT_TRUE(entries.ok()) << entries.status();
+    ASSERT_EQ(entries->size(), c.expected.size());
+    for (size_t i = 0; i < c.expected.size(); ++i) {
+      EXPECT_EQ((*entries)[i].caller, c.expected[i].caller);
+      EXPECT_EQ((*entries)[i].key_sha256, c.expected[i].hash);
+      EXPECT_EQ((*entries)[i].monthly_budget, c.expected[i].budget);
+      EXPECT_EQ((*entries)[i].auditor, c.expected[i].auditor);
+    }
+  }
+}
+
+TEST(ParseApiKeysTest, ErrorCases) {
+  const std::string kCallerRule = "caller name must be 1-64 characters of [A-Za-z0-9._-]";
+  const std::string kHashRule =
+      "key hash must be exactly 64 hex characters (the SHA-256 of the key)";
+  const std::string kBudgetRule =
+      "budget must be a positive integer no larger than 10^12, or \"-\" for none";
+  const std::string kFormat = "(expected CALLER SHA256_HEX [BUDGET|-] [auditor])";
+  struct Case {
+    std::string name;
+    std::string contents;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"empty file", "", "no callers defined"},
+      {"only comments and blanks", "# nothing yet\n\n  \r\n# " + kHashA + "\n",
+       "no callers defined"},
+      {"bad caller charset", "# keys\nbad/name " + kHashA, "line 2: " + kCallerRule},
+      {"caller with unicode", "\ncafé " + kHashA, "line 2: " + kCallerRule},
+      {"caller too long", std::string(65, 'n') + " " + kHashA, "line 1: " + kCallerRule},
+      {"missing hash", "ads " + kHashA + "\n\nops\n", "line 3: missing key hash " + kFormat},
+      {"hash too short", "ads " + kHashA.substr(1), "line 1: " + kHashRule},
+      {"hash too long", "ads " + kHashA + "a", "line 1: " + kHashRule},
+      {"hash not hex", "ads " + kHashA.substr(1) + "g", "line 1: " + kHashRule},
+      {"raw key instead of hash", "ads sk_live_0123456789", "line 1: " + kHashRule},
+      {"budget zero", "ads " + kHashA + " 0", "line 1: " + kBudgetRule},
+      {"budget negative", "ads " + kHashA + " -5", "line 1: " + kBudgetRule},
+      {"budget with plus", "ads " + kHashA + " +5", "line 1: " + kBudgetRule},
+      {"budget not a number", "ads " + kHashA + " lots", "line 1: " + kBudgetRule},
+      {"budget exponent", "ads " + kHashA + " 1e6", "line 1: " + kBudgetRule},
+      {"budget over 10^12", "ads " + kHashA + " 1000000000001", "line 1: " + kBudgetRule},
+      {"budget overflows int64", "ads " + kHashA + " 99999999999999999999",
+       "line 1: " + kBudgetRule},
+      {"auditor in budget position", "ads " + kHashA + " auditor",
+       "line 1: " + kBudgetRule + " (write \"- auditor\" for an auditor without a budget)"},
+      {"unknown role", "ads " + kHashA + " 5 admin",
+       "line 1: the fourth field, the role, may only be \"auditor\""},
+      {"role case matters", "ads " + kHashA + " - Auditor",
+       "line 1: the fourth field, the role, may only be \"auditor\""},
+      {"extra field", "ads " + kHashA + " 5 auditor extra", "line 1: too many fields " + kFormat},
+      {"duplicate caller", "# keys\nads " + kHashA + "\nops " + kHashB + "\n\nads " + kHashC + "\n",
+       "line 5: caller \"ads\" already defined on line 2"},
+      {"duplicate hash", "ads " + kHashA + "\r\nops " + kHashB + "\r\nfin " + kHashA,
+       "line 3: key hash already used by caller \"ads\" on line 1"},
+      {"duplicate hash differing in case",
+       "ads " + kHashA + "\nops " + absl::AsciiStrToUpper(kHashA),
+       "line 2: key hash already used by caller \"ads\" on line 1"},
+      {"error after good lines", "a " + kHashA + "\nb " + kHashB + "\n# c\n\nc " + kHashC + " x",
+       "line 5: " + kBudgetRule},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    absl::StatusOr<std::vector<ApiKeyEntry>> entries = ParseApiKeys(c.contents);
+    ASSERT_FALSE(entries.ok());
+    EXPECT_EQ(entries.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(entries.status().message(), c.message);
+    // Hash values never appear in messages, in either case nor in part.
+    for (const std::string& hash : {kHashA, kHashB, kHashC}) {
+      EXPECT_THAT(absl::AsciiStrToLower(entries.status().message()),
+                  Not(HasSubstr(hash.substr(0, 16))));
+    }
+    EXPECT_THAT(entries.status().message(), Not(HasSubstr("sk_live")));
+  }
+}
+
+// --- loading -----------------------------------------------------------------------------
+
+class LoadApiKeysFileTest : public ::testing::Test {
+ protected:
+  std::string WriteKeys(const std::string& name, const std::string& contents, mode_t mode) {
+    const std::string path = absl::StrCat(::testing::TempDir(), "/", name);
+    ::unlink(path.c_str());
+    {
+      std::ofstream out(path, std::ios::binary);
+      out << contents;
+    }
+    EXPECT_EQ(::chmod(path.c_str(), mode), 0);  // explicit: independent of the umask
+    paths_.push_back(path);
+    return path;
+  }
+  void TearDown() override {
+    for (const std::string& path : paths_) {
+      ::unlink(path.c_str());
+    }
+  }
+
+ private:
+  std::vector<std::string> paths_;
+};
+
+TEST_F(LoadApiKeysFileTest, OwnerWritableFileLoads) {
+  for (mode_t mode : {0644, 0600, 0400, 0444}) {
+    SCOPED_TRACE(mode);
+    const std::string path = WriteKeys("keys_ok.txt", "ads " + kHashA + " 100 auditor\n", mode);
+    absl::StatusOr<std::vector<ApiKeyEntry>> entries = LoadApiKeysFile(path);
+    ASSERT_TRUE(entries.ok()) << entries.status();
+    ASSERT_EQ(entries->size(), 1u);
+    EXPECT_EQ((*entries)[0].caller, "ads");
+    EXPECT_EQ((*entries)[0].monthly_budget, 100);
+    EXPECT_TRUE((*entries)[0].auditor);
+  }
+}
+
+TEST_F(LoadApiKeysFileTest, GroupOrWorldWritableFileRefused) {
+  for (mode_t mode : {0666, 0646, 0664, 0620, 0602}) {
+    SCOPED_TRACE(mode);
+    const std::string path = WriteKeys("keys_open.txt", "ads " + kHashA + "\n", mode);
+    absl::StatusOr<std::vector<ApiKeyEntry>> entries = LoadApiKeysFile(path);
+    ASSERT_FALSE(entries.ok());
+    EXPECT_EQ(entries.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(entries.status().message(), HasSubstr(path));
+    EXPECT_THAT(entries.status().message(), HasSubstr("writable"));
+  }
+}
+
+TEST_F(LoadApiKeysFileTest, MissingFileNamesPath) {
+  const std::string path = absl::StrCat(::testing::TempDir(), "/no_such_keys_file.txt");
+  absl::StatusOr<std::vector<ApiKeyEntry>> entries = LoadApiKeysFile(path);
+  ASSERT_FALSE(entries.ok());
+  EXPECT_EQ(entries.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(entries.status().message(), HasSubstr(path));
+}
+
+TEST_F(LoadApiKeysFileTest, DirectoryRefused) {
+  absl::StatusOr<std::vector<ApiKeyEntry>> entries = LoadApiKeysFile(::testing::TempDir());
+  ASSERT_FALSE(entries.ok());
+  EXPECT_THAT(entries.status().message(), HasSubstr(::testing::TempDir()));
+}
+
+TEST_F(LoadApiKeysFileTest, ParseErrorsArePrefixedWithPath) {
+  const std::string path =
+      WriteKeys("keys_bad.txt", "ads " + kHashA + "\nads " + kHashB + "\n", 0644);
+  absl::StatusOr<std::vector<ApiKeyEntry>> entries = LoadApiKeysFile(path);
+  ASSERT_FALSE(entries.ok());
+  EXPECT_EQ(entries.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(entries.status().message(),
+            path + ": line 2: caller \"ads\" already defined on line 1");
+
+  const std::string empty = WriteKeys("keys_empty.txt", "# nobody\n", 0600);
+  entries = LoadApiKeysFile(empty);
+  ASSERT_FALSE(entries.ok());
+  EXPECT_EQ(entries.status().message(), empty + ": no callers defined");
+}
+
+// --- Identify ----------------------------------------------------------------------------
+
+class KeyedIdentifyTest : public ::testing::Test {
+ protected:
+  KeyedIdentifyTest()
+      : auth_(Authenticator::Keyed(
+            *ParseApiKeys("ads " + HashApiKeyHex("ads-secret-key") + " 1000\n" +  //
+                          "ops " + HashApiKeyHex("ops-secret-key") + " - auditor\n" + "long " +
+                          HashApiKeyHex(std::string(512, 'k')) + "\n"))) {}
+
+  Authenticator auth_;
+};
+
+TEST_F(KeyedIdentifyTest, IsKeyed) {
+  EXPECT_TRUE(auth_.keyed());
+  EXPECT_EQ(auth_.entries().size(), 3u);
+}
+
+TEST_F(KeyedIdentifyTest, MalformedAuthorization) {
+  const std::vector<std::optional<std::string>> cases = {
+      std::nullopt,
+      "",
+      "ads-secret-key",
+      "Basic ads-secret-key",
+      "Token ads-secret-key",
+      "Bearer",
+      "Bearer ",
+      "Bearer     ",
+      "Bearerads-secret-key",
+      "Bearer\tads-secret-key",
+      " Bearer ads-secret-key",
+      "Bear ads-secret-key",
+      "Bearer " + std::string(513, 'k'),
+  };
+  for (const std::optional<std::string>& authorization : cases) {
+    SCOPED_TRACE(authorization.value_or("<absent>"));
+    std::optional<absl::string_view> header;
+    if (authorization.has_value()) {
+      header = *authorization;
+    }
+    absl::StatusOr<Identity> identity = auth_.Identify(header, "ads");
+    ASSERT_FALSE(identity.ok());
+    EXPECT_EQ(identity.status().code(), absl::StatusCode::kUnauthenticated);
+    EXPECT_EQ(identity.status().message(), kMalformed);
+  }
+}
+
+TEST_F(KeyedIdentifyTest, UnknownKey) {
+  const std::vector<std::string> cases = {"Bearer wrong-key", "Bearer ads-secret-key ",
+                                          "Bearer ADS-SECRET-KEY", "Bearer ads-secret-ke",
+                                          "Bearer " + HashApiKeyHex("ads-secret-key")};
+  for (const std::string& authorization : cases) {
+    SCOPED_TRACE(authorization);
+    absl::StatusOr<Identity> identity = auth_.Identify(authorization, std::nullopt);
+    ASSERT_FALSE(identity.ok());
+    EXPECT_EQ(identity.status().code(), absl::StatusCode::kUnauthenticated);
+    EXPECT_EQ(identity.status().message(), "unknown API key");
+  }
+}
+
+TEST_F(KeyedIdentifyTest, KnownKeys) {
+  struct Case {
+    std::string authorization;
+    std::string caller;
+    int64_t budget;
+    bool auditor;
+  };
+  const std::vector<Case> cases = {
+      {"Bearer ads-secret-key", "ads", 1000, false},
+      {"bearer ads-secret-key", "ads", 1000, false},
+      {"BEARER    ads-secret-key", "ads", 1000, false},
+      {"bEaReR ops-secret-key", "ops", 0, true},
+      {"Bearer " + std::string(512, 'k'), "long", 0, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.authorization);
+    absl::StatusOr<Identity> identity = auth_.Identify(c.authorization, std::nullopt);
+    ASSERT_TRUE(identity.ok()) << identity.status();
+    EXPECT_EQ(identity->caller, c.caller);
+    EXPECT_EQ(identity->monthly_budget, c.budget);
+    EXPECT_EQ(identity->auditor, c.auditor);
+  }
+}
+
+TEST_F(KeyedIdentifyTest, XCallerIgnored) {
+  for (absl::string_view x_caller : {"ops", "someone-else", "", "bad caller\x01"}) {
+    absl::StatusOr<Identity> identity = auth_.Identify("Bearer ads-secret-key", x_caller);
+    ASSERT_TRUE(identity.ok()) << identity.status();
+    EXPECT_EQ(identity->caller, "ads");
+    EXPECT_FALSE(identity->auditor);
+  }
+  // And it never stands in for a key.
+  absl::StatusOr<Identity> identity = auth_.Identify(std::nullopt, "ops");
+  ASSERT_FALSE(identity.ok());
+  EXPECT_EQ(identity.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST(KeyedIdentifyNoEntriesTest, EverythingUnknown) {
+  const Authenticator auth = Authenticator::Keyed({});
+  absl::StatusOr<Identity> identity = auth.Identify("Bearer anything", std::nullopt);
+  ASSERT_FALSE(identity.ok());
+  EXPECT_EQ(identity.status().message(), "unknown API key");
+}
+
+TEST(OpenIdentifyTest, DefaultsAndXCaller) {
+  const Authenticator auth = Authenticator::Open();
+  EXPECT_FALSE(auth.keyed());
+  struct Case {
+    std::optional<absl::string_view> authorization;
+    std::optional<absl::string_view> x_caller;
+    std::string caller;
+  };
+  const std::string longest(128, '~');
+  const std::vector<Case> cases = {
+      {std::nullopt, std::nullopt, "anonymous"},
+      {std::nullopt, "", "anonymous"},
+      {std::nullopt, "team-a", "team-a"},
+      {"Bearer some-key", "team-b", "team-b"},  // authorization ignored in open mode
+      {"garbage", std::nullopt, "anonymous"},
+      {std::nullopt, "!", "!"},
+      {std::nullopt, longest, longest},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.caller);
+    absl::StatusOr<Identity> identity = auth.Identify(c.authorization, c.x_caller);
+    ASSERT_TRUE(identity.ok()) << identity.status();
+    EXPECT_EQ(identity->caller, c.caller);
+    EXPECT_TRUE(identity->auditor);
+    EXPECT_EQ(identity->monthly_budget, 0);
+  }
+}
+
+TEST(OpenIdentifyTest, BadXCallerRejected) {
+  const Authenticator auth = Authenticator::Open();
+  const std::vector<std::string> cases = {
+      "has space",   std::string(129, 'a'),   "tab\there", "del\x7f",
+      "caf\xc3\xa9", std::string("nul\0", 4), "line\n",    " ",
+  };
+  for (const std::string& x_caller : cases) {
+    SCOPED_TRACE(x_caller);
+    absl::StatusOr<Identity> identity = auth.Identify(std::nullopt, x_caller);
+    ASSERT_FALSE(identity.ok());
+    EXPECT_EQ(identity.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(identity.status().message(), kBadXCaller);
+  }
+}
+
+// GetUsage.caller is checked with the same function as x-caller; only the name in the message
+// differs, and the message never grows with the input.
+TEST(CheckCallerNameTest, SameRuleAsXCaller) {
+  const Authenticator auth = Authenticator::Open();
+  const std::vector<std::string> cases = {
+      "team-a",
+      "!",
+      std::string(128, '~'),
+      "has space",
+      std::string(129, 'a'),
+      "tab\there",
+      "del\x7f",
+      "caf\xc3\xa9",
+      "line\n",
+      std::string("nul\0", 4),
+      "",
+      std::string(3 << 20, 'z'),
+  };
+  for (const std::string& name : cases) {
+    SCOPED_TRACE(absl::CHexEscape(name.substr(0, 40)));
+    const absl::Status checked = CheckCallerName(name, "caller");
+    if (name.empty()) {
+      EXPECT_FALSE(checked.ok());  // Identify maps an empty x-caller to "anonymous" first
+    } else {
+      absl::StatusOr<Identity> identity = auth.Identify(std::nullopt, name);
+      EXPECT_EQ(checked.ok(), identity.ok());
+    }
+    if (!checked.ok()) {
+      EXPECT_EQ(checked.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_EQ(checked.message(), "caller must be 1-128 printable ASCII characters");
+    }
+  }
+  EXPECT_EQ(CheckCallerName("has space", "x-caller").message(), kBadXCaller);
+}
+
+}  // namespace
+}  // namespace verdictd

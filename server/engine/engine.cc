@@ -1,0 +1,933 @@
+#include "server/engine/engine.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/ip.h"
+#include "common/logging.h"
+
+namespace verdictd {
+namespace {
+
+std::string CacheKey(CacheKeyMode mode, const std::string& ip, const std::string& user_agent) {
+  if (mode == CacheKeyMode::kIpUserAgent) {
+    // '\n' cannot occur in a canonical IP, so the key is unambiguous.
+    return absl::StrCat(ip, "\n", user_agent);
+  }
+  return ip;
+}
+
+ClickOutcome OutcomeOf(const FetchOutcome& outcome) {
+  if (outcome.assessment.ok()) {
+    return ClickOutcome::kVerdict;
+  }
+  return outcome.maybe_sent ? ClickOutcome::kUpstreamError : ClickOutcome::kNotSent;
+}
+
+absl::string_view OutcomeName(ClickOutcome outcome) {
+  switch (outcome) {
+    case ClickOutcome::kVerdict:
+      return "verdict";
+    case ClickOutcome::kUpstreamError:
+      return "error";
+    case ClickOutcome::kNotSent:
+      return "not_sent";
+    case ClickOutcome::kPending:
+      break;
+  }
+  return "pending";
+}
+
+absl::Status ValidateRequest(const CheckRequest& request, const EngineOptions& options) {
+  if (request.user_agent.size() > options.max_user_agent_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("user_agent is ", request.user_agent.size(),
+                                                   " bytes; the limit is ",
+                                                   options.max_user_agent_bytes));
+  }
+  if (request.caller.size() > options.max_caller_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "caller is ", request.caller.size(), " bytes; the limit is ", options.max_caller_bytes));
+  }
+  if (request.max_age.has_value() && *request.max_age < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("max_age must not be negative");
+  }
+  return absl::OkStatus();
+}
+
+// Failures that say ClickPatrol (or the path to it) is unhealthy, for the circuit breaker.
+bool CountsAgainstBreaker(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable ||
+         status.code() == absl::StatusCode::kInternal ||
+         status.code() == absl::StatusCode::kFailedPrecondition;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options, VerdictStore& store,
+                                                       ClickPatrolClient& client,
+                                                       const Clock& clock, Scheduler& scheduler,
+                                                       EngineObserver* observer) {
+  const absl::Time now = clock.Now();
+  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> month =
+      store.ClicksSince(SpendTracker::MonthStart(now));
+  if (!month.ok()) {
+    return month.status();
+  }
+  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> period =
+      store.ClicksSince(SpendTracker::Period(now, options.allowance.reset_day).first);
+  if (!period.ok()) {
+    return period.status();
+  }
+  int64_t period_clicks = 0;
+  for (const auto& [caller, clicks] : *period) {
+    period_clicks += clicks;
+  }
+  return std::unique_ptr<Engine>(new Engine(std::move(options), store, client, clock, scheduler,
+                                            observer, *month, period_clicks));
+}
+
+Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& client,
+               const Clock& clock, Scheduler& scheduler, EngineObserver* observer,
+               const std::vector<std::pair<std::string, int64_t>>& month_clicks,
+               int64_t period_clicks)
+    : options_(std::move(options)),
+      store_(store),
+      client_(client),
+      clock_(clock),
+      scheduler_(scheduler),
+      observer_(observer),
+      breaker_(options_.breaker, clock),
+      spend_(options_.allowance, clock, month_clicks, period_clicks),
+      usage_(store, clock),
+      hot_(options_.hot_cache_entries) {
+  ScheduleUsageFlush();
+  if (options_.history_retention > absl::ZeroDuration()) {
+    SchedulePrune(absl::ZeroDuration());
+  }
+}
+
+Engine::~Engine() {
+  WaitIdle();
+  {
+    absl::MutexLock lock(&lifeline_->mu);
+    lifeline_->alive = false;
+  }
+  usage_.Flush();
+  store_.Flush();
+}
+
+void Engine::WaitIdle() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(this, &Engine::IdleLocked));
+}
+
+bool Engine::IdleLocked() const { return flights_.empty() && cancels_in_progress_ == 0; }
+
+bool Engine::WaitIdleUntil(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithDeadline(absl::Condition(this, &Engine::IdleLocked), deadline);
+}
+
+void Engine::ScheduleUsageFlush() {
+  scheduler_.RunAfter(options_.usage_flush_interval, [this, life = lifeline_] {
+    absl::MutexLock lock(&life->mu);
+    if (!life->alive) {
+      return;
+    }
+    usage_.Flush();
+    ScheduleUsageFlush();
+  });
+}
+
+void Engine::SchedulePrune(absl::Duration delay) {
+  scheduler_.RunAfter(delay, [this, life = lifeline_] {
+    VerdictStore* store = nullptr;
+    absl::Time cutoff;
+    int batch = 0;
+    {
+      absl::MutexLock lock(&life->mu);
+      if (!life->alive) {
+        return;
+      }
+      store = &store_;  // outlives the engine
+      cutoff = clock_.Now() - options_.history_retention;
+      batch = options_.prune_batch;
+    }
+    // Not under the lifeline lock: a store may answer on this thread.
+    store->PruneBefore(cutoff, batch, [this, life, cutoff, batch](absl::StatusOr<int64_t> deleted) {
+      absl::MutexLock lock(&life->mu);
+      if (!life->alive) {
+        return;
+      }
+      if (!deleted.ok()) {
+        spdlog::warn("retention pruning failed: {}", deleted.status().message());
+        SchedulePrune(options_.prune_interval);
+        return;
+      }
+      if (*deleted > 0) {
+        spdlog::info("retention: pruned {} rows older than {}", *deleted, absl::FormatTime(cutoff));
+      }
+      // A full batch means more is waiting: continue soon, in small steps, so writers and
+      // readers are never held up for long.
+      SchedulePrune(*deleted >= batch ? absl::Milliseconds(10) : options_.prune_interval);
+    });
+  });
+}
+
+void Engine::Answer(Callback& done, absl::StatusOr<CheckResult> result) {
+  if (observer_ != nullptr && result.ok()) {
+    observer_->OnAnswer(result->source);
+  }
+  done(std::move(result));
+}
+
+void Engine::FailOrStale(const std::optional<Verdict>& stale, absl::Status error, Callback& done) {
+  if (stale.has_value() &&
+      IsFresh(clock_.Now(), stale->checked_at, options_.freshness.stale_if_error)) {
+    Answer(done, CheckResult{*stale, Source::kStale, /*click_spent=*/false});
+    return;
+  }
+  Answer(done, std::move(error));
+}
+
+void Engine::Check(CheckRequest request, Callback done) {
+  if (absl::Status valid = ValidateRequest(request, options_); !valid.ok()) {
+    done(std::move(valid));
+    return;
+  }
+  // A batch cancelled half-way: its remaining items need no work. (Deadlines are read where a
+  // miss waits, so the hit path reads no clock for them.)
+  if (request.call != nullptr && request.call->cancelled()) {
+    done(GoneError(*request.call));
+    return;
+  }
+  absl::StatusOr<IpAddress> ip = ParseIp(request.ip);
+  if (!ip.ok()) {
+    done(ip.status());
+    return;
+  }
+  const std::string& canonical = ip->canonical();
+  const bool by_user_agent = options_.cache_key == CacheKeyMode::kIpUserAgent;
+  std::string key = CacheKey(options_.cache_key, canonical, request.user_agent);
+
+  absl::StatusOr<std::optional<Verdict>> latest = hot_.Get(key);
+  if (!latest->has_value()) {
+    latest = store_.LatestFor(canonical, by_user_agent
+                                             ? std::optional<absl::string_view>(request.user_agent)
+                                             : std::nullopt);
+    if (!latest.ok()) {
+      // Without the store we can neither answer from it nor record a click.
+      usage_.Record(request.caller, /*cache_hit=*/false);
+      done(absl::UnavailableError(
+          absl::StrCat("verdict store unavailable: ", latest.status().message())));
+      return;
+    }
+    if (latest->has_value()) {
+      hot_.Put(key, **latest);
+    }
+  }
+  const absl::Time now = clock_.Now();
+  if (latest->has_value()) {
+    const Verdict& stored = **latest;
+    const absl::Duration limit =
+        options_.freshness.LimitFor(stored.assessment.score, request.max_age);
+    if (IsFresh(now, stored.checked_at, limit)) {
+      usage_.Record(request.caller, /*cache_hit=*/true);
+      Answer(done, CheckResult{stored, Source::kCache, /*click_spent=*/false});
+      return;
+    }
+  }
+  usage_.Record(request.caller, /*cache_hit=*/false);
+  if (request.cache_only) {
+    done(absl::NotFoundError(absl::StrCat("no fresh verdict for ", canonical, " is stored")));
+    return;
+  }
+  if (!options_.allow_non_public && !ip->IsPublic()) {
+    done(absl::FailedPreconditionError(
+        absl::StrCat(canonical,
+                     " is not a public address (private, loopback, link-local, CGNAT, multicast, "
+                     "reserved or documentation); it is never sent to ClickPatrol")));
+    return;
+  }
+
+  Outbox out;
+  absl::Status refused;
+  std::optional<Verdict> raced;
+  bool watch = false;
+  bool created = false;
+  bool send = false;
+  std::shared_ptr<CallState> call = request.call;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    if (it != flights_.end()) {
+      // Joining costs nothing, so neither budgets nor the breaker apply.
+      it->second.waiters.push_back(Waiter{std::move(done), std::move(request.call),
+                                          std::move(request.caller), request.monthly_budget});
+      if (observer_ != nullptr) {
+        observer_->OnWaiterJoined();
+      }
+      watch = true;
+    } else if (std::optional<Verdict> cached = hot_.Get(key);
+               cached.has_value() &&
+               (!latest->has_value() || cached->checked_at > (*latest)->checked_at) &&
+               IsFresh(now, cached->checked_at,
+                       options_.freshness.LimitFor(cached->assessment.score, request.max_age))) {
+      // The flight for this key may have finished between the lookup above and this lock: it
+      // fills the hot cache before it leaves `flights_`, so look there again rather than
+      // paying for a second request.
+      raced = std::move(cached);
+    } else if (shutting_down_) {
+      refused = ShuttingDownError();
+    } else {
+      // Admission happens under the lock so that nobody joins a flight that is then refused.
+      const bool slot_free = SlotFreeLocked();
+      if (!slot_free && options_.max_queued_misses > 0 && queued_ >= options_.max_queued_misses) {
+        refused = absl::ResourceExhaustedError(absl::StrCat(
+            "too many misses waiting for ClickPatrol (", queued_, " queued, the limit is ",
+            options_.max_queued_misses, "); nothing was sent"));
+        if (observer_ != nullptr) {
+          observer_->OnNotSent("queue_full");
+        }
+      } else {
+        // A miss that must wait is admitted for real when its turn comes.
+        refused = slot_free ? AdmitToSend(now) : PeekAdmission(now);
+        if (refused.ok() && !spend_.TryReserve(request.caller, request.monthly_budget)) {
+          refused = BudgetSpentError(request.caller, request.monthly_budget);
+          if (slot_free) {
+            breaker_.Cancel();
+          }
+        }
+      }
+      if (refused.ok()) {
+        Flight& flight = flights_[key];
+        flight.id = next_flight_id_++;
+        flight.ip = canonical;
+        flight.user_agent = request.user_agent;
+        flight.caller = request.caller;
+        flight.stale_candidate = *latest;
+        flight.waiters.push_back(Waiter{std::move(done), std::move(request.call),
+                                        std::move(request.caller), request.monthly_budget});
+        PlaceLocked(key, flight, /*take_slot=*/slot_free);
+        send = slot_free;
+        watch = true;
+        created = true;
+      }
+    }
+  }
+  if (raced.has_value()) {
+    Answer(done, CheckResult{*std::move(raced), Source::kCache, /*click_spent=*/false});
+    return;
+  }
+  if (!watch) {
+    FailOrStale(*latest, std::move(refused), done);
+    return;
+  }
+  if (created && observer_ != nullptr) {
+    observer_->OnFlightStarted();
+  }
+  if (call != nullptr) {
+    // Cancel() reads the keys after setting the flag, and this reads the flag after adding the
+    // key, so one of the two sees the other.
+    bool cancelled = false;
+    {
+      absl::MutexLock lock(&call->keys_mu_);
+      call->keys_.push_back(key);
+      cancelled = call->cancelled();
+    }
+    if (cancelled) {
+      DropCancelled(key, call.get());
+    }
+  }
+  if (send) {
+    SendAttempt(std::move(key));
+  }
+}
+
+absl::Status Engine::ShuttingDownError() {
+  return absl::UnavailableError(
+      "verdictd is shutting down; the check was not sent to ClickPatrol (no click spent)");
+}
+
+absl::Status Engine::GoneError(const CallState& call) {
+  return call.cancelled() ? absl::CancelledError("the call was cancelled")
+                          : absl::DeadlineExceededError("the deadline passed first");
+}
+
+absl::Status Engine::BudgetSpentError(absl::string_view caller, int64_t monthly_budget) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "caller ", caller, " has spent its monthly budget of ", monthly_budget, " clicks"));
+}
+
+absl::Status Engine::AllowanceError() {
+  const AllowanceStatus allowance = spend_.Allowance();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the ClickPatrol click allowance is exhausted until ",
+      absl::FormatTime("%Y-%m-%d %H:%M UTC", allowance.period_end, absl::UTCTimeZone())));
+}
+
+absl::Status Engine::TokenRejectedError(absl::Time now) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "ClickPatrol rejected the API token; misses fail fast until it is replaced (next probe in ",
+      absl::FormatDuration(absl::Ceil(next_token_probe_ - now, absl::Seconds(1))), ")"));
+}
+
+absl::Status Engine::BreakerOpenError() {
+  return absl::UnavailableError(
+      "ClickPatrol is failing; requests are paused for a while (circuit breaker open)");
+}
+
+absl::Status Engine::PeekAdmission(absl::Time now) {
+  if (!spend_.WouldAllowUnderAllowance()) {
+    return AllowanceError();
+  }
+  if (token_rejected_ && now < next_token_probe_) {
+    return TokenRejectedError(now);
+  }
+  if (!breaker_.WouldAllow()) {
+    return BreakerOpenError();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::AdmitToSend(absl::Time now) {
+  if (!spend_.AllowUnderAllowance()) {
+    return AllowanceError();
+  }
+  if (token_rejected_) {
+    if (now < next_token_probe_) {
+      return TokenRejectedError(now);
+    }
+    next_token_probe_ = now + options_.token_probe_interval;  // this miss is the probe
+  }
+  if (!breaker_.Allow()) {
+    return BreakerOpenError();
+  }
+  return absl::OkStatus();
+}
+
+void Engine::FailOrStaleLater(const std::optional<Verdict>& stale, absl::Status error,
+                              Callback done, Outbox& out) {
+  if (stale.has_value() &&
+      IsFresh(clock_.Now(), stale->checked_at, options_.freshness.stale_if_error)) {
+    out.emplace_back(std::move(done), CheckResult{*stale, Source::kStale, /*click_spent=*/false});
+    return;
+  }
+  out.emplace_back(std::move(done), std::move(error));
+}
+
+void Engine::Deliver(Outbox& out) {
+  for (auto& [done, result] : out) {
+    Answer(done, std::move(result));
+  }
+  out.clear();
+}
+
+void Engine::EraseAbandonedLocked(FlightMap::iterator it) {
+  flights_.erase(it);
+  if (observer_ != nullptr) {
+    observer_->OnNotSent("abandoned");
+    observer_->OnFlightEnded();
+  }
+}
+
+void Engine::RefuseLocked(FlightMap::iterator it, absl::Status error, absl::string_view reason,
+                          Outbox& out) {
+  Flight flight = std::move(it->second);
+  flights_.erase(it);
+  if (flight.payer_waiting) {
+    spend_.Refund(flight.caller);
+  }
+  for (Waiter& waiter : flight.waiters) {
+    FailOrStaleLater(flight.stale_candidate, error, std::move(waiter.done), out);
+  }
+  if (observer_ != nullptr) {
+    observer_->OnNotSent(reason);
+    observer_->OnFlightEnded();
+  }
+}
+
+bool Engine::PruneWaitersLocked(Flight& flight, absl::Time now, const CallState* cancelled,
+                                Outbox& out) {
+  bool payer_left = false;
+  std::vector<Waiter> kept;
+  kept.reserve(flight.waiters.size());
+  for (size_t i = 0; i < flight.waiters.size(); ++i) {
+    Waiter& waiter = flight.waiters[i];
+    const CallState* call = waiter.call.get();
+    if (call == nullptr || (call != cancelled && call->Alive(now))) {
+      kept.push_back(std::move(waiter));
+      continue;
+    }
+    if (i == 0 && flight.payer_waiting) {
+      payer_left = true;
+    }
+    out.emplace_back(std::move(waiter.done), GoneError(*call));
+  }
+  flight.waiters = std::move(kept);
+  if (payer_left) {
+    flight.payer_waiting = false;
+    if (flight.stage != Stage::kSending) {
+      // Nothing was sent: the payer who left gets its click back, and the next waiter who can
+      // pay leads (it alone would otherwise get an answer nobody paid for).
+      spend_.Refund(flight.caller);
+      while (!flight.waiters.empty()) {
+        Waiter& next = flight.waiters.front();
+        if (spend_.TryReserve(next.caller, next.monthly_budget)) {
+          flight.caller = next.caller;
+          flight.payer_waiting = true;
+          break;
+        }
+        FailOrStaleLater(flight.stale_candidate, BudgetSpentError(next.caller, next.monthly_budget),
+                         std::move(next.done), out);
+        flight.waiters.erase(flight.waiters.begin());
+      }
+    }
+  }
+  return !flight.waiters.empty();
+}
+
+void Engine::DropCancelled(const std::string& key, const CallState* call) {
+  Outbox out;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    if (it == flights_.end()) {
+      return;
+    }
+    Flight& flight = it->second;
+    if (!PruneWaitersLocked(flight, clock_.Now(), call, out) && flight.stage != Stage::kSending) {
+      // Unsent and unwanted: it leaves without a ledger row (its payer was refunded above).
+      if (flight.stage == Stage::kQueued) {
+        // Its queue entry stays behind, dead, and is skipped at its turn: finding it would cost
+        // a scan of the queue per dropped miss, under the lock, in a cancellation storm.
+        --queued_;
+        ++dead_queue_entries_;
+        if (observer_ != nullptr) {
+          observer_->OnQueueDepth(queued_);
+        }
+      }
+      EraseAbandonedLocked(it);
+      CompactQueueLocked();
+    }
+  }
+  Deliver(out);
+}
+
+bool Engine::IsQueuedLocked(const QueueEntry& entry) const {
+  auto it = flights_.find(entry.key);
+  return it != flights_.end() && it->second.id == entry.id && it->second.stage == Stage::kQueued;
+}
+
+void Engine::CompactQueueLocked() {
+  // Dead entries are at most as many as live ones (and a few), so the queue's memory stays
+  // bounded by --max_queued_misses even while nothing leaves it (a hung ClickPatrol).
+  if (dead_queue_entries_ <= 64 || dead_queue_entries_ <= queued_) {
+    return;
+  }
+  std::deque<QueueEntry> live;
+  for (QueueEntry& entry : slot_queue_) {
+    if (IsQueuedLocked(entry)) {
+      live.push_back(std::move(entry));
+    }
+  }
+  slot_queue_ = std::move(live);
+  dead_queue_entries_ = 0;
+}
+
+void Engine::Cancel(const std::shared_ptr<CallState>& call) {
+  // Counted, so that the engine is not destroyed under a cancellation that answers a call (and
+  // so lets gRPC's shutdown finish) while it still has other keys to drop.
+  {
+    absl::MutexLock lock(&mu_);
+    ++cancels_in_progress_;
+  }
+  call->cancelled_.store(true, std::memory_order_release);
+  std::vector<std::string> keys;
+  {
+    absl::MutexLock lock(&call->keys_mu_);
+    keys = call->keys_;
+  }
+  for (const std::string& key : keys) {
+    DropCancelled(key, call.get());
+  }
+  absl::MutexLock lock(&mu_);
+  --cancels_in_progress_;
+}
+
+void Engine::Shutdown() {
+  Outbox out;
+  {
+    absl::MutexLock lock(&mu_);
+    shutting_down_ = true;
+    for (auto it = flights_.begin(); it != flights_.end();) {
+      if (it->second.stage == Stage::kSending) {
+        ++it;
+        continue;
+      }
+      RefuseLocked(it++, ShuttingDownError(), "shutdown", out);
+    }
+    slot_queue_.clear();
+    queued_ = 0;
+    dead_queue_entries_ = 0;
+    if (observer_ != nullptr) {
+      observer_->OnQueueDepth(0);
+    }
+  }
+  Deliver(out);
+}
+
+size_t Engine::QueuedMisses() {
+  absl::MutexLock lock(&mu_);
+  return queued_;
+}
+
+bool Engine::SlotFreeLocked() const {
+  return options_.max_upstream_in_flight <= 0 || slots_in_use_ < options_.max_upstream_in_flight;
+}
+
+void Engine::PlaceLocked(const std::string& key, Flight& flight, bool take_slot) {
+  if (take_slot) {
+    if (options_.max_upstream_in_flight > 0) {
+      ++slots_in_use_;
+    }
+    flight.stage = Stage::kSending;
+    return;
+  }
+  flight.stage = Stage::kQueued;
+  slot_queue_.push_back(QueueEntry{key, flight.id});
+  ++queued_;
+  if (observer_ != nullptr) {
+    observer_->OnQueueDepth(queued_);
+  }
+}
+
+std::optional<std::string> Engine::PassSlotLocked(Outbox& out) {
+  if (options_.max_upstream_in_flight <= 0) {
+    return std::nullopt;
+  }
+  const absl::Time now = clock_.Now();
+  std::optional<std::string> next;
+  while (!slot_queue_.empty() && !next.has_value()) {
+    QueueEntry entry = std::move(slot_queue_.front());
+    slot_queue_.pop_front();
+    if (!IsQueuedLocked(entry)) {
+      dead_queue_entries_ -= dead_queue_entries_ > 0 ? 1 : 0;  // its flight was dropped
+      continue;
+    }
+    --queued_;
+    std::string key = std::move(entry.key);
+    auto it = flights_.find(key);
+    Flight& flight = it->second;
+    if (!PruneWaitersLocked(flight, now, nullptr, out)) {
+      EraseAbandonedLocked(it);
+      continue;
+    }
+    // Its turn: admitted again, now that the breaker, the allowance and the token may have
+    // changed while it waited.
+    absl::Status admitted = shutting_down_ ? ShuttingDownError() : AdmitToSend(now);
+    if (!admitted.ok()) {
+      RefuseLocked(it, std::move(admitted), "refused", out);
+      continue;
+    }
+    flight.stage = Stage::kSending;
+    next = std::move(key);
+  }
+  if (observer_ != nullptr) {
+    observer_->OnQueueDepth(queued_);
+  }
+  if (!next.has_value()) {
+    --slots_in_use_;
+  }
+  return next;
+}
+
+void Engine::Retry(const std::string& key, uint64_t id) {
+  Outbox out;
+  bool send = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    if (it == flights_.end() || it->second.id != id || it->second.stage != Stage::kBackoff) {
+      return;  // dropped while it waited
+    }
+    Flight& flight = it->second;
+    const absl::Time now = clock_.Now();
+    if (!PruneWaitersLocked(flight, now, nullptr, out)) {
+      EraseAbandonedLocked(it);
+    } else if (!SlotFreeLocked()) {
+      PlaceLocked(key, flight, /*take_slot=*/false);
+    } else if (absl::Status admitted = shutting_down_ ? ShuttingDownError() : AdmitToSend(now);
+               !admitted.ok()) {
+      RefuseLocked(it, std::move(admitted), "refused", out);
+    } else {
+      PlaceLocked(key, flight, /*take_slot=*/true);
+      send = true;
+    }
+  }
+  Deliver(out);
+  if (send) {
+    SendAttempt(key);
+  }
+}
+
+void Engine::SendAttempt(std::string key) {
+  std::string ip;
+  std::string caller;
+  {
+    absl::MutexLock lock(&mu_);
+    Flight& flight = flights_.at(key);
+    ++flight.attempts;
+    ip = flight.ip;
+    caller = flight.caller;
+  }
+  // The ledger row is durable before the request leaves: a crash after this point still
+  // counts the click as spent.
+  store_.BeginClick(caller, ip, clock_.Now(), [this, key](absl::StatusOr<int64_t> click_id) {
+    Outbox out;
+    std::optional<std::string> next;
+    std::string caller;
+    std::string ip;
+    std::string user_agent;
+    absl::Status drop;  // why the request will not leave after all
+    {
+      absl::MutexLock lock(&mu_);
+      Flight& flight = flights_.at(key);
+      caller = flight.caller;
+      if (!click_id.ok()) {
+        drop = absl::UnavailableError(absl::StrCat("cannot record the click, so nothing was sent: ",
+                                                   click_id.status().message()));
+      } else if (shutting_down_) {
+        drop = ShuttingDownError();
+      } else if (!PruneWaitersLocked(flight, clock_.Now(), nullptr, out)) {
+        drop = absl::CancelledError("nobody waits for the answer any more");
+      }
+      if (!drop.ok()) {
+        next = PassSlotLocked(out);
+      } else {
+        ip = flight.ip;
+        user_agent = flight.user_agent;
+      }
+    }
+    Deliver(out);
+    if (drop.ok()) {
+      client_.Fetch(std::move(ip), std::move(user_agent),
+                    [this, key, id = *click_id](FetchOutcome outcome) {
+                      OnFetched(key, id, std::move(outcome));
+                    });
+      return;
+    }
+    spend_.Refund(caller);
+    breaker_.Cancel();
+    if (!click_id.ok()) {
+      spdlog::error("click ledger write failed, nothing sent: {}", click_id.status().message());
+      if (next.has_value()) {
+        SendAttempt(*std::move(next));
+      }
+      Resolve(key, std::move(drop), /*charged=*/false);
+      return;
+    }
+    if (observer_ != nullptr) {
+      observer_->OnNotSent(drop.code() == absl::StatusCode::kCancelled ? "abandoned" : "shutdown");
+    }
+    // The row was written but the request never leaves: it is completed as not sent (no click).
+    ClickCompletion completion;
+    completion.outcome = ClickOutcome::kNotSent;
+    completion.error = std::string(drop.message());
+    store_.CompleteClick(*click_id, std::move(completion), [this, key, drop](absl::Status stored) {
+      if (!stored.ok()) {
+        spdlog::error("could not complete click ledger row: {}", stored.message());
+      }
+      Resolve(key, drop, /*charged=*/false);
+    });
+    if (next.has_value()) {
+      SendAttempt(*std::move(next));
+    }
+  });
+}
+
+void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome) {
+  std::string ip;
+  std::string user_agent;
+  std::string caller;
+  int attempts = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    const Flight& flight = flights_.at(key);
+    ip = flight.ip;
+    user_agent = flight.user_agent;
+    caller = flight.caller;
+    attempts = flight.attempts;
+  }
+  ClickCompletion completion;
+  completion.outcome = OutcomeOf(outcome);
+  completion.http_status = outcome.http_status;
+  completion.latency = outcome.latency;
+  completion.raw_body = std::move(outcome.raw_body);
+  const absl::Status status = outcome.assessment.status();
+  if (outcome.assessment.ok()) {
+    completion.verdict = Verdict{ip, *outcome.assessment, clock_.Now(), user_agent, caller};
+  } else {
+    completion.error = std::string(status.message());
+  }
+  spdlog::info("upstream caller={} ip={} outcome={} http_status={} latency_ms={:.1f}{}{}",
+               absl::CHexEscape(caller), ip, OutcomeName(completion.outcome),
+               completion.http_status, absl::ToDoubleMilliseconds(completion.latency),
+               status.ok() ? "" : " error=", status.message());
+  if (observer_ != nullptr) {
+    observer_->OnUpstream(caller, OutcomeName(completion.outcome), completion.http_status,
+                          completion.latency);
+  }
+  if (status.code() == absl::StatusCode::kInternal) {
+    // Undocumented answers are logged in short so an operator can see what ClickPatrol said.
+    spdlog::warn("ClickPatrol answer for {} was not a verdict; body starts: {}", ip,
+                 absl::CHexEscape(absl::string_view(completion.raw_body).substr(0, 200)));
+  }
+  if (status.code() == absl::StatusCode::kFailedPrecondition) {
+    spdlog::critical(
+        "ClickPatrol REJECTED THE API TOKEN (HTTP {}): every miss will fail until "
+        "the token is replaced",
+        completion.http_status);
+  }
+
+  const bool not_sent = completion.outcome == ClickOutcome::kNotSent;
+  const bool retry = not_sent && attempts < options_.max_attempts;
+  // What this answer says about ClickPatrol is recorded before the slot passes on, so that the
+  // next queued miss is admitted in its light.
+  if (status.ok()) {
+    breaker_.RecordSuccess();
+    spend_.MarkUpstreamAvailable();
+  } else if (status.code() == absl::StatusCode::kResourceExhausted) {
+    spend_.MarkUpstreamExhausted();
+    breaker_.RecordSuccess();  // ClickPatrol is healthy; it just will not serve us
+  } else if (retry) {
+    breaker_.Cancel();  // the retry is admitted again when its turn comes
+  } else if (CountsAgainstBreaker(status)) {
+    breaker_.RecordFailure();
+  } else {
+    breaker_.RecordSuccess();
+  }
+  if (not_sent && !retry) {
+    spend_.Refund(caller);
+  }
+  Outbox out;
+  std::optional<std::string> next;
+  {
+    absl::MutexLock lock(&mu_);
+    if (status.ok()) {
+      token_rejected_ = false;
+    } else if (status.code() == absl::StatusCode::kFailedPrecondition && !not_sent) {
+      token_rejected_ = true;
+      next_token_probe_ = clock_.Now() + options_.token_probe_interval;
+    }
+    // The request is over: its slot goes to the next queued miss, which is started only once
+    // this completion is queued to the store, so that its ledger row is written after this one
+    // is completed. (Taken now, while this flight still exists: once the completion is queued,
+    // the flight may resolve and the engine be destroyed; a queued miss keeps the engine alive.)
+    next = PassSlotLocked(out);
+  }
+  Deliver(out);
+
+  std::optional<Verdict> verdict = completion.verdict;
+  const bool charged = !not_sent;
+  store_.CompleteClick(
+      click_id, std::move(completion),
+      [this, key, status, charged, retry, attempts,
+       verdict = std::move(verdict)](absl::Status stored) mutable {
+        if (!stored.ok()) {
+          spdlog::error("could not complete click ledger row: {}", stored.message());
+        }
+        if (retry) {
+          // Never sent, so never billed: try again after a backoff, unless shutting down.
+          uint64_t id = 0;
+          bool stopping = false;
+          {
+            absl::MutexLock lock(&mu_);
+            Flight& flight = flights_.at(key);
+            id = flight.id;
+            stopping = shutting_down_;
+            if (!stopping) {
+              flight.stage = Stage::kBackoff;
+            }
+          }
+          if (stopping) {
+            Resolve(key, ShuttingDownError(), /*charged=*/false);
+            return;
+          }
+          const absl::Duration backoff = options_.retry_backoff * (1 << (attempts - 1));
+          scheduler_.RunAfter(backoff, [this, life = lifeline_, key, id] {
+            absl::MutexLock lock(&life->mu);
+            if (life->alive) {
+              Retry(key, id);
+            }
+          });
+          return;
+        }
+        if (!status.ok()) {
+          Resolve(key, status, charged);
+          return;
+        }
+        if (!stored.ok()) {
+          // A verdict is durable before anyone sees it: auditors must find what callers got.
+          Resolve(key,
+                  absl::UnavailableError(
+                      absl::StrCat("the verdict could not be stored: ", stored.message())),
+                  charged);
+          return;
+        }
+        hot_.Put(key, *verdict);
+        Resolve(key, std::move(*verdict), charged);
+      });
+  if (next.has_value()) {
+    SendAttempt(*std::move(next));
+  }
+}
+
+void Engine::Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged) {
+  Flight flight;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    flight = std::move(it->second);
+    flights_.erase(it);
+  }
+  if (observer_ != nullptr) {
+    observer_->OnFlightEnded();
+  }
+  // The payer, if still waiting, is first; only it was charged.
+  auto spent = [&](size_t i) { return charged && i == 0 && flight.payer_waiting; };
+  if (result.ok()) {
+    for (size_t i = 0; i < flight.waiters.size(); ++i) {
+      Answer(flight.waiters[i].done, CheckResult{*result, Source::kUpstream, spent(i)});
+    }
+    return;
+  }
+  const absl::Duration window = options_.freshness.stale_if_error;
+  if (flight.stale_candidate.has_value() &&
+      IsFresh(clock_.Now(), flight.stale_candidate->checked_at, window)) {
+    for (size_t i = 0; i < flight.waiters.size(); ++i) {
+      Answer(flight.waiters[i].done,
+             CheckResult{*flight.stale_candidate, Source::kStale, spent(i)});
+    }
+    return;
+  }
+  for (Waiter& waiter : flight.waiters) {
+    Answer(waiter.done, result.status());
+  }
+}
+
+absl::StatusOr<std::vector<HistoryEntry>> Engine::History(const HistoryQuery& query) {
+  return store_.History(query);
+}
+
+absl::StatusOr<std::vector<DailyUsage>> Engine::Usage(absl::string_view caller, absl::Time since,
+                                                      absl::Time until) {
+  usage_.Flush();
+  store_.Flush();
+  return store_.Usage(caller, since, until);
+}
+
+}  // namespace verdictd

@@ -1,0 +1,333 @@
+#ifndef VERDICTD_SERVER_ENGINE_ENGINE_H_
+#define VERDICTD_SERVER_ENGINE_ENGINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/verdict.h"
+#include "server/engine/circuit_breaker.h"
+#include "server/engine/freshness.h"
+#include "server/engine/hot_cache.h"
+#include "server/engine/scheduler.h"
+#include "server/engine/spend_tracker.h"
+#include "server/engine/usage_recorder.h"
+#include "server/upstream/clickpatrol_client.h"
+#include "storage/verdict_store.h"
+
+namespace verdictd {
+
+// Where an answer came from. Values match verdict.v1.Source.
+enum class Source { kCache = 1, kUpstream = 2, kStale = 3 };
+
+// What verdicts are remembered by.
+enum class CacheKeyMode {
+  kIp,           // the IP alone (the verdict is about the IP)
+  kIpUserAgent,  // the IP and the exact user agent
+};
+
+struct EngineOptions {
+  FreshnessPolicy freshness;
+  // Default: kIp.
+  CacheKeyMode cache_key = CacheKeyMode::kIp;
+  // Longest accepted user agent, in bytes. Default: 1024.
+  size_t max_user_agent_bytes = 1024;
+  // Longest accepted caller name, in bytes. Default: 128.
+  size_t max_caller_bytes = 128;
+  // Send non-public addresses (private, loopback, documentation, ...) to ClickPatrol.
+  // Default: false (FAILED_PRECONDITION, no click).
+  bool allow_non_public = false;
+  CircuitBreakerOptions breaker;
+  AllowanceOptions allowance;
+  // Attempts per miss when a request provably never left (connect refused, DNS, TLS): such
+  // failures are not billed, so they are retried with backoff. Default: 3 attempts, 100 ms
+  // backoff doubling each time.
+  int max_attempts = 3;
+  absl::Duration retry_backoff = absl::Milliseconds(100);
+  // Most misses between their ledger row and ClickPatrol's answer at once; the rest wait in a
+  // FIFO queue before their ledger row is written. Set it to the client's concurrency limit, so
+  // that a row is written only when its request can leave at once: a crash then leaves pending
+  // (billed, possibly unsent) only about this many rows — those in flight and those whose answer
+  // was being committed — not every queued miss. 0: no limit. Default: 0.
+  int max_upstream_in_flight = 0;
+  // Most misses waiting in that queue; a miss beyond it fails fast with RESOURCE_EXHAUSTED
+  // ("too many misses waiting for ClickPatrol") and costs nothing, so a hung ClickPatrol and a
+  // flood of cold IPs cannot grow memory without bound. Only with max_upstream_in_flight > 0.
+  // 0: no limit. Default: 0.
+  size_t max_queued_misses = 0;
+  // After ClickPatrol rejects the token (HTTP 401/403) misses fail fast with
+  // FAILED_PRECONDITION, letting one probe through per this interval (a rejected token stays
+  // rejected until the operator replaces it; each probe may cost a click). Default: 1 min.
+  absl::Duration token_probe_interval = absl::Minutes(1);
+  // History and ledger rows older than this are pruned in the background. Zero: keep forever.
+  // Default: 400 days, checked every minute, 500 rows per transaction.
+  absl::Duration history_retention = absl::Hours(24 * 400);
+  absl::Duration prune_interval = absl::Minutes(1);
+  int prune_batch = 500;
+  // Newest verdicts kept in memory in front of the store. 0 disables. Default: 100000
+  // (roughly 30 MB).
+  size_t hot_cache_entries = 100'000;
+  // How often batched usage counters are written. Default: 1 s.
+  absl::Duration usage_flush_interval = absl::Seconds(1);
+};
+
+// One RPC's stake in its checks, shared by every item of a batch: its deadline, and whether the
+// caller has gone away. A miss that is still waiting for an upstream slot when every caller
+// waiting for it has gone is dropped without a ledger row or a request.
+class CallState {
+ public:
+  explicit CallState(absl::Time deadline = absl::InfiniteFuture()) : deadline_(deadline) {}
+  CallState(const CallState&) = delete;
+  CallState& operator=(const CallState&) = delete;
+
+  absl::Time deadline() const { return deadline_; }
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  // Whether someone may still read the answer at `now`.
+  bool Alive(absl::Time now) const { return !cancelled() && now < deadline_; }
+
+ private:
+  friend class Engine;
+  const absl::Time deadline_;
+  std::atomic<bool> cancelled_{false};
+  absl::Mutex keys_mu_;
+  std::vector<std::string> keys_ ABSL_GUARDED_BY(keys_mu_);  // the flights it waits for
+};
+
+struct CheckRequest {
+  std::string ip;          // as the caller wrote it
+  std::string user_agent;  // "" for none
+  std::optional<absl::Duration> max_age;
+  bool cache_only = false;
+  std::string caller;          // who is asking (and pays for a miss)
+  int64_t monthly_budget = 0;  // the caller's clicks per calendar month; 0: unlimited
+  // The RPC this check belongs to; null: someone always waits for the answer.
+  std::shared_ptr<CallState> call;
+};
+
+struct CheckResult {
+  Verdict verdict;
+  Source source = Source::kCache;
+  bool click_spent = false;  // this request's caller was charged a click for it
+};
+
+// Observes the engine for metrics. Methods are called on engine threads and must be cheap.
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  virtual void OnAnswer(Source source) {}
+  // One finished upstream attempt: outcome "verdict", "error" or "not_sent".
+  virtual void OnUpstream(const std::string& caller, absl::string_view outcome, int http_status,
+                          absl::Duration latency) {}
+  virtual void OnFlightStarted() {}
+  virtual void OnFlightEnded() {}
+  virtual void OnWaiterJoined() {}
+  // A miss was answered without a request because `reason`: "abandoned" (nobody waited any
+  // more), "refused" (breaker, allowance or token state when its turn came), "shutdown" or
+  // "queue_full".
+  virtual void OnNotSent(absl::string_view reason) {}
+  // Misses waiting for an upstream slot.
+  virtual void OnQueueDepth(size_t depth) {}
+};
+
+// Freshness, single flight, budgets and accounting: decides for each check whether a stored
+// verdict answers it or ClickPatrol must be asked, and records every click. Knows nothing of
+// gRPC or SQL.
+//
+// Thread-safe. Never blocks on the network.
+class Engine {
+ public:
+  using Callback = std::function<void(absl::StatusOr<CheckResult>)>;
+
+  // Loads this month's spending from the store's ledger. `store`, `client`, `clock` and
+  // `scheduler` must outlive the engine; `observer` may be null.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(EngineOptions options, VerdictStore& store,
+                                                        ClickPatrolClient& client,
+                                                        const Clock& clock, Scheduler& scheduler,
+                                                        EngineObserver* observer = nullptr);
+  // Waits for flights in progress and writes the usage counters.
+  ~Engine();
+
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Answers one check. `done` runs exactly once: on the calling thread when the store answers
+  // (or the request is invalid), otherwise on a store, client or scheduler thread once the
+  // upstream answer is durable. Errors: INVALID_ARGUMENT for malformed input, NOT_FOUND for a
+  // cache_only miss, FAILED_PRECONDITION for a non-public address, RESOURCE_EXHAUSTED for a
+  // spent budget or allowance, UNAVAILABLE while the circuit breaker is open, and the
+  // upstream's error otherwise — each replaced by a STALE answer when one is young enough.
+  // Misses are admitted twice: when they arrive, and again (breaker, allowance, token) when
+  // their turn for an upstream slot comes, so a queued miss is never sent into a known failure.
+  void Check(CheckRequest request, Callback done);
+
+  // The RPC behind `call` is gone (cancelled, deadline passed): its checks are answered
+  // CANCELLED at once, and a miss nobody else waits for is dropped unless already sent (a sent
+  // request is billed; its verdict is still stored).
+  void Cancel(const std::shared_ptr<CallState>& call);
+
+  // Stops admitting misses (UNAVAILABLE "shutting down"), and answers every miss that has not
+  // been sent (queued, or waiting to retry) UNAVAILABLE at once, without a request. Misses
+  // already sent finish. Hits are still served.
+  void Shutdown();
+
+  // Audit and accounting reads (blocking store reads).
+  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query);
+  // Writes pending usage counters first, so the answer includes every check made before.
+  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
+                                                absl::Time until);
+  AllowanceStatus Allowance() { return spend_.Allowance(); }
+  int64_t SpentThisMonth(const std::string& caller) { return spend_.SpentThisMonth(caller); }
+  CircuitBreaker::State breaker_state() const { return breaker_.state(); }
+
+  // Blocks until every upstream request in flight has been answered.
+  void WaitIdle();
+  // As WaitIdle, until `deadline`; whether it became idle.
+  bool WaitIdleUntil(absl::Time deadline);
+  // Misses waiting for an upstream slot now.
+  size_t QueuedMisses();
+
+ private:
+  struct Waiter {
+    Callback done;
+    std::shared_ptr<CallState> call;  // null: always waiting
+    std::string caller;
+    int64_t monthly_budget = 0;
+  };
+  enum class Stage {
+    kQueued,   // waiting for an upstream slot (in slot_queue_), nothing written yet
+    kSending,  // holds a slot: ledger row being written, request on the wire, or completing
+    kBackoff,  // a request that provably never left, waiting to be retried
+  };
+  // One upstream request and everyone waiting for it.
+  struct Flight {
+    uint64_t id = 0;  // tells a flight from a later one for the same key
+    std::string ip;
+    std::string user_agent;
+    std::string caller;  // who pays: the caller in the ledger row
+    // waiters.front() is the payer, who gets click_spent, until it goes away.
+    bool payer_waiting = true;
+    std::optional<Verdict> stale_candidate;  // newest stored verdict when the flight began
+    std::vector<Waiter> waiters;
+    Stage stage = Stage::kQueued;
+    int attempts = 0;
+  };
+  struct QueueEntry {
+    std::string key;
+    uint64_t id = 0;  // the flight's: a later flight for the same key has its own entry
+  };
+  // Answers to deliver once the lock is released.
+  using Outbox = std::vector<std::pair<Callback, absl::StatusOr<CheckResult>>>;
+
+  Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& client, const Clock& clock,
+         Scheduler& scheduler, EngineObserver* observer,
+         const std::vector<std::pair<std::string, int64_t>>& month_clicks, int64_t period_clicks);
+
+  static absl::Status ShuttingDownError();
+  // CANCELLED or DEADLINE_EXCEEDED, for a check whose call is gone.
+  static absl::Status GoneError(const CallState& call);
+  static absl::Status BudgetSpentError(absl::string_view caller, int64_t monthly_budget);
+  static absl::Status BreakerOpenError();
+  absl::Status AllowanceError();
+  absl::Status TokenRejectedError(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why a new miss may not wait for a slot, without using up a breaker or allowance probe.
+  absl::Status PeekAdmission(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why a miss may not be sent now, or OK, using up a probe if it is one. On OK the breaker has
+  // admitted the request: exactly one RecordSuccess, RecordFailure or Cancel must follow.
+  absl::Status AdmitToSend(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Answers `done` with the stale candidate if young enough, else with `error`.
+  void FailOrStale(const std::optional<Verdict>& stale, absl::Status error, Callback& done);
+  // The same, for delivery once the lock is released.
+  void FailOrStaleLater(const std::optional<Verdict>& stale, absl::Status error, Callback done,
+                        Outbox& out);
+  void Deliver(Outbox& out);
+  using FlightMap = absl::flat_hash_map<std::string, Flight>;
+  // Removes the flight at `it` and answers every waiter with `error` or stale, and returns the
+  // payer's reservation. Nothing was sent for it.
+  void RefuseLocked(FlightMap::iterator it, absl::Status error, absl::string_view reason,
+                    Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes an unsent flight nobody waits for any more (its waiters already answered).
+  void EraseAbandonedLocked(FlightMap::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the waiters nobody waits for any more (`cancelled`'s, and those whose call is gone),
+  // answering them CANCELLED or DEADLINE_EXCEEDED. While the flight has not been sent, a payer
+  // who left is refunded and the next waiter that can pay takes over. Whether anyone still
+  // waits.
+  bool PruneWaitersLocked(Flight& flight, absl::Time now, const CallState* cancelled, Outbox& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes `call`'s waiters from the flight for `key`, and the flight itself if it has not
+  // been sent and nobody else waits.
+  void DropCancelled(const std::string& key, const CallState* call);
+  bool SlotFreeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // No flight, and no Cancel() under way: what WaitIdle waits for.
+  bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `entry` is still its flight's place in the queue.
+  bool IsQueuedLocked(const QueueEntry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops dead entries once they outnumber the live ones.
+  void CompactQueueLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives `flight` an upstream slot (the caller then sends it) or puts it at the back of the
+  // queue.
+  void PlaceLocked(const std::string& key, Flight& flight, bool take_slot)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives up a slot: hands it to the next queued flight that is still wanted and admitted
+  // (dropping or refusing the others), whose key is returned and must be passed to
+  // SendAttempt; or frees it.
+  std::optional<std::string> PassSlotLocked(Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Retries a flight whose request provably never left, after its backoff.
+  void Retry(const std::string& key, uint64_t id);
+  // Records the click, then sends the request. REQUIRES: the flight holds an upstream slot.
+  void SendAttempt(std::string key);
+  void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
+  // Removes the flight for `key` and answers every waiter. `charged`: a click was spent (the
+  // payer's) whatever the result.
+  void Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged);
+  void Answer(Callback& done, absl::StatusOr<CheckResult> result);
+  void SchedulePrune(absl::Duration delay);
+  void ScheduleUsageFlush();
+
+  // Lets scheduled tasks and store callbacks that outlive a flight find out whether the engine
+  // still exists; they hold `mu` while they use it, and the destructor clears `alive` under it.
+  struct Lifeline {
+    absl::Mutex mu;
+    bool alive ABSL_GUARDED_BY(mu) = true;
+  };
+
+  const EngineOptions options_;
+  std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>();
+  VerdictStore& store_;
+  ClickPatrolClient& client_;
+  const Clock& clock_;
+  Scheduler& scheduler_;
+  EngineObserver* const observer_;
+  CircuitBreaker breaker_;
+  SpendTracker spend_;
+  UsageRecorder usage_;
+  HotCache hot_;
+
+  absl::Mutex mu_;
+  FlightMap flights_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_flight_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int slots_in_use_ ABSL_GUARDED_BY(mu_) = 0;
+  // kQueued flights, FIFO, and dead entries of flights dropped while they waited.
+  std::deque<QueueEntry> slot_queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // live entries
+  size_t dead_queue_entries_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  int cancels_in_progress_ ABSL_GUARDED_BY(mu_) = 0;
+  // ClickPatrol rejected the token: misses fail fast but for one probe per interval.
+  bool token_rejected_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time next_token_probe_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace verdictd
+
+#endif  // VERDICTD_SERVER_ENGINE_ENGINE_H_

@@ -1,0 +1,1002 @@
+#include "server/engine/engine.h"
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/civil_time.h"
+#include "common/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/engine/scheduler.h"
+
+namespace verdictd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+// An in-memory store whose writes complete immediately, recording the order of operations.
+class FakeStore : public VerdictStore {
+ public:
+  absl::StatusOr<std::optional<Verdict>> LatestFor(
+      absl::string_view ip, std::optional<absl::string_view> user_agent) override {
+    absl::MutexLock lock(&mu_);
+    if (!read_error.ok()) {
+      return read_error;
+    }
+    std::optional<Verdict> best;
+    for (const Verdict& v : history) {
+      if (v.ip == ip && (!user_agent.has_value() || v.user_agent == *user_agent)) {
+        if (!best.has_value() || v.checked_at >= best->checked_at) {
+          best = v;
+        }
+      }
+    }
+    return best;
+  }
+
+  void BeginClick(std::string caller, std::string ip, absl::Time requested_at,
+                  ClickCallback done) override {
+    absl::StatusOr<int64_t> id;
+    {
+      absl::MutexLock lock(&mu_);
+      events.push_back("begin " + ip);
+      if (!begin_error.ok()) {
+        id = begin_error;
+      } else {
+        clicks.push_back({caller, ip, ClickOutcome::kPending});
+        id = static_cast<int64_t>(clicks.size());
+      }
+    }
+    done(id);
+  }
+
+  void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      events.push_back("complete " + clicks.at(click_id - 1).ip);
+      clicks.at(click_id - 1).outcome = completion.outcome;
+      if (completion.verdict.has_value()) {
+        history.push_back(*completion.verdict);
+      }
+    }
+    done(absl::OkStatus());
+  }
+
+  void Flush() override {}
+
+  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query) override {
+    return std::vector<HistoryEntry>();
+  }
+  void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      for (UsageDelta& d : deltas) {
+        usage.push_back(std::move(d));
+      }
+    }
+    done(absl::OkStatus());
+  }
+  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
+                                                absl::Time until) override {
+    return std::vector<DailyUsage>();
+  }
+  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ClicksSince(
+      absl::Time since) override {
+    absl::MutexLock lock(&mu_);
+    return initial_clicks;
+  }
+  void PruneBefore(absl::Time cutoff, int max_rows,
+                   std::function<void(absl::StatusOr<int64_t>)> done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      prune_cutoffs.push_back(cutoff);
+    }
+    done(int64_t{0});
+  }
+  absl::StatusOr<std::string> Secret(absl::string_view name, size_t bytes) override {
+    return std::string(bytes, 'k');
+  }
+  absl::Status Ping() override { return absl::OkStatus(); }
+
+  struct Click {
+    std::string caller;
+    std::string ip;
+    ClickOutcome outcome;
+  };
+  absl::Mutex mu_;
+  std::vector<Verdict> history;
+  std::vector<Click> clicks;
+  std::vector<std::string> events;
+  absl::Status read_error;
+  absl::Status begin_error;
+  std::vector<UsageDelta> usage;
+  std::vector<std::pair<std::string, int64_t>> initial_clicks;
+  std::vector<absl::Time> prune_cutoffs;
+};
+
+// A client whose requests stay pending until the test answers them.
+class FakeClient : public ClickPatrolClient {
+ public:
+  explicit FakeClient(FakeStore& store) : store_(store) {}
+
+  void Fetch(std::string ip, std::string user_agent, Callback done) override {
+    {
+      absl::MutexLock lock(&store_.mu_);
+      store_.events.push_back("fetch " + ip);
+    }
+    pending.push_back({std::move(ip), std::move(user_agent), std::move(done)});
+  }
+
+  // Answers the oldest pending request.
+  void Answer(absl::StatusOr<Assessment> assessment, bool maybe_sent = true) {
+    ASSERT_FALSE(pending.empty());
+    Pending p = std::move(pending.front());
+    pending.pop_front();
+    FetchOutcome outcome;
+    outcome.assessment = std::move(assessment);
+    outcome.http_status = outcome.assessment.ok() ? 200 : 503;
+    outcome.maybe_sent = maybe_sent;
+    outcome.raw_body = "{}";
+    p.done(std::move(outcome));
+  }
+
+  struct Pending {
+    std::string ip;
+    std::string user_agent;
+    Callback done;
+  };
+  std::deque<Pending> pending;
+
+ private:
+  FakeStore& store_;
+};
+
+Assessment Fake() {
+  Assessment a;
+  a.score = Score::kFake;
+  a.proxy = true;
+  return a;
+}
+
+Assessment Safe() {
+  Assessment a;
+  a.score = Score::kSafe;
+  return a;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  EngineTest() : client_(store_) {}
+
+  Engine& engine() {
+    if (engine_ == nullptr) {
+      absl::StatusOr<std::unique_ptr<Engine>> engine =
+          Engine::Create(options_, store_, client_, clock_, scheduler_);
+      EXPECT_TRUE(engine.ok()) << engine.status();
+      engine_ = *std::move(engine);
+    }
+    return *engine_;
+  }
+
+  // Starts a check; the result lands in the returned slot when the engine answers.
+  std::shared_ptr<std::optional<absl::StatusOr<CheckResult>>> Start(CheckRequest request) {
+    auto slot = std::make_shared<std::optional<absl::StatusOr<CheckResult>>>();
+    engine().Check(std::move(request),
+                   [slot](absl::StatusOr<CheckResult> result) { *slot = std::move(result); });
+    return slot;
+  }
+
+  static CheckRequest Request(std::string ip, std::string caller = "team-a") {
+    CheckRequest r;
+    r.ip = std::move(ip);
+    r.caller = std::move(caller);
+    return r;
+  }
+
+  EngineOptions options_;
+  FakeStore store_;
+  FakeClient client_;
+  FakeClock clock_;
+  FakeScheduler scheduler_{clock_};
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(EngineTest, MissAsksUpstreamAndStoresThenHitIsServedFromStore) {
+  auto first = Start(Request("8.8.8.8", "team-a"));
+  ASSERT_EQ(client_.pending.size(), 1u);
+  EXPECT_FALSE(first->has_value());
+  client_.Answer(Fake());
+  ASSERT_TRUE(first->has_value());
+  ASSERT_TRUE((*first)->ok());
+  const CheckResult& miss = ***first;
+  EXPECT_EQ(miss.source, Source::kUpstream);
+  EXPECT_TRUE(miss.click_spent);
+  EXPECT_EQ(miss.verdict.ip, "8.8.8.8");
+  EXPECT_EQ(miss.verdict.assessment, Fake());
+  EXPECT_EQ(miss.verdict.caller, "team-a");
+  EXPECT_EQ(miss.verdict.checked_at, clock_.Now());
+
+  clock_.Advance(absl::Hours(23));
+  auto second = Start(Request("8.8.8.8", "team-b"));
+  ASSERT_TRUE(second->has_value());
+  ASSERT_TRUE((*second)->ok());
+  EXPECT_EQ((**second)->source, Source::kCache);
+  EXPECT_FALSE((**second)->click_spent);
+  EXPECT_EQ((**second)->verdict.caller, "team-a");
+  EXPECT_TRUE(client_.pending.empty());
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].caller, "team-a");
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kVerdict);
+}
+
+TEST_F(EngineTest, LedgerRowIsWrittenBeforeTheRequestLeaves) {
+  Start(Request("8.8.4.4"));
+  client_.Answer(Safe());
+  EXPECT_THAT(store_.events, ElementsAre("begin 8.8.4.4", "fetch 8.8.4.4", "complete 8.8.4.4"));
+}
+
+// With an upstream bound, a miss gets its ledger row only when a slot is free: a crash can leave
+// at most `max_upstream_in_flight` rows pending, not one per queued miss.
+TEST_F(EngineTest, LedgerRowWaitsForAnUpstreamSlot) {
+  options_.max_upstream_in_flight = 2;
+  auto a = Start(Request("11.0.0.1"));
+  auto b = Start(Request("11.0.0.2"));
+  auto c = Start(Request("11.0.0.3"));
+  auto d = Start(Request("11.0.0.4"));
+  EXPECT_EQ(client_.pending.size(), 2u);
+  EXPECT_EQ(store_.clicks.size(), 2u) << "queued misses have no ledger row yet";
+  client_.Answer(Safe());  // 11.0.0.1 done; 11.0.0.3 takes its slot
+  EXPECT_EQ(client_.pending.size(), 2u);
+  EXPECT_EQ(store_.clicks.size(), 3u);
+  client_.Answer(Safe());
+  client_.Answer(Safe());
+  client_.Answer(Safe());
+  EXPECT_TRUE(client_.pending.empty());
+  for (const auto& r : {a, b, c, d}) {
+    ASSERT_TRUE(r->has_value());
+    EXPECT_TRUE((*r)->ok());
+  }
+  EXPECT_THAT(
+      store_.events,
+      ElementsAre("begin 11.0.0.1", "fetch 11.0.0.1", "begin 11.0.0.2", "fetch 11.0.0.2",
+                  "complete 11.0.0.1", "begin 11.0.0.3", "fetch 11.0.0.3", "complete 11.0.0.2",
+                  "begin 11.0.0.4", "fetch 11.0.0.4", "complete 11.0.0.3", "complete 11.0.0.4"))
+      << "a queued miss's ledger row is written after the completion of the one it follows";
+}
+
+// A slot is given back on every path: a failed ledger write, and an unsent request that is
+// retried after a backoff (which queues for a slot again).
+TEST_F(EngineTest, UpstreamSlotsAreReleasedOnFailureAndRetry) {
+  options_.max_upstream_in_flight = 1;
+  store_.begin_error = absl::UnavailableError("disk I/O error");
+  auto refused = Start(Request("11.0.1.1"));
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kUnavailable);
+  store_.begin_error = absl::OkStatus();
+
+  auto retried = Start(Request("11.0.1.2"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "the failed write gave its slot back";
+  auto queued = Start(Request("11.0.1.3"));
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(absl::UnavailableError("connection refused"), /*maybe_sent=*/false);
+  ASSERT_EQ(client_.pending.size(), 1u);
+  EXPECT_EQ(client_.pending.front().ip, "11.0.1.3") << "the queued miss took the slot";
+  clock_.Advance(absl::Seconds(1));
+  scheduler_.RunDue();  // the retry queues behind 11.0.1.3
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  ASSERT_EQ(client_.pending.size(), 1u);
+  EXPECT_EQ(client_.pending.front().ip, "11.0.1.2");
+  client_.Answer(Fake());
+  ASSERT_TRUE(retried->has_value() && queued->has_value());
+  EXPECT_TRUE((*retried)->ok());
+  EXPECT_TRUE((*queued)->ok());
+}
+
+TEST_F(EngineTest, VerdictOlderThanMaxAgeIsRefreshed) {
+  Start(Request("1.1.1.1"));
+  client_.Answer(Safe());
+  clock_.Advance(absl::Hours(24));  // age == limit: no longer fresh
+  auto again = Start(Request("1.1.1.1"));
+  ASSERT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Fake());
+  ASSERT_TRUE((*again)->ok());
+  EXPECT_EQ((**again)->source, Source::kUpstream);
+  EXPECT_EQ((**again)->verdict.assessment.score, Score::kFake);
+}
+
+TEST_F(EngineTest, RequestMaxAgeOverridesTheDefault) {
+  Start(Request("1.1.1.1"));
+  client_.Answer(Safe());
+  clock_.Advance(absl::Minutes(10));
+  CheckRequest strict = Request("1.1.1.1");
+  strict.max_age = absl::Minutes(5);
+  Start(strict);
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+
+  clock_.Advance(absl::Hours(30));
+  CheckRequest lenient = Request("1.1.1.1");
+  lenient.max_age = absl::Hours(48);
+  auto hit = Start(lenient);
+  ASSERT_TRUE((*hit)->ok());
+  EXPECT_EQ((**hit)->source, Source::kCache);
+
+  CheckRequest zero = Request("1.1.1.1");
+  zero.max_age = absl::ZeroDuration();
+  Start(zero);
+  EXPECT_EQ(client_.pending.size(), 1u) << "max_age=0 always asks ClickPatrol";
+  client_.Answer(Safe());
+}
+
+TEST_F(EngineTest, PerScoreMaxAgeApplies) {
+  options_.freshness.max_age_fake = absl::Hours(1);
+  Start(Request("9.9.9.9"));
+  client_.Answer(Fake());
+  clock_.Advance(absl::Hours(2));
+  Start(Request("9.9.9.9"));
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Fake());
+}
+
+TEST_F(EngineTest, ConcurrentMissesShareOneRequestAndOneClick) {
+  auto leader = Start(Request("4.4.4.4", "team-a"));
+  auto follower = Start(Request("4.4.4.4", "team-b"));
+  auto mapped = Start(Request("::ffff:4.4.4.4", "team-c"));
+  ASSERT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*leader)->ok());
+  ASSERT_TRUE((*follower)->ok());
+  ASSERT_TRUE((*mapped)->ok());
+  EXPECT_TRUE((**leader)->click_spent);
+  EXPECT_FALSE((**follower)->click_spent);
+  EXPECT_FALSE((**mapped)->click_spent);
+  EXPECT_EQ((**follower)->source, Source::kUpstream);
+  EXPECT_EQ((**follower)->verdict.caller, "team-a");
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+TEST_F(EngineTest, UpstreamErrorIsSharedAndNotCached) {
+  auto a = Start(Request("5.5.5.5"));
+  auto b = Start(Request("5.5.5.5"));
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  ASSERT_FALSE((*a)->ok());
+  EXPECT_EQ((*a)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*b)->status(), (*a)->status());
+  EXPECT_THAT(store_.history, IsEmpty());
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kUpstreamError);
+
+  Start(Request("5.5.5.5"));
+  EXPECT_EQ(client_.pending.size(), 1u) << "an error must not be remembered";
+  client_.Answer(Safe());
+}
+
+TEST_F(EngineTest, ConnectFailureIsRecordedAsNotSent) {
+  options_.max_attempts = 1;
+  Start(Request("5.5.5.5"));
+  client_.Answer(absl::UnavailableError("could not connect"), /*maybe_sent=*/false);
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kNotSent);
+}
+
+TEST_F(EngineTest, StaleVerdictServedWhenUpstreamFails) {
+  Start(Request("6.6.6.6"));
+  client_.Answer(Fake());
+  clock_.Advance(absl::Hours(48));
+  auto stale = Start(Request("6.6.6.6"));
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  ASSERT_TRUE((*stale)->ok());
+  EXPECT_EQ((**stale)->source, Source::kStale);
+  EXPECT_TRUE((**stale)->click_spent) << "the failed request was still billed";
+  EXPECT_EQ((**stale)->verdict.assessment, Fake());
+
+  clock_.Advance(absl::Hours(24 * 7));
+  auto too_old = Start(Request("6.6.6.6"));
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  EXPECT_EQ((*too_old)->status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(EngineTest, InvalidInputSpendsNothing) {
+  for (const char* ip : {"", "1.2.3.4:80", "1.2.3.0/24", " 1.2.3.4", "fe80::1%eth0", "nope"}) {
+    SCOPED_TRACE(ip);
+    auto r = Start(Request(ip));
+    ASSERT_TRUE(r->has_value());
+    EXPECT_EQ((*r)->status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  CheckRequest negative = Request("8.8.8.8");
+  negative.max_age = absl::Seconds(-1);
+  EXPECT_EQ((*Start(negative))->status().code(), absl::StatusCode::kInvalidArgument);
+  CheckRequest long_ua = Request("8.8.8.8");
+  long_ua.user_agent = std::string(1025, 'a');
+  EXPECT_EQ((*Start(long_ua))->status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_THAT(store_.clicks, IsEmpty());
+}
+
+TEST_F(EngineTest, NonPublicAddressesNeverReachUpstream) {
+  for (const char* ip : {"10.0.0.1", "127.0.0.1", "192.168.1.1", "100.64.0.1", "::1", "fe80::1",
+                         "2001:db8::1", "203.0.113.9"}) {
+    SCOPED_TRACE(ip);
+    auto r = Start(Request(ip));
+    EXPECT_EQ((*r)->status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_TRUE(client_.pending.empty());
+
+  options_.allow_non_public = true;
+  engine_.reset();
+  Start(Request("10.0.0.1"));
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+}
+
+TEST_F(EngineTest, CacheOnlyNeverSpends) {
+  CheckRequest look = Request("7.7.7.7");
+  look.cache_only = true;
+  EXPECT_EQ((*Start(look))->status().code(), absl::StatusCode::kNotFound);
+  Start(Request("7.7.7.7"));
+  client_.Answer(Safe());
+  auto hit = Start(look);
+  ASSERT_TRUE((*hit)->ok());
+  EXPECT_EQ((**hit)->source, Source::kCache);
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+TEST_F(EngineTest, LedgerWriteFailureSendsNothing) {
+  store_.begin_error = absl::UnavailableError("disk full");
+  auto r = Start(Request("8.8.8.8"));
+  EXPECT_EQ((*r)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(client_.pending.empty());
+}
+
+TEST_F(EngineTest, StoreReadFailureIsUnavailable) {
+  store_.read_error = absl::InternalError("disk I/O error");
+  auto r = Start(Request("8.8.8.8"));
+  EXPECT_EQ((*r)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(client_.pending.empty());
+}
+
+TEST_F(EngineTest, IpUserAgentKeyModeKeepsVerdictsPerUserAgent) {
+  options_.cache_key = CacheKeyMode::kIpUserAgent;
+  CheckRequest chrome = Request("8.8.8.8");
+  chrome.user_agent = "Chrome";
+  CheckRequest curl = Request("8.8.8.8");
+  curl.user_agent = "curl";
+  Start(chrome);
+  Start(curl);
+  ASSERT_EQ(client_.pending.size(), 2u) << "different user agents are different keys";
+  EXPECT_EQ(client_.pending[0].user_agent, "Chrome");
+  client_.Answer(Safe());
+  client_.Answer(Fake());
+  EXPECT_EQ((**Start(chrome))->verdict.assessment.score, Score::kSafe);
+  EXPECT_EQ((**Start(curl))->verdict.assessment.score, Score::kFake);
+}
+
+TEST_F(EngineTest, BudgetStopsMissesButNotHitsOrSharedAnswers) {
+  CheckRequest r = Request("8.8.8.8", "team-a");
+  r.monthly_budget = 2;
+  Start(r);
+  client_.Answer(Safe());
+  r.ip = "8.8.4.4";
+  Start(r);
+  client_.Answer(Safe());
+  r.ip = "1.1.1.1";
+  auto refused = Start(r);
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string((*refused)->status().message()), ::testing::HasSubstr("budget of 2"));
+  EXPECT_TRUE(client_.pending.empty());
+  r.ip = "8.8.8.8";
+  auto hit = Start(r);
+  ASSERT_TRUE((*hit)->ok()) << "hits are served past the budget";
+  // Another caller's flight may be joined: it costs nothing.
+  Start(Request("9.9.9.9", "team-b"));
+  r.ip = "9.9.9.9";
+  auto joined = Start(r);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*joined)->ok());
+  EXPECT_FALSE((**joined)->click_spent);
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 2);
+}
+
+TEST_F(EngineTest, BudgetCountsClicksAlreadyInTheLedgerAndResetsMonthly) {
+  clock_.Set(absl::FromCivil(absl::CivilSecond(2026, 11, 30, 23, 0, 0), absl::UTCTimeZone()));
+  store_.initial_clicks = {{"team-a", 5}};
+  CheckRequest r = Request("8.8.8.8", "team-a");
+  r.monthly_budget = 5;
+  EXPECT_EQ((*Start(r))->status().code(), absl::StatusCode::kResourceExhausted);
+  clock_.Advance(absl::Hours(2));  // December
+  Start(r);
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+}
+
+TEST_F(EngineTest, StaleIsServedWhenTheBudgetIsSpent) {
+  Start(Request("8.8.8.8", "team-b"));
+  client_.Answer(Fake());
+  clock_.Advance(absl::Hours(30));
+  store_.initial_clicks = {{"team-a", 1}};
+  engine_.reset();
+  CheckRequest r = Request("8.8.8.8", "team-a");
+  r.monthly_budget = 1;
+  auto stale = Start(r);
+  ASSERT_TRUE((*stale)->ok());
+  EXPECT_EQ((**stale)->source, Source::kStale);
+  EXPECT_FALSE((**stale)->click_spent);
+}
+
+TEST_F(EngineTest, ConnectFailuresAreRetriedWithBackoffAndNotBilled) {
+  auto r = Start(Request("8.8.8.8"));
+  client_.Answer(absl::UnavailableError("could not connect"), /*maybe_sent=*/false);
+  EXPECT_TRUE(client_.pending.empty());
+  scheduler_.RunDue();
+  EXPECT_TRUE(client_.pending.empty()) << "backoff not yet elapsed";
+  clock_.Advance(absl::Milliseconds(100));
+  scheduler_.RunDue();
+  ASSERT_EQ(client_.pending.size(), 1u) << "second attempt after 100 ms";
+  client_.Answer(absl::UnavailableError("could not connect"), /*maybe_sent=*/false);
+  clock_.Advance(absl::Milliseconds(200));
+  scheduler_.RunDue();
+  ASSERT_EQ(client_.pending.size(), 1u) << "third attempt after 200 ms more";
+  client_.Answer(Safe());
+  ASSERT_TRUE((*r)->ok());
+  EXPECT_TRUE((**r)->click_spent);
+  ASSERT_EQ(store_.clicks.size(), 3u);
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kNotSent);
+  EXPECT_EQ(store_.clicks[1].outcome, ClickOutcome::kNotSent);
+  EXPECT_EQ(store_.clicks[2].outcome, ClickOutcome::kVerdict);
+}
+
+TEST_F(EngineTest, RequestsThatMayHaveBeenSentAreNeverRetried) {
+  auto r = Start(Request("8.8.8.8"));
+  client_.Answer(absl::UnavailableError("ClickPatrol timed out"), /*maybe_sent=*/true);
+  clock_.Advance(absl::Seconds(10));
+  scheduler_.RunDue();
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ((*r)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+TEST_F(EngineTest, CircuitBreakerOpensFailsFastAndRecovers) {
+  options_.breaker.failure_threshold = 3;
+  options_.breaker.open_for = absl::Seconds(30);
+  for (int i = 0; i < 3; ++i) {
+    Start(Request(absl::StrCat("8.8.8.", i + 1)));
+    client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  }
+  EXPECT_EQ(engine().breaker_state(), CircuitBreaker::State::kOpen);
+  auto fast = Start(Request("8.8.8.50"));
+  EXPECT_EQ((*fast)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string((*fast)->status().message()), ::testing::HasSubstr("circuit breaker"));
+  EXPECT_TRUE(client_.pending.empty()) << "fails fast without a request";
+  const size_t clicks = store_.clicks.size();
+
+  clock_.Advance(absl::Seconds(30));
+  auto probe = Start(Request("8.8.8.51"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "half-open lets one probe through";
+  auto blocked = Start(Request("8.8.8.52"));
+  EXPECT_EQ((*blocked)->status().code(), absl::StatusCode::kUnavailable);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*probe)->ok());
+  EXPECT_EQ(engine().breaker_state(), CircuitBreaker::State::kClosed);
+  Start(Request("8.8.8.53"));
+  EXPECT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  EXPECT_EQ(store_.clicks.size(), clicks + 2);
+}
+
+TEST_F(EngineTest, AllowanceExhaustionStopsSendingUntilProbeOrReset) {
+  options_.allowance.exhausted_probe_interval = absl::Minutes(10);
+  clock_.Set(absl::FromCivil(absl::CivilSecond(2026, 11, 27, 12, 0, 0), absl::UTCTimeZone()));
+  Start(Request("8.8.8.8"));
+  client_.Answer(absl::ResourceExhaustedError("ClickPatrol click allowance exhausted (HTTP 402)"));
+  EXPECT_TRUE(engine().Allowance().exhausted_upstream);
+  auto refused = Start(Request("8.8.4.4"));
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string((*refused)->status().message()),
+              ::testing::HasSubstr("until 2026-12-01 00:00 UTC"));
+  EXPECT_TRUE(client_.pending.empty());
+  clock_.Advance(absl::Minutes(10));
+  Start(Request("8.8.4.4"));
+  EXPECT_EQ(client_.pending.size(), 1u) << "a rare probe";
+  client_.Answer(Safe());
+  EXPECT_FALSE(engine().Allowance().exhausted_upstream) << "the probe found it topped up";
+}
+
+TEST_F(EngineTest, AllowancePeriodFollowsTheResetDay) {
+  options_.allowance.monthly_allowance = 1000;
+  options_.allowance.reset_day = 15;
+  clock_.Set(absl::FromCivil(absl::CivilSecond(2026, 11, 27, 12, 0, 0), absl::UTCTimeZone()));
+  store_.initial_clicks = {{"a", 10}, {"b", 5}};
+  AllowanceStatus a = engine().Allowance();
+  EXPECT_EQ(a.period_start, absl::FromCivil(absl::CivilDay(2026, 11, 15), absl::UTCTimeZone()));
+  EXPECT_EQ(a.period_end, absl::FromCivil(absl::CivilDay(2026, 12, 15), absl::UTCTimeZone()));
+  EXPECT_EQ(a.clicks_used, 15);
+  EXPECT_EQ(a.clicks_left, 985);
+  Start(Request("8.8.8.8"));
+  client_.Answer(Safe());
+  EXPECT_EQ(engine().Allowance().clicks_used, 16);
+  clock_.Set(absl::FromCivil(absl::CivilDay(2026, 12, 15), absl::UTCTimeZone()));
+  EXPECT_EQ(engine().Allowance().clicks_used, 0) << "a new period";
+}
+
+TEST_F(EngineTest, UsageIsCountedInMemoryAndFlushedInBatches) {
+  Start(Request("8.8.8.8", "a"));
+  client_.Answer(Safe());
+  Start(Request("8.8.8.8", "a"));
+  Start(Request("8.8.8.8", "b"));
+  EXPECT_TRUE(store_.usage.empty()) << "nothing written on the hot path";
+  clock_.Advance(absl::Seconds(1));
+  scheduler_.RunDue();
+  int64_t requests = 0;
+  int64_t hits = 0;
+  for (const UsageDelta& d : store_.usage) {
+    requests += d.requests;
+    hits += d.cache_hits;
+  }
+  EXPECT_EQ(requests, 3);
+  EXPECT_EQ(hits, 2);
+}
+
+TEST_F(EngineTest, RetentionPrunesWithTheInjectedClock) {
+  options_.history_retention = absl::Hours(24 * 400);
+  engine();
+  scheduler_.RunDue();
+  ASSERT_EQ(store_.prune_cutoffs.size(), 1u);
+  EXPECT_EQ(store_.prune_cutoffs[0], clock_.Now() - absl::Hours(24 * 400));
+  clock_.Advance(absl::Minutes(1));
+  scheduler_.RunDue();
+  ASSERT_EQ(store_.prune_cutoffs.size(), 2u);
+  EXPECT_EQ(store_.prune_cutoffs[1], clock_.Now() - absl::Hours(24 * 400));
+}
+
+// --- Never send a click nobody can use -------------------------------------------------------
+
+// Misses queued behind a failing ClickPatrol are admitted again when their turn comes: once the
+// breaker opens they fail fast, with neither a ledger row nor a request, and their reservations
+// are returned.
+TEST_F(EngineTest, QueuedMissesAreRefusedOnceTheBreakerOpens) {
+  options_.max_upstream_in_flight = 2;
+  options_.breaker.failure_threshold = 2;
+  std::vector<std::shared_ptr<std::optional<absl::StatusOr<CheckResult>>>> results;
+  for (int i = 0; i < 6; ++i) {
+    CheckRequest r = Request(absl::StrCat("11.1.0.", i + 1));
+    r.monthly_budget = 100;
+    results.push_back(Start(r));
+  }
+  EXPECT_EQ(engine().QueuedMisses(), 4u);
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  ASSERT_EQ(client_.pending.size(), 2u) << "one failure: the next queued miss is sent";
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  EXPECT_EQ(engine().breaker_state(), CircuitBreaker::State::kOpen);
+  // The second failure opened the breaker: the three still queued are refused at their turn.
+  EXPECT_EQ(client_.pending.size(), 1u);
+  EXPECT_EQ(engine().QueuedMisses(), 0u);
+  for (int i = 3; i < 6; ++i) {
+    ASSERT_TRUE(results[i]->has_value()) << i;
+    EXPECT_EQ((*results[i])->status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string((*results[i])->status().message()),
+                ::testing::HasSubstr("circuit breaker"));
+  }
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  EXPECT_EQ(store_.clicks.size(), 3u) << "ledger rows only for the requests sent";
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 3) << "the refused misses were refunded";
+}
+
+TEST_F(EngineTest, QueuedMissesAreRefusedOnceTheAllowanceIsExhausted) {
+  options_.max_upstream_in_flight = 1;
+  auto first = Start(Request("11.1.1.1"));
+  auto second = Start(Request("11.1.1.2"));
+  auto third = Start(Request("11.1.1.3"));
+  client_.Answer(absl::ResourceExhaustedError("ClickPatrol click allowance exhausted (HTTP 402)"));
+  EXPECT_TRUE(client_.pending.empty());
+  for (const auto& r : {first, second, third}) {
+    ASSERT_TRUE(r->has_value());
+    EXPECT_EQ((*r)->status().code(), absl::StatusCode::kResourceExhausted);
+  }
+  EXPECT_THAT(std::string((*second)->status().message()),
+              ::testing::HasSubstr("allowance is exhausted"));
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+// A rejected token stays rejected until the operator replaces it: queued and new misses fail
+// fast, and one probe per interval finds out whether it works again.
+TEST_F(EngineTest, RejectedTokenStopsQueuedAndNewMissesUntilAProbeSucceeds) {
+  options_.max_upstream_in_flight = 1;
+  options_.token_probe_interval = absl::Minutes(1);
+  Start(Request("11.1.2.1"));
+  auto queued = Start(Request("11.1.2.2"));
+  client_.Answer(absl::FailedPreconditionError("ClickPatrol rejected the API token (HTTP 401)"));
+  ASSERT_TRUE(queued->has_value());
+  EXPECT_EQ((*queued)->status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string((*queued)->status().message()), ::testing::HasSubstr("rejected"));
+  auto fresh = Start(Request("11.1.2.3"));
+  EXPECT_EQ((*fresh)->status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(store_.clicks.size(), 1u);
+
+  clock_.Advance(absl::Minutes(1));
+  auto probe = Start(Request("11.1.2.4"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "one probe a minute";
+  auto during_probe = Start(Request("11.1.2.5"));
+  ASSERT_TRUE(during_probe->has_value());
+  EXPECT_EQ((*during_probe)->status().code(), absl::StatusCode::kFailedPrecondition)
+      << "while the probe is out, others fail fast (as with the breaker's half-open probe)";
+  client_.Answer(Safe());
+  ASSERT_TRUE((*probe)->ok());
+  auto after = Start(Request("11.1.2.5"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "the token works again";
+  client_.Answer(Safe());
+  EXPECT_TRUE((*after)->ok());
+  EXPECT_EQ(store_.clicks.size(), 3u);
+}
+
+// A miss still waiting for a slot when its caller goes away is dropped: no ledger row, no
+// request, its reservation returned. The caller is answered CANCELLED at once.
+TEST_F(EngineTest, CancelledQueuedMissIsDroppedWithoutARequest) {
+  options_.max_upstream_in_flight = 1;
+  Start(Request("11.1.3.1"));
+  auto call = std::make_shared<CallState>();
+  CheckRequest r = Request("11.1.3.2", "team-b");
+  r.monthly_budget = 10;
+  r.call = call;
+  auto abandoned = Start(r);
+  EXPECT_EQ(engine().QueuedMisses(), 1u);
+  EXPECT_EQ(engine().SpentThisMonth("team-b"), 1) << "reserved while it waits";
+  engine().Cancel(call);
+  ASSERT_TRUE(abandoned->has_value());
+  EXPECT_EQ((*abandoned)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine().QueuedMisses(), 0u);
+  EXPECT_EQ(engine().SpentThisMonth("team-b"), 0);
+  client_.Answer(Safe());
+  EXPECT_TRUE(client_.pending.empty());
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].ip, "11.1.3.1");
+  auto after = Start(Request("11.1.3.3"));
+  EXPECT_EQ(client_.pending.size(), 1u) << "the slot is free";
+  client_.Answer(Safe());
+  EXPECT_TRUE((*after)->ok());
+}
+
+// Every item of a batch shares one CallState: cancelling it drops all of them.
+TEST_F(EngineTest, CancellingABatchDropsAllItsQueuedMisses) {
+  options_.max_upstream_in_flight = 1;
+  auto call = std::make_shared<CallState>();
+  std::vector<std::shared_ptr<std::optional<absl::StatusOr<CheckResult>>>> items;
+  for (int i = 0; i < 5; ++i) {
+    CheckRequest r = Request(absl::StrCat("11.1.4.", i + 1));
+    r.call = call;
+    items.push_back(Start(r));
+  }
+  ASSERT_EQ(client_.pending.size(), 1u);
+  engine().Cancel(call);
+  for (const auto& item : items) {
+    ASSERT_TRUE(item->has_value());
+    EXPECT_EQ((*item)->status().code(), absl::StatusCode::kCancelled);
+  }
+  EXPECT_EQ(engine().QueuedMisses(), 0u);
+  // The one already sent is billed and never recalled; its verdict is still stored.
+  client_.Answer(Fake());
+  EXPECT_TRUE(client_.pending.empty());
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kVerdict);
+  ASSERT_EQ(store_.history.size(), 1u);
+  EXPECT_EQ(store_.history[0].ip, "11.1.4.1");
+  auto hit = Start(Request("11.1.4.1"));
+  ASSERT_TRUE((*hit)->ok());
+  EXPECT_EQ((**hit)->source, Source::kCache);
+  // A check that arrives for a call already cancelled is answered at once.
+  CheckRequest late = Request("11.1.4.9");
+  late.call = call;
+  auto refused = Start(late);
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(client_.pending.empty());
+}
+
+// Deadlines are read from the engine's clock when a queued miss's turn comes.
+TEST_F(EngineTest, QueuedMissPastItsDeadlineIsNotSent) {
+  options_.max_upstream_in_flight = 1;
+  Start(Request("11.1.5.1"));
+  CheckRequest r = Request("11.1.5.2");
+  r.call = std::make_shared<CallState>(clock_.Now() + absl::Seconds(1));
+  auto late = Start(r);
+  clock_.Advance(absl::Seconds(2));
+  client_.Answer(Safe());
+  ASSERT_TRUE(late->has_value());
+  EXPECT_EQ((*late)->status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+// The payer of a queued miss goes away while someone else waits for the same IP: the other
+// caller pays instead, and the payer gets its click back.
+TEST_F(EngineTest, WhenThePayerLeavesAQueuedMissTheNextWaiterPays) {
+  options_.max_upstream_in_flight = 1;
+  Start(Request("11.1.6.1"));
+  auto payer_call = std::make_shared<CallState>();
+  CheckRequest a = Request("11.1.6.2", "team-a");
+  a.call = payer_call;
+  a.monthly_budget = 10;
+  auto left = Start(a);
+  CheckRequest b = Request("11.1.6.2", "team-b");
+  b.monthly_budget = 10;
+  auto stayed = Start(b);
+  engine().Cancel(payer_call);
+  EXPECT_EQ((*left)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 1) << "only 11.1.6.1";
+  EXPECT_EQ(engine().SpentThisMonth("team-b"), 1) << "reserved on taking over";
+  client_.Answer(Safe());
+  ASSERT_EQ(client_.pending.size(), 1u) << "still wanted: sent";
+  client_.Answer(Fake());
+  ASSERT_TRUE(stayed->has_value() && (*stayed)->ok());
+  EXPECT_TRUE((**stayed)->click_spent);
+  ASSERT_EQ(store_.clicks.size(), 2u);
+  EXPECT_EQ(store_.clicks[1].caller, "team-b");
+  EXPECT_EQ((**stayed)->verdict.caller, "team-b");
+}
+
+// A waiter of a request already on the wire who goes away is answered at once; the request is
+// billed to its payer and its verdict stored for the others.
+TEST_F(EngineTest, CancellingASentMissAnswersTheCallerButKeepsTheVerdict) {
+  auto call = std::make_shared<CallState>();
+  CheckRequest r = Request("11.1.7.1");
+  r.call = call;
+  auto gone = Start(r);
+  auto other = Start(Request("11.1.7.1", "team-b"));
+  ASSERT_EQ(client_.pending.size(), 1u);
+  engine().Cancel(call);
+  EXPECT_EQ((*gone)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(other->has_value());
+  client_.Answer(Safe());
+  ASSERT_TRUE((*other)->ok());
+  EXPECT_FALSE((**other)->click_spent);
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].caller, "team-a");
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kVerdict);
+  EXPECT_EQ(store_.history.size(), 1u);
+}
+
+// A storm of cancelled batches behind a hung ClickPatrol: the dropped misses neither count
+// against the queue bound nor get sent when a slot finally frees.
+TEST_F(EngineTest, CancelledMissesFreeTheirQueuePlacesAtOnce) {
+  options_.max_upstream_in_flight = 1;
+  options_.max_queued_misses = 10;
+  Start(Request("11.2.0.1"));  // holds the only slot
+  for (int round = 0; round < 50; ++round) {
+    auto call = std::make_shared<CallState>();
+    for (int i = 0; i < 10; ++i) {
+      CheckRequest r = Request(absl::StrCat("11.2.", 1 + round, ".", i + 1));
+      r.call = call;
+      auto queued = Start(r);
+      ASSERT_FALSE(queued->has_value()) << "round " << round << ": refused " << (*queued)->status();
+    }
+    EXPECT_EQ(engine().QueuedMisses(), 10u);
+    engine().Cancel(call);
+    ASSERT_EQ(engine().QueuedMisses(), 0u);
+  }
+  auto live = Start(Request("11.2.99.1"));
+  client_.Answer(Safe());
+  ASSERT_EQ(client_.pending.size(), 1u);
+  EXPECT_EQ(client_.pending.front().ip, "11.2.99.1") << "dead entries are skipped";
+  client_.Answer(Safe());
+  EXPECT_TRUE((*live)->ok());
+  EXPECT_EQ(store_.clicks.size(), 2u);
+}
+
+TEST_F(EngineTest, MissesPastTheQueueBoundFailFastAndCostNothing) {
+  options_.max_upstream_in_flight = 1;
+  options_.max_queued_misses = 2;
+  Start(Request("11.1.8.1"));
+  Start(Request("11.1.8.2"));
+  Start(Request("11.1.8.3"));
+  CheckRequest r = Request("11.1.8.4");
+  r.monthly_budget = 10;
+  auto refused = Start(r);
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string((*refused)->status().message()),
+              ::testing::HasSubstr("too many misses waiting for ClickPatrol"));
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 3);
+  auto joined = Start(Request("11.1.8.3", "team-b"));
+  EXPECT_FALSE(joined->has_value()) << "joining a queued miss costs no queue place";
+  client_.Answer(Safe());
+  auto now_fits = Start(Request("11.1.8.5"));
+  EXPECT_FALSE(now_fits->has_value()) << "a place came free";
+  while (!client_.pending.empty()) {
+    client_.Answer(Safe());
+  }
+  EXPECT_TRUE((*joined)->ok());
+  EXPECT_TRUE((*now_fits)->ok());
+  EXPECT_EQ(store_.clicks.size(), 4u);
+}
+
+// Shutdown: nothing that has not left leaves. Queued misses and retries waiting for their
+// backoff are answered UNAVAILABLE at once; what is on the wire finishes; new misses are
+// refused while hits are still served.
+TEST_F(EngineTest, ShutdownAnswersUnsentMissesAndAdmitsNoMore) {
+  options_.max_upstream_in_flight = 2;
+  Start(Request("11.1.9.1"));
+  client_.Answer(Safe());
+  auto on_wire = Start(Request("11.1.9.2"));
+  auto retrying = Start(Request("11.1.9.3"));
+  client_.pending.back().done(FetchOutcome{absl::UnavailableError("could not connect"), "", 0,
+                                           /*maybe_sent=*/false, absl::ZeroDuration()});
+  client_.pending.pop_back();
+  auto queued = Start(Request("11.1.9.4"));
+  auto queued2 = Start(Request("11.1.9.5"));
+  ASSERT_EQ(client_.pending.size(), 2u);  // 11.1.9.2 and 11.1.9.4 (took the retry's slot)
+  EXPECT_EQ(engine().QueuedMisses(), 1u);
+  const size_t rows = store_.clicks.size();
+
+  engine().Shutdown();
+  for (const auto& r : {retrying, queued2}) {
+    ASSERT_TRUE(r->has_value());
+    EXPECT_EQ((*r)->status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string((*r)->status().message()), ::testing::HasSubstr("shutting down"));
+  }
+  auto refused = Start(Request("11.1.9.6"));
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kUnavailable);
+  auto hit = Start(Request("11.1.9.1"));
+  ASSERT_TRUE((*hit)->ok());
+  clock_.Advance(absl::Seconds(1));
+  scheduler_.RunDue();
+  EXPECT_EQ(client_.pending.size(), 2u) << "no retry after shutdown";
+  client_.Answer(Safe());
+  client_.Answer(Fake());
+  EXPECT_TRUE((*on_wire)->ok());
+  EXPECT_TRUE((*queued)->ok());
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(store_.clicks.size(), rows) << "no ledger row after shutdown";
+  EXPECT_TRUE(engine().WaitIdleUntil(clock_.Now()));
+}
+
+TEST(CircuitBreakerTest, HalfOpenFailureReopens) {
+  FakeClock clock;
+  CircuitBreaker breaker({/*failure_threshold=*/2, /*open_for=*/absl::Seconds(10)}, clock);
+  EXPECT_TRUE(breaker.Allow());
+  breaker.RecordFailure();
+  EXPECT_TRUE(breaker.Allow());
+  breaker.RecordFailure();
+  EXPECT_FALSE(breaker.Allow());
+  clock.Advance(absl::Seconds(10));
+  EXPECT_TRUE(breaker.Allow());
+  EXPECT_FALSE(breaker.Allow()) << "one probe at a time";
+  breaker.RecordFailure();
+  EXPECT_EQ(breaker.state(), CircuitBreaker::State::kOpen);
+  EXPECT_FALSE(breaker.Allow());
+  clock.Advance(absl::Seconds(10));
+  EXPECT_TRUE(breaker.Allow());
+  breaker.Cancel();
+  EXPECT_TRUE(breaker.Allow()) << "a cancelled probe frees the slot";
+  breaker.RecordSuccess();
+  EXPECT_EQ(breaker.state(), CircuitBreaker::State::kClosed);
+}
+
+TEST(FreshnessTest, Boundaries) {
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  EXPECT_TRUE(IsFresh(t0, t0, absl::Seconds(1)));
+  EXPECT_FALSE(IsFresh(t0 + absl::Seconds(1), t0, absl::Seconds(1)));
+  EXPECT_TRUE(IsFresh(t0 + absl::Milliseconds(999), t0, absl::Seconds(1)));
+  EXPECT_FALSE(IsFresh(t0, t0, absl::ZeroDuration()));
+  EXPECT_TRUE(IsFresh(t0 - absl::Hours(1), t0, absl::Seconds(1))) << "future verdicts: age 0";
+}
+
+TEST(FreshnessTest, LimitPrecedence) {
+  FreshnessPolicy p;
+  p.default_max_age = absl::Hours(24);
+  p.max_age_fake = absl::Hours(1);
+  EXPECT_EQ(p.LimitFor(Score::kFake, std::nullopt), absl::Hours(1));
+  EXPECT_EQ(p.LimitFor(Score::kSafe, std::nullopt), absl::Hours(24));
+  EXPECT_EQ(p.LimitFor(Score::kFake, absl::Minutes(3)), absl::Minutes(3));
+}
+
+}  // namespace
+}  // namespace verdictd

@@ -1,0 +1,88 @@
+#include "server/engine/spend_tracker.h"
+
+#include "absl/time/civil_time.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "gtest/gtest.h"
+
+namespace verdictd {
+namespace {
+
+absl::Time Utc(int y, int m, int d, int hh = 0) {
+  return absl::FromCivil(absl::CivilSecond(y, m, d, hh, 0, 0), absl::UTCTimeZone());
+}
+
+TEST(SpendTrackerTest, BudgetsAreReservedRefundedAndResetMonthly) {
+  FakeClock clock(Utc(2026, 11, 30, 23));
+  SpendTracker spend(AllowanceOptions{}, clock, {{"team-a", 4}}, 4);
+  EXPECT_EQ(spend.SpentThisMonth("team-a"), 4) << "loaded from the ledger";
+  EXPECT_TRUE(spend.TryReserve("team-a", 5));
+  EXPECT_FALSE(spend.TryReserve("team-a", 5)) << "5 of 5 spent";
+  EXPECT_TRUE(spend.TryReserve("team-b", 0)) << "0: no budget";
+  spend.Refund("team-a");  // its request never left
+  EXPECT_EQ(spend.SpentThisMonth("team-a"), 4);
+  EXPECT_TRUE(spend.TryReserve("team-a", 5));
+  clock.Set(Utc(2026, 12, 1, 0));
+  EXPECT_EQ(spend.SpentThisMonth("team-a"), 0) << "a new month";
+  EXPECT_TRUE(spend.TryReserve("team-a", 1));
+  EXPECT_FALSE(spend.TryReserve("team-a", 1));
+}
+
+TEST(SpendTrackerTest, AllowanceCountsClicksPerPeriodFromTheResetDay) {
+  FakeClock clock(Utc(2026, 11, 20));
+  AllowanceOptions options;
+  options.monthly_allowance = 10;
+  options.reset_day = 15;
+  SpendTracker spend(options, clock, {}, 3);
+  AllowanceStatus status = spend.Allowance();
+  EXPECT_EQ(status.period_start, Utc(2026, 11, 15));
+  EXPECT_EQ(status.period_end, Utc(2026, 12, 15));
+  EXPECT_EQ(status.clicks_used, 3);
+  EXPECT_EQ(status.clicks_left, 7);
+  ASSERT_TRUE(spend.TryReserve("team-a", 0));
+  EXPECT_EQ(spend.Allowance().clicks_left, 6);
+  clock.Set(Utc(2026, 12, 15));
+  status = spend.Allowance();
+  EXPECT_EQ(status.period_start, Utc(2026, 12, 15));
+  EXPECT_EQ(status.clicks_used, 0);
+  EXPECT_EQ(status.clicks_left, 10);
+}
+
+// WouldAllowUnderAllowance answers for a miss that will wait in a queue: it never uses up the
+// probe that AllowUnderAllowance lets through once per interval while ClickPatrol says the
+// allowance is exhausted.
+TEST(SpendTrackerTest, ExhaustionLetsOneProbePerIntervalAndPeekingUsesNone) {
+  FakeClock clock(Utc(2026, 11, 27, 12));
+  AllowanceOptions options;
+  options.exhausted_probe_interval = absl::Minutes(10);
+  SpendTracker spend(options, clock, {}, 0);
+  EXPECT_TRUE(spend.WouldAllowUnderAllowance());
+  spend.MarkUpstreamExhausted();
+  EXPECT_TRUE(spend.Allowance().exhausted_upstream);
+  EXPECT_FALSE(spend.WouldAllowUnderAllowance());
+  EXPECT_FALSE(spend.AllowUnderAllowance());
+  clock.Advance(absl::Minutes(10));
+  EXPECT_TRUE(spend.WouldAllowUnderAllowance());
+  EXPECT_TRUE(spend.WouldAllowUnderAllowance()) << "peeking twice uses nothing";
+  EXPECT_TRUE(spend.AllowUnderAllowance()) << "the probe";
+  EXPECT_FALSE(spend.WouldAllowUnderAllowance()) << "the next one is 10 minutes away";
+  EXPECT_FALSE(spend.AllowUnderAllowance());
+  spend.MarkUpstreamAvailable();  // the probe got a verdict
+  EXPECT_TRUE(spend.AllowUnderAllowance());
+  EXPECT_FALSE(spend.Allowance().exhausted_upstream);
+}
+
+TEST(SpendTrackerTest, ExhaustionEndsWithThePeriod) {
+  FakeClock clock(Utc(2026, 11, 30, 23));
+  AllowanceOptions options;
+  options.exhausted_probe_interval = absl::Hours(24);
+  SpendTracker spend(options, clock, {}, 0);
+  spend.MarkUpstreamExhausted();
+  EXPECT_FALSE(spend.AllowUnderAllowance());
+  clock.Set(Utc(2026, 12, 1, 0));
+  EXPECT_TRUE(spend.WouldAllowUnderAllowance()) << "a new period starts with a new allowance";
+  EXPECT_TRUE(spend.AllowUnderAllowance());
+}
+
+}  // namespace
+}  // namespace verdictd

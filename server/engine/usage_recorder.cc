@@ -1,0 +1,55 @@
+#include "server/engine/usage_recorder.h"
+
+#include <functional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/time/civil_time.h"
+#include "common/logging.h"
+
+namespace verdictd {
+
+void UsageRecorder::Record(const std::string& caller, bool cache_hit) {
+  const int64_t day = absl::ToUnixSeconds(clock_.Now()) / 86400;
+  // Threads mostly keep to their own shard, so callers on different threads rarely contend.
+  Shard& shard = shards_[std::hash<std::thread::id>()(std::this_thread::get_id()) % kShards];
+  absl::MutexLock lock(&shard.mu);
+  Counts& counts = shard.counts[Key{caller, day}];
+  ++counts.requests;
+  if (cache_hit) {
+    ++counts.cache_hits;
+  }
+}
+
+void UsageRecorder::Flush() {
+  absl::flat_hash_map<Key, Counts> merged;
+  for (Shard& shard : shards_) {
+    absl::flat_hash_map<Key, Counts> taken;
+    {
+      absl::MutexLock lock(&shard.mu);
+      taken.swap(shard.counts);
+    }
+    for (auto& [key, counts] : taken) {
+      Counts& m = merged[key];
+      m.requests += counts.requests;
+      m.cache_hits += counts.cache_hits;
+    }
+  }
+  if (merged.empty()) {
+    return;
+  }
+  std::vector<UsageDelta> deltas;
+  deltas.reserve(merged.size());
+  for (auto& [key, counts] : merged) {
+    deltas.push_back(UsageDelta{key.caller, absl::CivilDay(1970, 1, 1) + key.day, counts.cache_hits,
+                                counts.requests});
+  }
+  store_.AddUsage(std::move(deltas), [](absl::Status status) {
+    if (!status.ok()) {
+      spdlog::warn("usage counters could not be written and are lost: {}", status.message());
+    }
+  });
+}
+
+}  // namespace verdictd

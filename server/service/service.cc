@@ -1,0 +1,492 @@
+#include "server/service/service.h"
+
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/civil_time.h"
+#include "absl/time/time.h"
+#include "common/ip.h"
+#include "common/quote.h"
+#include "server/service/status.h"
+#include "server/service/wire.h"
+
+namespace verdictd {
+namespace {
+
+namespace pb = ::verdict::v1;
+
+// google.protobuf.Duration's and Timestamp's documented ranges.
+constexpr int64_t kMaxDurationSeconds = 315'576'000'000;
+constexpr int64_t kMinTimestampSeconds = -62'135'596'800;  // 0001-01-01T00:00:00Z
+constexpr int64_t kMaxTimestampSeconds = 253'402'300'799;  // 9999-12-31T23:59:59Z
+
+std::optional<absl::string_view> Metadata(const grpc::CallbackServerContext& context,
+                                          const char* key) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find(key);
+  if (it == metadata.end()) {
+    return std::nullopt;
+  }
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
+absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& d) {
+  if (d.seconds() < -kMaxDurationSeconds || d.seconds() > kMaxDurationSeconds ||
+      d.nanos() <= -1'000'000'000 || d.nanos() >= 1'000'000'000 ||
+      (d.seconds() > 0 && d.nanos() < 0) || (d.seconds() < 0 && d.nanos() > 0)) {
+    return absl::InvalidArgumentError("max_age is not a valid google.protobuf.Duration");
+  }
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+absl::StatusOr<absl::Time> FromProto(const google::protobuf::Timestamp& t, absl::string_view name) {
+  if (t.seconds() < kMinTimestampSeconds || t.seconds() > kMaxTimestampSeconds || t.nanos() < 0 ||
+      t.nanos() >= 1'000'000'000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " is not a valid google.protobuf.Timestamp"));
+  }
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
+void ToProto(absl::Time t, google::protobuf::Timestamp* out) {
+  const int64_t micros = absl::ToUnixMicros(t);
+  int64_t seconds = micros / 1'000'000;
+  int64_t rem = micros % 1'000'000;
+  if (rem < 0) {
+    --seconds;
+    rem += 1'000'000;
+  }
+  out->set_seconds(seconds);
+  out->set_nanos(static_cast<int32_t>(rem * 1000));
+}
+
+void ToProto(const Verdict& v, pb::Verdict* out) {
+  out->set_ip(v.ip);
+  out->set_score(static_cast<pb::Score>(v.assessment.score));
+  out->set_proxy(v.assessment.proxy);
+  out->set_tor(v.assessment.tor);
+  out->set_vpn(v.assessment.vpn);
+  out->set_crawler(v.assessment.crawler);
+  out->set_bot(v.assessment.bot);
+  ToProto(v.checked_at, out->mutable_checked_at());
+  out->set_user_agent(v.user_agent);
+  out->set_caller(v.caller);
+}
+
+void ToProto(const CheckResult& result, pb::CheckIpResponse* out) {
+  ToProto(result.verdict, out->mutable_verdict());
+  out->set_source(static_cast<pb::Source>(result.source));
+  out->set_click_spent(result.click_spent);
+}
+
+absl::StatusOr<CheckRequest> FromProto(const pb::CheckIpRequest& in, const Identity& identity) {
+  CheckRequest out;
+  out.ip = in.ip();
+  out.user_agent = in.user_agent();
+  out.cache_only = in.cache_only();
+  out.caller = identity.caller;
+  out.monthly_budget = identity.monthly_budget;
+  if (in.has_max_age()) {
+    absl::StatusOr<absl::Duration> max_age = FromProto(in.max_age());
+    if (!max_age.ok()) {
+      return max_age.status();
+    }
+    out.max_age = *max_age;
+  }
+  return out;
+}
+
+// One CheckBatch call: finished by whichever item completes last.
+struct BatchCall {
+  std::function<void()> finish;
+  std::atomic<int> remaining;
+
+  void ItemDone() {
+    if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      finish();
+    }
+  }
+};
+
+void SetItemResult(const absl::StatusOr<CheckResult>& result, pb::CheckBatchResult* out) {
+  if (result.ok()) {
+    ToProto(*result, out->mutable_result());
+  } else {
+    out->mutable_error()->set_code(static_cast<int32_t>(result.status().code()));
+    out->mutable_error()->set_message(std::string(result.status().message()));
+  }
+}
+
+int64_t MicrosOrLimit(absl::Time t) {
+  if (t == absl::InfinitePast()) {
+    return std::numeric_limits<int64_t>::min();
+  }
+  if (t == absl::InfiniteFuture()) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return absl::ToUnixMicros(t);
+}
+
+void AddCounts(const UsageCounts& c, pb::CallerUsage* out) {
+  out->set_clicks(out->clicks() + c.clicks);
+  out->set_cache_hits(out->cache_hits() + c.cache_hits);
+  out->set_requests(out->requests() + c.requests);
+  out->set_upstream_errors(out->upstream_errors() + c.upstream_errors);
+}
+
+// One call on a raw method: owns the decoded request and the response. Deletes itself when gRPC
+// is done with it.
+template <typename Request, typename Response>
+class UnaryCall final : public grpc::ServerUnaryReactor {
+ public:
+  explicit UnaryCall(grpc::ByteBuffer* wire_response) : wire_response_(wire_response) {}
+
+  Request request;
+  Response response;
+
+  // Lets the engine know when the caller goes away (cancelled, deadline passed, server
+  // shutting down), so that a miss nobody waits for any more is not sent. For calls that check.
+  void WatchCancellation(Engine* engine, const grpc::CallbackServerContext& context) {
+    engine_ = engine;
+    state_ = std::make_shared<CallState>(absl::FromChrono(context.deadline()));
+    // Published for OnCancel, which gRPC runs on another thread once this handler has returned,
+    // through its core's synchronisation (invisible to TSan: Debian's libgrpc is not
+    // instrumented). The release/acquire pair states the ordering in our own code.
+    watching_.store(true, std::memory_order_release);
+  }
+  const std::shared_ptr<CallState>& state() const { return state_; }
+
+  // Finishes the call with `status`, counting it; an OK call sends `response`.
+  void Complete(ServerMetrics* metrics, ServerMetrics::Method method, absl::Status status) {
+    if (status.ok()) {
+      status = EncodeResponse(response, wire_response_);
+    }
+    grpc::Status grpc_status = ToGrpcStatus(status);
+    if (metrics != nullptr) {
+      metrics->OnRpc(method, grpc_status.error_code());
+    }
+    Finish(std::move(grpc_status));
+  }
+
+ private:
+  void OnDone() override { delete this; }
+  void OnCancel() override {
+    if (watching_.load(std::memory_order_acquire)) {
+      engine_->Cancel(state_);
+    }
+  }
+
+  grpc::ByteBuffer* const wire_response_;
+  std::atomic<bool> watching_{false};
+  Engine* engine_ = nullptr;
+  std::shared_ptr<CallState> state_;
+};
+
+}  // namespace
+
+VerdictServiceImpl::VerdictServiceImpl(ServiceOptions options, Engine& engine,
+                                       const Authenticator& auth, const PageTokenCodec& page_tokens,
+                                       ServerMetrics* metrics)
+    : options_(std::move(options)),
+      engine_(engine),
+      auth_(auth),
+      page_tokens_(page_tokens),
+      metrics_(metrics) {}
+
+absl::StatusOr<Identity> VerdictServiceImpl::Identify(
+    const grpc::CallbackServerContext& context) const {
+  return auth_.Identify(Metadata(context, "authorization"), Metadata(context, "x-caller"));
+}
+
+absl::StatusOr<Identity> VerdictServiceImpl::Accept(const grpc::CallbackServerContext& context,
+                                                    const grpc::ByteBuffer& wire,
+                                                    google::protobuf::Message* request) const {
+  absl::StatusOr<Identity> identity = Identify(context);
+  if (!identity.ok()) {
+    return identity.status();
+  }
+  absl::Status decoded = DecodeRequest(wire, request);
+  if (!decoded.ok()) {
+    return decoded;
+  }
+  return identity;
+}
+
+grpc::ServerUnaryReactor* VerdictServiceImpl::CheckIp(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::CheckIpRequest, pb::CheckIpResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
+  if (!identity.ok()) {
+    call->Complete(metrics_, ServerMetrics::kCheckIp, identity.status());
+    return call;
+  }
+  absl::StatusOr<CheckRequest> check = FromProto(call->request, *identity);
+  if (!check.ok()) {
+    call->Complete(metrics_, ServerMetrics::kCheckIp, check.status());
+    return call;
+  }
+  call->WatchCancellation(&engine_, *context);
+  check->call = call->state();
+  engine_.Check(std::move(*check), [this, call](absl::StatusOr<CheckResult> result) {
+    if (result.ok()) {
+      ToProto(*result, &call->response);
+    }
+    call->Complete(metrics_, ServerMetrics::kCheckIp, result.status());
+  });
+  return call;
+}
+
+grpc::ServerUnaryReactor* VerdictServiceImpl::CheckBatch(grpc::CallbackServerContext* context,
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::CheckBatchRequest, pb::CheckBatchResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
+  if (!identity.ok()) {
+    call->Complete(metrics_, ServerMetrics::kCheckBatch, identity.status());
+    return call;
+  }
+  const int n = call->request.items_size();
+  if (n > options_.max_batch) {
+    call->Complete(metrics_, ServerMetrics::kCheckBatch,
+                   absl::InvalidArgumentError(
+                       absl::StrCat("batch has ", n, " items; the limit is ", options_.max_batch)));
+    return call;
+  }
+  if (n == 0) {
+    call->Complete(metrics_, ServerMetrics::kCheckBatch, absl::OkStatus());
+    return call;
+  }
+  // Every result slot exists before the first item starts: items finish on other threads, each
+  // writing only its own slot.
+  call->response.mutable_results()->Reserve(n);
+  for (int i = 0; i < n; ++i) {
+    call->response.add_results();
+  }
+  auto batch = std::make_shared<BatchCall>();
+  batch->finish = [this, call] {
+    call->Complete(metrics_, ServerMetrics::kCheckBatch, absl::OkStatus());
+  };
+  batch->remaining.store(n, std::memory_order_relaxed);
+  call->WatchCancellation(&engine_, *context);
+  const std::shared_ptr<CallState> state = call->state();
+  for (int i = 0; i < n; ++i) {
+    pb::CheckBatchResult* slot = call->response.mutable_results(i);
+    absl::StatusOr<CheckRequest> check = FromProto(call->request.items(i), *identity);
+    if (!check.ok()) {
+      SetItemResult(check.status(), slot);
+      batch->ItemDone();
+      continue;
+    }
+    check->call = state;
+    engine_.Check(std::move(*check), [batch, slot](absl::StatusOr<CheckResult> result) {
+      SetItemResult(result, slot);
+      batch->ItemDone();
+    });
+  }
+  return call;
+}
+
+grpc::ServerUnaryReactor* VerdictServiceImpl::ListVerdictHistory(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  auto* call =
+      new UnaryCall<pb::ListVerdictHistoryRequest, pb::ListVerdictHistoryResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
+  call->Complete(metrics_, ServerMetrics::kListVerdictHistory,
+                 identity.ok() ? History(call->request, &call->response) : identity.status());
+  return call;
+}
+
+absl::Status VerdictServiceImpl::History(const pb::ListVerdictHistoryRequest& request,
+                                         pb::ListVerdictHistoryResponse* response) {
+  absl::StatusOr<IpAddress> ip = ParseIp(request.ip());
+  if (!ip.ok()) {
+    return ip.status();
+  }
+  HistoryQuery query;
+  query.ip = ip->canonical();
+  if (request.has_since()) {
+    absl::StatusOr<absl::Time> since = FromProto(request.since(), "since");
+    if (!since.ok()) {
+      return since.status();
+    }
+    query.since = *since;
+  }
+  if (request.has_until()) {
+    absl::StatusOr<absl::Time> until = FromProto(request.until(), "until");
+    if (!until.ok()) {
+      return until.status();
+    }
+    query.until = *until;
+  }
+  if (query.since >= query.until) {
+    return absl::InvalidArgumentError("since must be before until");
+  }
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError("page_size must not be negative");
+  }
+  const int page_size = request.page_size() == 0
+                            ? options_.default_page_size
+                            : std::min(request.page_size(), options_.max_page_size);
+  PageCursor bound{query.ip, MicrosOrLimit(query.since), MicrosOrLimit(query.until), 0, 0};
+  if (!request.page_token().empty()) {
+    absl::StatusOr<PageCursor> cursor = page_tokens_.Decode(request.page_token());
+    if (!cursor.ok()) {
+      return cursor.status();
+    }
+    if (cursor->ip != bound.ip || cursor->since_us != bound.since_us ||
+        cursor->until_us != bound.until_us) {
+      return absl::InvalidArgumentError(
+          "page_token belongs to a different request (ip, since and until must not change "
+          "between pages)");
+    }
+    query.after = HistoryCursor{absl::FromUnixMicros(cursor->checked_at_us), cursor->id};
+  }
+  query.limit = page_size + 1;  // one more tells whether another page exists
+  absl::StatusOr<std::vector<HistoryEntry>> entries = engine_.History(query);
+  if (!entries.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("verdict store unavailable: ", entries.status().message()));
+  }
+  const bool more = static_cast<int>(entries->size()) > page_size;
+  if (more) {
+    entries->resize(page_size);
+  }
+  for (const HistoryEntry& entry : *entries) {
+    ToProto(entry.verdict, response->add_verdicts());
+  }
+  if (more) {
+    bound.checked_at_us = absl::ToUnixMicros(entries->back().verdict.checked_at);
+    bound.id = entries->back().id;
+    response->set_next_page_token(page_tokens_.Encode(bound));
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* VerdictServiceImpl::GetUsage(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::GetUsageRequest, pb::GetUsageResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
+  call->Complete(
+      metrics_, ServerMetrics::kGetUsage,
+      identity.ok() ? Usage(*identity, call->request, &call->response) : identity.status());
+  return call;
+}
+
+absl::Status VerdictServiceImpl::Usage(const Identity& identity, const pb::GetUsageRequest& request,
+                                       pb::GetUsageResponse* response) {
+  const std::string& caller = request.caller();
+  // A caller is named as x-caller names one, and is checked the same way before anything else:
+  // a name no caller can have is an invalid argument, whoever asks.
+  if (!caller.empty()) {
+    if (absl::Status valid = CheckCallerName(caller, "caller"); !valid.ok()) {
+      return valid;
+    }
+  }
+  if (!identity.auditor && caller != identity.caller) {
+    return absl::PermissionDeniedError(
+        caller.empty()
+            ? "only auditors may read every caller's usage; ask for your own"
+            : absl::StrCat("caller ", QuoteForError(identity.caller),
+                           " may read only its own usage, not that of ", QuoteForError(caller)));
+  }
+  const absl::Time now = absl::Now();
+  absl::Time since = SpendTracker::MonthStart(now);
+  absl::Time until = absl::InfiniteFuture();
+  if (request.has_since()) {
+    absl::StatusOr<absl::Time> t = FromProto(request.since(), "since");
+    if (!t.ok()) {
+      return t.status();
+    }
+    since = *t;
+  }
+  if (request.has_until()) {
+    absl::StatusOr<absl::Time> t = FromProto(request.until(), "until");
+    if (!t.ok()) {
+      return t.status();
+    }
+    until = *t;
+  }
+  if (since >= until) {
+    return absl::InvalidArgumentError("since must be before until");
+  }
+  if (until == absl::InfiniteFuture()) {
+    until = now + absl::Seconds(1);
+  }
+  absl::StatusOr<std::vector<DailyUsage>> days = engine_.Usage(caller, since, until);
+  if (!days.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("verdict store unavailable: ", days.status().message()));
+  }
+  // Rows arrive sorted by caller, then day.
+  std::map<std::string, pb::CallerUsage*> by_caller;
+  for (const DailyUsage& row : *days) {
+    pb::CallerUsage*& usage = by_caller[row.caller];
+    if (usage == nullptr) {
+      usage = response->add_callers();
+      usage->set_caller(row.caller);
+    }
+    AddCounts(row.counts, usage);
+    pb::DailyUsage* day = usage->add_days();
+    day->set_date(absl::FormatCivilTime(row.day));
+    day->set_clicks(row.counts.clicks);
+    day->set_cache_hits(row.counts.cache_hits);
+    day->set_requests(row.counts.requests);
+    day->set_upstream_errors(row.counts.upstream_errors);
+  }
+  if (!caller.empty() && by_caller.empty()) {
+    pb::CallerUsage* usage = response->add_callers();
+    usage->set_caller(caller);
+    by_caller[caller] = usage;
+  }
+  absl::flat_hash_map<std::string, int64_t> budgets;
+  for (const ApiKeyEntry& entry : auth_.entries()) {
+    budgets[entry.caller] = entry.monthly_budget;
+  }
+  for (auto& [name, usage] : by_caller) {
+    auto it = budgets.find(name);
+    if (it != budgets.end() && it->second > 0) {
+      usage->set_monthly_budget(it->second);
+      usage->set_budget_left(std::max<int64_t>(0, it->second - engine_.SpentThisMonth(name)));
+    }
+  }
+  const AllowanceStatus allowance = engine_.Allowance();
+  pb::Allowance* out = response->mutable_allowance();
+  out->set_monthly_allowance(allowance.monthly_allowance);
+  out->set_clicks_used(allowance.clicks_used);
+  out->set_clicks_left(allowance.clicks_left);
+  ToProto(allowance.period_start, out->mutable_period_start());
+  ToProto(allowance.period_end, out->mutable_period_end());
+  out->set_exhausted_upstream(allowance.exhausted_upstream);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* VerdictServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,
+                                                            const grpc::ByteBuffer* request,
+                                                            grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::GetServerInfoRequest, pb::GetServerInfoResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
+  if (identity.ok()) {
+    call->response.set_max_batch(options_.max_batch);
+    call->response.set_version(VERDICTD_VERSION);
+    call->response.set_keyed(auth_.keyed());
+    call->response.set_cache_key(options_.cache_key_name);
+    call->response.set_caller(identity->caller);
+  }
+  call->Complete(metrics_, ServerMetrics::kGetServerInfo, identity.status());
+  return call;
+}
+
+}  // namespace verdictd

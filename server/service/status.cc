@@ -1,0 +1,14 @@
+#include "server/service/status.h"
+
+#include <string>
+
+namespace verdictd {
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) {
+    return grpc::Status::OK;
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+}  // namespace verdictd

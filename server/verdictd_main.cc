@@ -1,0 +1,679 @@
+// verdictd: answers "is this IP real human traffic?" over gRPC from a persistent verdict history,
+// asking ClickPatrol (one paid click per request) only for misses.
+//
+// The only place that reads flags and the environment. The ClickPatrol token comes from
+// $CLICKPATROL_TOKEN or --token_file, never from a flag.
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/clock.h"
+#include "common/duration.h"
+#include "common/logging.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/config_file.h"
+#include "server/engine/engine.h"
+#include "server/engine/scheduler.h"
+#include "server/log_setup.h"
+#include "server/metrics/metrics.h"
+#include "server/metrics/metrics_http.h"
+#include "server/service/server_metrics.h"
+#include "server/service/service.h"
+#include "server/service/timed_store.h"
+#include "server/upstream/clickpatrol_client.h"
+#include "server/upstream/curl_client.h"
+#include "storage/sqlite/sqlite_store.h"
+#include "storage/verdict_store.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC address to listen on (port 0: any free port)");
+ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving");
+ABSL_FLAG(std::string, max_connection_idle, "5m",
+          "Close a gRPC connection that has had no call in flight for this long (a GOAWAY: "
+          "clients reconnect on their next call), so idle or abandoned connections do not hold "
+          "file descriptors and memory for ever. gRPC checks once per period, so the close comes "
+          "between one and two periods after the last call (0: never)");
+ABSL_FLAG(std::string, handshake_timeout, "10s",
+          "Close a gRPC connection that has not finished its TLS handshake and sent the HTTP/2 "
+          "preface and SETTINGS within this long after connecting (gRPC's own default is 2m)");
+ABSL_FLAG(int, max_concurrent_streams, 100,
+          "Most calls in flight at once on one gRPC connection (HTTP/2 "
+          "SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait in its own queue");
+ABSL_FLAG(std::string, db, "./verdicts.db", "SQLite file holding the verdict history and ledger");
+ABSL_FLAG(bool, db_sync_full, false,
+          "SQLite synchronous=FULL: durable against power loss, not only process crashes");
+ABSL_FLAG(std::string, db_busy_timeout, "5s",
+          "How long a write waits for another process's lock on the database before failing");
+ABSL_FLAG(std::string, upstream_url, "https://trck-003.clckptrl.com/", "ClickPatrol API base URL");
+ABSL_FLAG(std::string, upstream_ca_file, "",
+          "PEM file of CAs to trust for the upstream's TLS certificate (default: system store)");
+ABSL_FLAG(std::string, upstream_connect_timeout, "2s", "Time allowed to connect to ClickPatrol");
+ABSL_FLAG(std::string, upstream_timeout, "10s", "Time allowed for one ClickPatrol request");
+ABSL_FLAG(int, upstream_concurrency, 32, "Most ClickPatrol requests in flight at once");
+ABSL_FLAG(int64_t, max_queued_misses, 10000,
+          "Most misses waiting for a free upstream slot; a miss beyond it fails fast with "
+          "RESOURCE_EXHAUSTED and costs nothing (0: no limit)");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the ClickPatrol token (else $CLICKPATROL_TOKEN)");
+ABSL_FLAG(std::string, max_age, "24h", "How old a stored verdict may be and still be served");
+ABSL_FLAG(std::string, max_age_safe, "", "Overrides --max_age for Safe verdicts");
+ABSL_FLAG(std::string, max_age_suspicious, "", "Overrides --max_age for Suspicious verdicts");
+ABSL_FLAG(std::string, max_age_fake, "", "Overrides --max_age for Fake verdicts");
+ABSL_FLAG(std::string, stale_if_error, "7d",
+          "Serve a verdict this old as SOURCE_STALE when ClickPatrol fails (0: never)");
+ABSL_FLAG(std::string, cache_key, "ip", "What verdicts are remembered by: ip or ip_user_agent");
+ABSL_FLAG(bool, allow_non_public, false,
+          "Send private, loopback, documentation and other non-public addresses to ClickPatrol");
+ABSL_FLAG(int, max_batch, 1000, "Most items in one CheckBatch");
+ABSL_FLAG(int64_t, hot_cache_entries, 100000,
+          "Newest verdicts kept in memory in front of SQLite (0: off; ~300 bytes each)");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
+ABSL_FLAG(std::string, log_format, "text", "text, or json (one object per line)");
+ABSL_FLAG(std::string, config, "",
+          "JSON file of flag values (keys are flag names); flags on the command line override it");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "Callers and SHA-256 hashes of their API keys (see README); unset: open mode");
+ABSL_FLAG(int64_t, monthly_allowance, 0, "The ClickPatrol plan's clicks per period (0: unknown)");
+ABSL_FLAG(int, allowance_reset_day, 1, "Day of the month (1-28, UTC) the allowance resets");
+ABSL_FLAG(std::string, history_retention, "400d",
+          "Prune verdict history and ledger rows older than this (0: keep forever)");
+ABSL_FLAG(int, breaker_failures, 5,
+          "Consecutive ClickPatrol failures that open the circuit breaker (0: never)");
+ABSL_FLAG(std::string, breaker_open_for, "30s", "How long the breaker stays open before a probe");
+ABSL_FLAG(int, upstream_attempts, 3,
+          "Attempts per miss when the request provably never left (connect/DNS/TLS failure)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain for gRPC TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for gRPC TLS");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require and verify client certificates (mutual TLS)");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9464); off if unset");
+ABSL_FLAG(std::string, shutdown_grace, "10s",
+          "On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are "
+          "cancelled; the process still waits (up to --upstream_timeout) for ClickPatrol "
+          "requests already sent, so their paid verdicts are recorded");
+
+namespace verdictd {
+namespace {
+
+struct Settings {
+  std::string listen;
+  std::string port_file;
+  SqliteStoreOptions store;
+  CurlClientOptions upstream;
+  EngineOptions engine;
+  ServiceOptions service;
+  std::string token_source;
+  std::string api_keys_file;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  std::string metrics_listen;
+  absl::Duration shutdown_grace;
+  absl::Duration max_connection_idle;  // zero: never
+  absl::Duration handshake_timeout;
+  int max_concurrent_streams = 0;
+};
+
+absl::Status Prefix(absl::string_view flag, const absl::Status& status) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", status.message()));
+}
+
+absl::StatusOr<absl::Duration> DurationFlag(absl::string_view name, const std::string& value) {
+  absl::StatusOr<absl::Duration> d = ParseDuration(value);
+  if (!d.ok()) {
+    return Prefix(name, d.status());
+  }
+  return *d;
+}
+
+absl::StatusOr<std::optional<absl::Duration>> OptionalDurationFlag(absl::string_view name,
+                                                                   const std::string& value) {
+  if (value.empty()) {
+    return std::nullopt;
+  }
+  absl::StatusOr<absl::Duration> d = DurationFlag(name, value);
+  if (!d.ok()) {
+    return d.status();
+  }
+  return std::optional<absl::Duration>(*d);
+}
+
+// The token, from --token_file or $CLICKPATROL_TOKEN. Never logged, never in an error message.
+absl::StatusOr<std::string> ReadToken(std::string* source) {
+  const std::string file = absl::GetFlag(FLAGS_token_file);
+  std::string token;
+  if (!file.empty()) {
+    std::ifstream in(file);
+    if (!in) {
+      return absl::FailedPreconditionError(absl::StrCat("cannot read --token_file ", file));
+    }
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    token = std::string(absl::StripAsciiWhitespace(buffer.str()));
+    *source = absl::StrCat("file ", file);
+  } else if (const char* env = std::getenv("CLICKPATROL_TOKEN"); env != nullptr) {
+    token = std::string(absl::StripAsciiWhitespace(env));
+    *source = "environment variable CLICKPATROL_TOKEN";
+  }
+  if (token.empty()) {
+    return absl::FailedPreconditionError(
+        "no ClickPatrol token: set the CLICKPATROL_TOKEN environment variable or "
+        "--token_file=PATH (the token is a secret and is never accepted as a flag). "
+        "To try verdictd without a token, run ./scripts/run.sh, which starts the simulated "
+        "ClickPatrol");
+  }
+  for (char c : token) {
+    if (!absl::ascii_isgraph(static_cast<unsigned char>(c))) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the ClickPatrol token from the ", *source,
+                       " contains whitespace or control characters"));
+    }
+  }
+  return token;
+}
+
+absl::StatusOr<Settings> LoadSettings() {
+  Settings s;
+  s.listen = absl::GetFlag(FLAGS_listen);
+  s.port_file = absl::GetFlag(FLAGS_port_file);
+
+  s.store.path = absl::GetFlag(FLAGS_db);
+  if (s.store.path.empty()) {
+    return absl::InvalidArgumentError("--db must name a file");
+  }
+  s.store.synchronous_full = absl::GetFlag(FLAGS_db_sync_full);
+  absl::StatusOr<absl::Duration> busy =
+      DurationFlag("db_busy_timeout", absl::GetFlag(FLAGS_db_busy_timeout));
+  if (!busy.ok()) return busy.status();
+  s.store.busy_timeout = *busy;
+
+  s.upstream.base_url = absl::GetFlag(FLAGS_upstream_url);
+  if (!absl::StartsWith(s.upstream.base_url, "https://") &&
+      !absl::StartsWith(s.upstream.base_url, "http://")) {
+    return absl::InvalidArgumentError("--upstream_url must start with https:// or http://");
+  }
+  s.upstream.ca_file = absl::GetFlag(FLAGS_upstream_ca_file);
+  absl::StatusOr<absl::Duration> d =
+      DurationFlag("upstream_connect_timeout", absl::GetFlag(FLAGS_upstream_connect_timeout));
+  if (!d.ok()) return d.status();
+  s.upstream.connect_timeout = *d;
+  d = DurationFlag("upstream_timeout", absl::GetFlag(FLAGS_upstream_timeout));
+  if (!d.ok()) return d.status();
+  s.upstream.request_timeout = *d;
+  if (s.upstream.connect_timeout <= absl::ZeroDuration() ||
+      s.upstream.request_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("upstream timeouts must be positive");
+  }
+  s.upstream.max_concurrency = absl::GetFlag(FLAGS_upstream_concurrency);
+  if (s.upstream.max_concurrency < 1 || s.upstream.max_concurrency > 1024) {
+    return absl::InvalidArgumentError("--upstream_concurrency must be between 1 and 1024");
+  }
+  // Misses beyond the limit wait in the engine, before their ledger row (see EngineOptions).
+  s.engine.max_upstream_in_flight = s.upstream.max_concurrency;
+  const int64_t max_queued = absl::GetFlag(FLAGS_max_queued_misses);
+  if (max_queued < 0 || max_queued > 10'000'000) {
+    return absl::InvalidArgumentError("--max_queued_misses must be between 0 and 10000000");
+  }
+  s.engine.max_queued_misses = static_cast<size_t>(max_queued);
+
+  FreshnessPolicy& f = s.engine.freshness;
+  d = DurationFlag("max_age", absl::GetFlag(FLAGS_max_age));
+  if (!d.ok()) return d.status();
+  f.default_max_age = *d;
+  absl::StatusOr<std::optional<absl::Duration>> o =
+      OptionalDurationFlag("max_age_safe", absl::GetFlag(FLAGS_max_age_safe));
+  if (!o.ok()) return o.status();
+  f.max_age_safe = *o;
+  o = OptionalDurationFlag("max_age_suspicious", absl::GetFlag(FLAGS_max_age_suspicious));
+  if (!o.ok()) return o.status();
+  f.max_age_suspicious = *o;
+  o = OptionalDurationFlag("max_age_fake", absl::GetFlag(FLAGS_max_age_fake));
+  if (!o.ok()) return o.status();
+  f.max_age_fake = *o;
+  d = DurationFlag("stale_if_error", absl::GetFlag(FLAGS_stale_if_error));
+  if (!d.ok()) return d.status();
+  f.stale_if_error = *d;
+
+  const std::string cache_key = absl::GetFlag(FLAGS_cache_key);
+  if (cache_key == "ip") {
+    s.engine.cache_key = CacheKeyMode::kIp;
+  } else if (cache_key == "ip_user_agent") {
+    s.engine.cache_key = CacheKeyMode::kIpUserAgent;
+  } else {
+    return absl::InvalidArgumentError("--cache_key must be ip or ip_user_agent");
+  }
+  s.engine.allow_non_public = absl::GetFlag(FLAGS_allow_non_public);
+  const int64_t hot_cache_entries = absl::GetFlag(FLAGS_hot_cache_entries);
+  if (hot_cache_entries < 0 || hot_cache_entries > 100'000'000) {
+    return absl::InvalidArgumentError("--hot_cache_entries must be between 0 and 100000000");
+  }
+  s.engine.hot_cache_entries = static_cast<size_t>(hot_cache_entries);
+
+  s.service.cache_key_name = cache_key;
+  s.engine.allowance.monthly_allowance = absl::GetFlag(FLAGS_monthly_allowance);
+  if (s.engine.allowance.monthly_allowance < 0) {
+    return absl::InvalidArgumentError("--monthly_allowance must not be negative");
+  }
+  s.engine.allowance.reset_day = absl::GetFlag(FLAGS_allowance_reset_day);
+  if (s.engine.allowance.reset_day < 1 || s.engine.allowance.reset_day > 28) {
+    return absl::InvalidArgumentError("--allowance_reset_day must be between 1 and 28");
+  }
+  d = DurationFlag("history_retention", absl::GetFlag(FLAGS_history_retention));
+  if (!d.ok()) return d.status();
+  s.engine.history_retention = *d;
+  s.engine.breaker.failure_threshold = absl::GetFlag(FLAGS_breaker_failures);
+  if (s.engine.breaker.failure_threshold < 0) {
+    return absl::InvalidArgumentError("--breaker_failures must not be negative");
+  }
+  d = DurationFlag("breaker_open_for", absl::GetFlag(FLAGS_breaker_open_for));
+  if (!d.ok()) return d.status();
+  s.engine.breaker.open_for = *d;
+  s.engine.max_attempts = absl::GetFlag(FLAGS_upstream_attempts);
+  if (s.engine.max_attempts < 1 || s.engine.max_attempts > 10) {
+    return absl::InvalidArgumentError("--upstream_attempts must be between 1 and 10");
+  }
+  s.api_keys_file = absl::GetFlag(FLAGS_api_keys_file);
+  s.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  s.tls_key = absl::GetFlag(FLAGS_tls_key);
+  s.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (s.tls_cert.empty() != s.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key must be given together");
+  }
+  if (!s.tls_client_ca.empty() && s.tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+  }
+  s.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  d = DurationFlag("shutdown_grace", absl::GetFlag(FLAGS_shutdown_grace));
+  if (!d.ok()) return d.status();
+  s.shutdown_grace = *d;
+  // gRPC takes these in milliseconds, as an int: at most 2^31-1 ms, a little over 24 days.
+  constexpr absl::Duration kMaxChannelArgDuration = absl::Hours(24 * 24);
+  d = DurationFlag("max_connection_idle", absl::GetFlag(FLAGS_max_connection_idle));
+  if (!d.ok()) return d.status();
+  s.max_connection_idle = *d;
+  if (s.max_connection_idle > kMaxChannelArgDuration ||
+      (s.max_connection_idle > absl::ZeroDuration() &&
+       s.max_connection_idle < absl::Milliseconds(1))) {
+    return absl::InvalidArgumentError("--max_connection_idle must be 0 (never) or 1ms to 24d");
+  }
+  d = DurationFlag("handshake_timeout", absl::GetFlag(FLAGS_handshake_timeout));
+  if (!d.ok()) return d.status();
+  s.handshake_timeout = *d;
+  if (s.handshake_timeout < absl::Milliseconds(1) || s.handshake_timeout > kMaxChannelArgDuration) {
+    return absl::InvalidArgumentError("--handshake_timeout must be between 1ms and 24d");
+  }
+  s.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  if (s.max_concurrent_streams < 1 || s.max_concurrent_streams > 1'000'000) {
+    return absl::InvalidArgumentError("--max_concurrent_streams must be between 1 and 1000000");
+  }
+
+  s.service.max_batch = absl::GetFlag(FLAGS_max_batch);
+  if (s.service.max_batch < 1 || s.service.max_batch > 100'000) {
+    return absl::InvalidArgumentError("--max_batch must be between 1 and 100000");
+  }
+
+  absl::StatusOr<std::string> token = ReadToken(&s.token_source);
+  if (!token.ok()) return token.status();
+  s.upstream.token = *std::move(token);
+  return s;
+}
+
+bool IsLoopbackUrl(absl::string_view url) {
+  if (!absl::ConsumePrefix(&url, "http://")) {
+    absl::ConsumePrefix(&url, "https://");
+  }
+  return absl::StartsWith(url, "127.") || absl::StartsWith(url, "localhost") ||
+         absl::StartsWith(url, "[::1]");
+}
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << "\n";
+    if (!out) {
+      return absl::InternalError(absl::StrCat("cannot write --port_file ", path));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot write --port_file ", path));
+  }
+  return absl::OkStatus();
+}
+
+void LogConfiguration(const Settings& s) {
+  const FreshnessPolicy& f = s.engine.freshness;
+  auto opt = [](const std::optional<absl::Duration>& d) {
+    return d.has_value() ? DurationToString(*d) : std::string("(--max_age)");
+  };
+  spdlog::info(
+      "configuration: listen={} db={} upstream_url={} token=<redacted, from {}> "
+      "upstream_concurrency={} max_queued_misses={} upstream_connect_timeout={} "
+      "upstream_timeout={} "
+      "upstream_attempts={} max_age={} max_age_safe={} max_age_suspicious={} max_age_fake={} "
+      "stale_if_error={} cache_key={} allow_non_public={} max_batch={} db_sync_full={} "
+      "api_keys_file={} monthly_allowance={} allowance_reset_day={} history_retention={} "
+      "breaker_failures={} breaker_open_for={} tls={} mtls={} metrics_listen={} "
+      "shutdown_grace={} max_connection_idle={} handshake_timeout={} max_concurrent_streams={}",
+      s.listen, s.store.path, s.upstream.base_url, s.token_source, s.upstream.max_concurrency,
+      s.engine.max_queued_misses, DurationToString(s.upstream.connect_timeout),
+      DurationToString(s.upstream.request_timeout), s.engine.max_attempts,
+      DurationToString(f.default_max_age), opt(f.max_age_safe), opt(f.max_age_suspicious),
+      opt(f.max_age_fake), DurationToString(f.stale_if_error), s.service.cache_key_name,
+      s.engine.allow_non_public, s.service.max_batch, s.store.synchronous_full,
+      s.api_keys_file.empty() ? "(open mode)" : s.api_keys_file,
+      s.engine.allowance.monthly_allowance, s.engine.allowance.reset_day,
+      DurationToString(s.engine.history_retention), s.engine.breaker.failure_threshold,
+      DurationToString(s.engine.breaker.open_for), !s.tls_cert.empty(), !s.tls_client_ca.empty(),
+      s.metrics_listen.empty() ? "(off)" : s.metrics_listen, DurationToString(s.shutdown_grace),
+      s.max_connection_idle == absl::ZeroDuration() ? std::string("0 (never)")
+                                                    : DurationToString(s.max_connection_idle),
+      DurationToString(s.handshake_timeout), s.max_concurrent_streams);
+}
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot read --", flag, " ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const Settings& s) {
+  if (s.tls_cert.empty()) {
+    return grpc::InsecureServerCredentials();
+  }
+  absl::StatusOr<std::string> cert = ReadSmallFile(s.tls_cert, "tls_cert");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadSmallFile(s.tls_key, "tls_key");
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!s.tls_client_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadSmallFile(s.tls_client_ca, "tls_client_ca");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+bool IsLoopbackListen(absl::string_view listen) {
+  return absl::StartsWith(listen, "127.") || absl::StartsWith(listen, "localhost:") ||
+         absl::StartsWith(listen, "[::1]:");
+}
+
+// Keeps the health service in step with the store: NOT_SERVING while it cannot be used.
+void WatchStoreHealth(VerdictStore& store, grpc::HealthCheckServiceInterface& health,
+                      Scheduler& scheduler, bool previously_ok) {
+  const absl::Status ping = store.Ping();
+  if (ping.ok() != previously_ok) {
+    if (ping.ok()) {
+      spdlog::info("verdict store usable again: health SERVING");
+    } else {
+      spdlog::error("verdict store unusable, health NOT_SERVING: {}", ping.message());
+    }
+  }
+  health.SetServingStatus(ping.ok());
+  scheduler.RunAfter(absl::Seconds(1), [&store, &health, &scheduler, ok = ping.ok()] {
+    WatchStoreHealth(store, health, scheduler, ok);
+  });
+}
+
+int Run() {
+  absl::StatusOr<Settings> settings = LoadSettings();
+  if (!settings.ok()) {
+    spdlog::critical("verdictd cannot start: {}", settings.status().message());
+    return 2;
+  }
+  Settings& s = *settings;
+  LogConfiguration(s);
+  if (IsLoopbackUrl(s.upstream.base_url)) {
+    spdlog::warn("*************************************************************************");
+    spdlog::warn("*  UPSTREAM IS ON LOOPBACK ({}): this is the SIMULATED ClickPatrol,",
+                 s.upstream.base_url);
+    spdlog::warn("*  not the real service. Verdicts are made up; no real clicks are spent.");
+    spdlog::warn("*************************************************************************");
+  }
+
+  Authenticator auth = Authenticator::Open();
+  if (s.api_keys_file.empty()) {
+    spdlog::warn(
+        "OPEN MODE: no --api_keys_file, so callers are not authenticated; the caller "
+        "is whatever the x-caller metadata says (or \"anonymous\")");
+  } else {
+    absl::StatusOr<std::vector<ApiKeyEntry>> entries = LoadApiKeysFile(s.api_keys_file);
+    if (!entries.ok()) {
+      spdlog::critical("verdictd cannot start: --api_keys_file {}", entries.status().message());
+      return 2;
+    }
+    spdlog::info("keyed mode: {} callers from {}", entries->size(), s.api_keys_file);
+    auth = Authenticator::Keyed(*std::move(entries));
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials(s);
+  if (!credentials.ok()) {
+    spdlog::critical("verdictd cannot start: {}", credentials.status().message());
+    return 2;
+  }
+  if (s.tls_cert.empty() && !IsLoopbackListen(s.listen)) {
+    spdlog::warn(
+        "listening on {} WITHOUT TLS: API keys and verdicts cross the network in "
+        "clear text; use --tls_cert/--tls_key",
+        s.listen);
+  }
+
+  metrics::Registry registry;
+  ServerMetrics server_metrics(registry);
+
+  absl::StatusOr<std::unique_ptr<VerdictStore>> sqlite = OpenSqliteStore(s.store);
+  if (!sqlite.ok()) {
+    spdlog::critical("verdictd cannot start: {}", sqlite.status().message());
+    return 1;
+  }
+  TimedStore store(**sqlite, server_metrics.store_read_latency());
+  absl::StatusOr<std::string> secret = store.Secret("page_token_key", 32);
+  if (!secret.ok()) {
+    spdlog::critical("verdictd cannot start: {}", secret.status().message());
+    return 1;
+  }
+  PageTokenCodec page_tokens(*secret);
+  absl::StatusOr<std::unique_ptr<ClickPatrolClient>> client = NewCurlClickPatrolClient(s.upstream);
+  if (!client.ok()) {
+    spdlog::critical("verdictd cannot start: {}", client.status().message());
+    return 1;
+  }
+  auto scheduler = std::make_unique<ThreadScheduler>();
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(s.engine, store, **client, *Clock::Real(), *scheduler, &server_metrics);
+  if (!engine.ok()) {
+    spdlog::critical("verdictd cannot start: {}", engine.status().message());
+    return 1;
+  }
+  Engine* engine_ptr = engine->get();
+  registry.AddCallbackGauge("verdictd_allowance_clicks_left",
+                            "Clicks left of --monthly_allowance in the current period.",
+                            [engine_ptr] { return engine_ptr->Allowance().clicks_left; });
+  registry.AddCallbackGauge(
+      "verdictd_allowance_exhausted",
+      "1 while ClickPatrol says the allowance is exhausted (misses refused until the reset).",
+      [engine_ptr] { return engine_ptr->Allowance().exhausted_upstream ? 1.0 : 0.0; });
+  registry.AddCallbackGauge(
+      "verdictd_circuit_breaker_open",
+      "1 while the circuit breaker refuses to send to ClickPatrol.", [engine_ptr] {
+        return engine_ptr->breaker_state() == CircuitBreaker::State::kOpen ? 1.0 : 0.0;
+      });
+  const Authenticator* auth_ptr = &auth;
+  registry.AddCallbackGauge(
+      "verdictd_budget_clicks_left", "Clicks left of each caller's monthly budget.", {"caller"},
+      [engine_ptr, auth_ptr] {
+        metrics::LabeledValues values;
+        for (const ApiKeyEntry& entry : auth_ptr->entries()) {
+          if (entry.monthly_budget > 0) {
+            values.push_back(
+                {{entry.caller},
+                 static_cast<double>(std::max<int64_t>(
+                     0, entry.monthly_budget - engine_ptr->SpentThisMonth(entry.caller)))});
+          }
+        }
+        return values;
+      });
+  std::unique_ptr<metrics::MetricsHttpServer> metrics_server;
+  if (!s.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> started =
+        metrics::MetricsHttpServer::Start(s.metrics_listen, registry);
+    if (!started.ok()) {
+      spdlog::critical("verdictd cannot start: --metrics_listen: {}", started.status().message());
+      return 1;
+    }
+    metrics_server = *std::move(started);
+    spdlog::info("metrics at http://{}/metrics (port {})", s.metrics_listen,
+                 metrics_server->port());
+  }
+
+  VerdictServiceImpl service(s.service, **engine, auth, page_tokens, &server_metrics);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(s.listen, *credentials, &port);
+  builder.RegisterService(&service);
+  // A batch of --max_batch items with maximal user agents must fit; anything far larger is
+  // refused before it is parsed.
+  builder.SetMaxReceiveMessageSize(std::max(4 << 20, s.service.max_batch * 1200 + (64 << 10)));
+  builder.SetMaxSendMessageSize(64 << 20);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Connections that cost the server without doing anything: one with no call in flight for
+  // --max_connection_idle is sent a GOAWAY (keepalive pings do not count as calls), and one
+  // that never completes its handshake and HTTP/2 preface within --handshake_timeout (a bare
+  // TCP connect, a stalled TLS hello) is closed. One connection carries at most
+  // --max_concurrent_streams calls at once.
+  if (s.max_connection_idle > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(s.max_connection_idle)));
+  }
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(s.handshake_timeout)));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, s.max_concurrent_streams);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    spdlog::critical("verdictd cannot start: cannot listen on {}", s.listen);
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  // Answers for the service by name too (clients that ask per service, e.g. Envoy), and follows
+  // the store like the whole server does ("").
+  health->SetServingStatus(verdict::v1::VerdictService::service_full_name(), true);
+  WatchStoreHealth(store, *health, *scheduler, /*previously_ok=*/true);
+  spdlog::info("verdictd {} listening on {} (port {}, {})", VERDICTD_VERSION, s.listen, port,
+               s.tls_cert.empty() ? "plaintext" : (s.tls_client_ca.empty() ? "TLS" : "mutual TLS"));
+  if (!s.port_file.empty()) {
+    if (absl::Status st = WritePortFile(s.port_file, port); !st.ok()) {
+      spdlog::critical("{}", st.message());
+      return 1;
+    }
+  }
+
+  // Signals were blocked in main() before any thread started, so only this sigwait sees them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("received signal {}: draining in-flight calls (grace {})", signal_number,
+               DurationToString(s.shutdown_grace));
+
+  // NOT_SERVING for good: the store watcher's later SetServingStatus calls are ignored.
+  health->Shutdown();
+  // Nothing leaves after the signal that had not left before it: misses waiting for a slot (or
+  // a retry) are answered UNAVAILABLE now, without a request, and no new miss is admitted.
+  (*engine)->Shutdown();
+  const absl::Time deadline = absl::Now() + s.shutdown_grace;
+  // Stops accepting, lets in-flight calls finish until the deadline, then cancels the rest.
+  server->Shutdown(absl::ToChronoTime(deadline));
+  server->Wait();
+  spdlog::debug("gRPC server stopped");
+  // Requests already on the wire are billed: their answers are still stored if they come
+  // within the grace. Past it they are abandoned; destroying the client answers them as
+  // errors, so their ledger rows stay spent.
+  if (!(*engine)->WaitIdleUntil(deadline)) {
+    spdlog::warn(
+        "ClickPatrol requests still in flight at the end of the shutdown grace: "
+        "abandoned (their clicks stay in the ledger)");
+    client->reset();
+  }
+  scheduler.reset();  // no more background ticks
+  engine->reset();    // writes the batched usage counters
+  metrics_server.reset();
+  client->reset();
+  sqlite->reset();  // commits what is queued and closes the database
+  spdlog::info("verdictd stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace verdictd
+
+int main(int argc, char** argv) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+  // Debian's Abseil checks lock ordering on every Mutex acquisition (about 6% of a cache hit's
+  // CPU, measured with perf); the tests run with it on, production does not need it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+
+  absl::SetProgramUsageMessage(
+      "verdictd [flags]\n"
+      "The ClickPatrol token comes from $CLICKPATROL_TOKEN or --token_file, never a flag.");
+  // The config file is applied first so that flags on the command line override it.
+  absl::StatusOr<std::string> config = verdictd::FindConfigFlag(argc, argv);
+  if (!config.ok()) {
+    std::fprintf(stderr, "verdictd cannot start: %s\n",
+                 std::string(config.status().message()).c_str());
+    return 2;
+  }
+  if (!config->empty()) {
+    if (absl::Status st = verdictd::ApplyConfigFile(*config, "verdictd_main.cc"); !st.ok()) {
+      std::fprintf(stderr, "verdictd cannot start: %s\n", std::string(st.message()).c_str());
+      return 2;
+    }
+  }
+  absl::ParseCommandLine(argc, argv);
+  if (absl::Status st =
+          verdictd::SetUpLogging(absl::GetFlag(FLAGS_log_format), absl::GetFlag(FLAGS_log_level));
+      !st.ok()) {
+    std::fprintf(stderr, "verdictd cannot start: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
+  return verdictd::Run();
+}
