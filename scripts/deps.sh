@@ -13,12 +13,16 @@ PACKAGES=(
 # Extra packages for optional checks, named by argument. `deps.sh fuzz` (fuzz/run.sh): clang with
 # its libFuzzer/ASan runtimes, and llvm-symbolizer to name the frames of a crash. The sanitizer
 # builds (scripts/sanitize.sh) use g++, whose ASan/UBSan/TSan runtimes come with g++ itself.
+# `deps.sh clang` (scripts/thread_safety.sh): clang alone, for its -Wthread-safety analysis.
+# `deps.sh bench` (bench/run_all.sh): h2load.
 FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev llvm-14)
 for extra in "$@"; do
   case "$extra" in
     fuzz) PACKAGES+=("${FUZZ_PACKAGES[@]}") ;;
+    clang) PACKAGES+=(clang-14) ;;
+    bench) PACKAGES+=(nghttp2-client) ;;  # h2load, the load generator of bench/
     *)
-      echo "deps.sh: unknown extra '$extra' (known: fuzz)" >&2
+      echo "deps.sh: unknown extra '$extra' (known: fuzz, clang, bench)" >&2
       exit 2
       ;;
   esac

@@ -2,13 +2,19 @@
 
 #include <utility>
 
-#include "absl/time/clock.h"
 
 namespace verdictd {
 
-ThreadScheduler::ThreadScheduler() : thread_([this] { Loop(); }) {}
+ThreadScheduler::ThreadScheduler(Clock* clock) : clock_(clock) {
+  clock_listener_ = clock_->AddListener([this] {
+    absl::MutexLock lock(&mu_);
+    ++clock_moves_;
+  });
+  thread_ = std::thread([this] { Loop(); });
+}
 
 ThreadScheduler::~ThreadScheduler() {
+  clock_->RemoveListener(clock_listener_);
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -18,7 +24,7 @@ ThreadScheduler::~ThreadScheduler() {
 
 void ThreadScheduler::RunAfter(absl::Duration delay, std::function<void()> task) {
   absl::MutexLock lock(&mu_);
-  tasks_.push(Task{absl::Now() + delay, next_seq_++, std::move(task)});
+  tasks_.push(Task{clock_->Now() + delay, next_seq_++, std::move(task)});
 }
 
 void ThreadScheduler::Loop() {
@@ -32,19 +38,23 @@ void ThreadScheduler::Loop() {
       continue;
     }
     const absl::Time due = tasks_.top().due;
-    if (absl::Now() < due) {
-      // Wakes early when a sooner task arrives or on shutdown; the loop re-checks.
-      const size_t size = tasks_.size();
+    const absl::Time now = clock_->Now();
+    if (now < due) {
+      // Waits on the real clock for as long as `clock` has to go (the same for the real clock);
+      // wakes early when a sooner task arrives, the clock is moved by hand, or on shutdown; the
+      // loop re-checks.
       struct Args {
         ThreadScheduler* self;
         size_t size;
-      } args{this, size};
-      mu_.AwaitWithDeadline(absl::Condition(
-                                +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                                  return a->self->stopping_ || a->self->tasks_.size() != a->size;
-                                },
-                                &args),
-                            due);
+        uint64_t clock_moves;
+      } args{this, tasks_.size(), clock_moves_};
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                 return a->self->stopping_ || a->self->tasks_.size() != a->size ||
+                                        a->self->clock_moves_ != a->clock_moves;
+                               },
+                               &args),
+                           due - now);
       continue;
     }
     Task task = tasks_.top();

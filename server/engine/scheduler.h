@@ -23,11 +23,13 @@ class Scheduler {
   virtual void RunAfter(absl::Duration delay, std::function<void()> task) = 0;
 };
 
-// A scheduler with one thread and the real clock. Tasks still pending at destruction are
-// dropped.
+// A scheduler with one thread. Tasks are due on `clock` (not owned; must outlive the
+// scheduler): with a FakeClock a task runs, on the scheduler's thread, as soon as the clock is
+// moved past its time, so tests never wait on the real clock. Tasks still pending at destruction
+// are dropped.
 class ThreadScheduler : public Scheduler {
  public:
-  ThreadScheduler();
+  explicit ThreadScheduler(Clock* clock = Clock::Real());
   ~ThreadScheduler() override;
   void RunAfter(absl::Duration delay, std::function<void()> task) override;
 
@@ -40,10 +42,14 @@ class ThreadScheduler : public Scheduler {
   };
   void Loop();
 
+  Clock* const clock_;
   absl::Mutex mu_;
   std::priority_queue<Task, std::vector<Task>, std::greater<Task>> tasks_ ABSL_GUARDED_BY(mu_);
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  // Counts the times the clock was moved by hand: a change wakes the loop to re-check.
+  uint64_t clock_moves_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int clock_listener_ = 0;
   std::thread thread_;
 };
 
