@@ -67,11 +67,16 @@ suites_of() {
   shift
   local suites=()
   for binary in "$@"; do
-    if [ -x "$dir/$binary" ]; then
-      while read -r suite; do
-        suites+=("$suite")
-      done < <("$dir/$binary" --gtest_list_tests | sed -n 's/^\([A-Za-z0-9_/]*\)\.\( .*\)\?$/\1/p')
+    # Each test binary is built in its folder's build dir (server/engine/engine_test, ...).
+    local path
+    path=$(find "$dir" -name "$binary" -type f -perm -u+x -not -path '*/CMakeFiles/*' | head -n 1)
+    if [ -z "$path" ]; then
+      echo "sanitize.sh: test binary $binary not found under $dir" >&2
+      exit 1
     fi
+    while read -r suite; do
+      suites+=("$suite")
+    done < <("$path" --gtest_list_tests | sed -n 's/^\([A-Za-z0-9_/]*\)\.\( .*\)\?$/\1/p')
   done
   local IFS='|'
   echo "${suites[*]}"
@@ -103,6 +108,7 @@ for mode in "${modes[@]}"; do
       logs="$root/$dir/sanitizer-logs"
       rm -rf "$logs" && mkdir -p "$logs"
       unit=$(suites_of "$dir" common_test engine_test storage_test upstream_test metrics_test)
+      [ -n "$unit" ] || exit 1
       e2e=${TSAN_E2E_REGEX:-'(Coalesc|Budget|Concurren|Parallel|Shutdown|BatchOfDistinctMisses|MissThenHit)'}
       regex="^(($unit)\\.|[A-Za-z]*Test\\.[A-Za-z0-9_]*$e2e)"
       start=$(now)
