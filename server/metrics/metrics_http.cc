@@ -28,6 +28,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 // Why not cpp-httplib (which this used to be): its server hands each accepted socket to a worker
 // thread that then blocks reading the request, with a read timeout renewed by every line, so a
@@ -40,19 +41,17 @@ namespace verdictd {
 namespace metrics {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 // A longer request head is answered 431.
 constexpr size_t kMaxRequestHead = 8192;
 // Once the response is written the connection is half-closed and whatever the client still
 // sends is read and dropped until it closes, for at most this long: closing with unread input
 // would send a reset, which can destroy the response before the client has read it.
-constexpr std::chrono::milliseconds kLinger{1000};
+constexpr absl::Duration kLinger = absl::Milliseconds(1000);
 // On destruction, responses being written get this much longer.
-constexpr std::chrono::milliseconds kStopGrace{500};
+constexpr absl::Duration kStopGrace = absl::Milliseconds(500);
 // After accept() fails for want of descriptors or memory, it is retried after this.
-constexpr std::chrono::milliseconds kAcceptPause{100};
+constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
 // Connections accepted per loop iteration at most, so that a flood cannot starve the others.
 constexpr int kAcceptBurst = 64;
 // Bytes read from one connection per loop iteration at most.
@@ -246,7 +245,7 @@ enum class State {
 struct Connection {
   int fd = -1;  // -1 once closed
   State state = State::kReading;
-  Clock::time_point deadline;
+  absl::Time deadline;
   std::string in;                           // the request head so far
   uint64_t rendering = 0;                   // kRendering: the rendering it waits for
   bool with_body = true;                    // kRendering: false for HEAD
@@ -276,7 +275,7 @@ void Abort(Connection& conn) {
 }
 
 // Sends what it can of the response; once all is sent, half-closes and lingers.
-void Write(Connection& conn, Clock::time_point now) {
+void Write(Connection& conn, absl::Time now) {
   const size_t body_size = conn.body == nullptr ? 0 : conn.body->size();
   const size_t total = conn.head.size() + body_size;
   while (conn.sent < total) {
@@ -314,7 +313,7 @@ void Write(Connection& conn, Clock::time_point now) {
 
 // Starts sending `head` and then (if given) `body`.
 void StartWriting(Connection& conn, std::string head, std::shared_ptr<const std::string> body,
-                  Clock::time_point now) {
+                  absl::Time now) {
   conn.head = std::move(head);
   conn.body = std::move(body);
   conn.sent = 0;
@@ -370,12 +369,12 @@ std::optional<Reply> Read(Connection& conn) {
 }
 
 // Milliseconds from `now` until `then`, rounded up so that a poll() with it does not wake early.
-int TimeoutMs(Clock::time_point now, Clock::time_point then) {
+int TimeoutMs(absl::Time now, absl::Time then) {
   if (then <= now) {
     return 0;
   }
-  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(then - now).count();
-  return static_cast<int>(std::min<decltype(ms)>(ms, 60'000));
+  const int64_t ms = absl::ToInt64Milliseconds(absl::Ceil(then - now, absl::Milliseconds(1)));
+  return static_cast<int>(std::min<int64_t>(ms, 60'000));
 }
 
 void Wake(int wake_fd) {
@@ -388,9 +387,11 @@ void Wake(int wake_fd) {
 
 class MetricsHttpServer::Loop {
  public:
-  // Takes both descriptors; starts the threads.
-  Loop(const Registry& registry, int listen_fd, int wake_fd)
-      : registry_(registry), listen_fd_(listen_fd), wake_fd_(wake_fd) {
+  // Takes both descriptors; starts the threads. Deadlines are kept on `clock`; when a test moves
+  // it by hand the loop is woken to re-check them.
+  Loop(const Registry& registry, int listen_fd, int wake_fd, Clock* clock)
+      : registry_(registry), listen_fd_(listen_fd), wake_fd_(wake_fd), clock_(clock) {
+    clock_listener_ = clock_->AddListener([this] { Wake(wake_fd_); });
     render_thread_ = std::thread([this] { RenderLoop(); });
     loop_thread_ = std::thread([this] { Run(); });
   }
@@ -399,6 +400,7 @@ class MetricsHttpServer::Loop {
   Loop& operator=(const Loop&) = delete;
 
   ~Loop() {
+    clock_->RemoveListener(clock_listener_);
     stopping_.store(true);
     Wake(wake_fd_);
     loop_thread_.join();  // Connections waiting for a rendering still get it meanwhile.
@@ -444,8 +446,8 @@ class MetricsHttpServer::Loop {
   }
 
   // Acts on a complete request head.
-  void Answer(Connection& conn, Reply reply, Clock::time_point now) {
-    conn.deadline = now + kResponseDeadline;
+  void Answer(Connection& conn, Reply reply, absl::Time now) {
+    conn.deadline = now + absl::FromChrono(kResponseDeadline);
     if (!reply.render) {
       StartWriting(conn, std::move(reply.response), nullptr, now);
       return;
@@ -456,7 +458,7 @@ class MetricsHttpServer::Loop {
   }
 
   // Hands the latest rendering to the connections waiting for it.
-  void DeliverRendering(std::vector<Connection>& conns, Clock::time_point now) {
+  void DeliverRendering(std::vector<Connection>& conns, absl::Time now) {
     uint64_t finished;
     std::shared_ptr<const std::string> text;
     {
@@ -478,6 +480,8 @@ class MetricsHttpServer::Loop {
   const Registry& registry_;
   const int listen_fd_;  // Non-blocking; closed by Run() when it stops.
   const int wake_fd_;    // An eventfd: the destructor and the render thread wake Run() with it.
+  Clock* const clock_;
+  int clock_listener_ = 0;
   std::atomic<bool> stopping_{false};
 
   std::mutex mu_;  // Between Run() and RenderLoop().
@@ -496,8 +500,8 @@ void MetricsHttpServer::Loop::Run() {
   std::vector<Connection> conns;  // In accept order, so the oldest first.
   std::vector<pollfd> fds;
   bool listening = true;
-  Clock::time_point stop_by = Clock::time_point::max();  // Set when stopping starts.
-  Clock::time_point accept_again{};                      // accept() is paused until then.
+  absl::Time stop_by = absl::InfiniteFuture();     // Set when stopping starts.
+  absl::Time accept_again = absl::InfinitePast();  // accept() is paused until then.
   auto drop_closed = [&conns] {
     conns.erase(std::remove_if(conns.begin(), conns.end(),
                                [](const Connection& conn) { return conn.fd < 0; }),
@@ -505,7 +509,7 @@ void MetricsHttpServer::Loop::Run() {
   };
 
   for (;;) {
-    Clock::time_point now = Clock::now();
+    absl::Time now = clock_->Now();
     if (listening && stopping_.load()) {
       listening = false;
       close(listen_fd_);
@@ -526,7 +530,7 @@ void MetricsHttpServer::Loop::Run() {
       return;
     }
 
-    Clock::time_point wake_at = stop_by;
+    absl::Time wake_at = stop_by;
     fds.clear();
     fds.push_back(pollfd{wake_fd_, POLLIN, 0});
     const bool accepting = listening && now >= accept_again;
@@ -543,14 +547,14 @@ void MetricsHttpServer::Loop::Run() {
                            static_cast<short>(writing ? POLLOUT : POLLIN), 0});
       wake_at = std::min(wake_at, conn.deadline);
     }
-    const int timeout = wake_at == Clock::time_point::max() ? -1 : TimeoutMs(now, wake_at);
+    const int timeout = wake_at == absl::InfiniteFuture() ? -1 : TimeoutMs(now, wake_at);
     if (poll(fds.data(), fds.size(), timeout) < 0) {
       if (errno != EINTR) {  // ENOMEM: try again shortly rather than spin.
         poll(nullptr, 0, 10);
       }
       continue;
     }
-    now = Clock::now();
+    now = clock_->Now();
     for (size_t i = 0; i < conns.size(); ++i) {
       Connection& conn = conns[i];
       if (fds[first_conn + i].revents == 0) {
@@ -613,14 +617,14 @@ void MetricsHttpServer::Loop::Run() {
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
       Connection conn;
       conn.fd = fd;
-      conn.deadline = now + kRequestDeadline;
+      conn.deadline = now + absl::FromChrono(kRequestDeadline);
       conns.push_back(std::move(conn));
     }
   }
 }
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& listen, const Registry& registry) {
+    const std::string& listen, const Registry& registry, Clock* clock) {
   absl::StatusOr<HostPort> address = ParseHostPort(listen);
   if (!address.ok()) {
     return address.status();
@@ -643,7 +647,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   // The socket already listens, so connections made from now on wait in its backlog until the
   // loop accepts them.
   return std::unique_ptr<MetricsHttpServer>(
-      new MetricsHttpServer(std::make_unique<Loop>(registry, *listen_fd, wake_fd), port));
+      new MetricsHttpServer(std::make_unique<Loop>(registry, *listen_fd, wake_fd, clock), port));
 }
 
 MetricsHttpServer::MetricsHttpServer(std::unique_ptr<Loop> loop, int port)

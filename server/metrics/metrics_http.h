@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/clock.h"
 #include "server/metrics/metrics.h"
 
 namespace verdictd {
@@ -36,9 +37,11 @@ class MetricsHttpServer {
   // Binds `listen` ("host:port" or "[v6 host]:port"; port 0 picks a free port) and returns
   // once the server accepts connections. INVALID_ARGUMENT for a malformed address, UNAVAILABLE
   // when it cannot bind (a port in use included: no SO_REUSEPORT). `registry` must outlive the
-  // server.
+  // server. The deadlines are kept on `clock` (not owned; must outlive the server), the stop
+  // grace included; tests pass a FakeClock and move it.
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const std::string& listen,
-                                                                  const Registry& registry);
+                                                                  const Registry& registry,
+                                                                  Clock* clock = Clock::Real());
 
   MetricsHttpServer(const MetricsHttpServer&) = delete;
   MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
