@@ -65,24 +65,14 @@ void DrawProgress(size_t done, size_t total) {
 
 Connection::Connection(std::shared_ptr<grpc::Channel> channel, std::string api_key,
                        std::string caller, absl::Duration timeout)
-    : channel_(std::move(channel)),
-      stub_(pb::VerdictService::NewStub(channel_)),
-      api_key_(std::move(api_key)),
-      caller_(std::move(caller)),
-      timeout_(timeout) {}
+    : channel_(std::move(channel)), stub_(pb::VerdictService::NewStub(channel_)) {
+  call_.api_key = std::move(api_key);
+  call_.caller = std::move(caller);
+  call_.timeout = timeout;
+}
 
 std::unique_ptr<grpc::ClientContext> Connection::NewContext() const {
-  auto context = std::make_unique<grpc::ClientContext>();
-  if (!api_key_.empty()) {
-    context->AddMetadata("authorization", absl::StrCat("Bearer ", api_key_));
-  }
-  if (!caller_.empty()) {
-    context->AddMetadata("x-caller", caller_);
-  }
-  if (timeout_ > absl::ZeroDuration()) {
-    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
-  }
-  return context;
+  return client::NewContext(call_);
 }
 
 int ReportError(const grpc::Status& status) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "client/cpp/verdict_client.h"
 #include "client/verdictctl/input.h"
 #include "grpcpp/grpcpp.h"
 #include "verdict/v1/verdict.grpc.pb.h"
@@ -41,9 +42,7 @@ class Connection {
  private:
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<verdict::v1::VerdictService::Stub> stub_;
-  std::string api_key_;
-  std::string caller_;
-  absl::Duration timeout_;
+  client::CallOptions call_;
 };
 
 // Prints `verdictctl: CODE_NAME: message` to stderr; returns the status code.

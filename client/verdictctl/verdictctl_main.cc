@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "client/cpp/verdict_client.h"
 #include "client/verdictctl/commands.h"
 #include "client/verdictctl/input.h"
 #include "common/duration.h"
@@ -258,44 +259,23 @@ std::optional<std::string> TimeRange(std::optional<absl::Time>* since,
   return std::nullopt;
 }
 
-// The channel to --server: TLS when --tls_ca is set, plaintext otherwise.
+// The channel to --server: TLS when --tls_ca is set, plaintext otherwise. The flag combinations
+// are checked here so that the messages name the flags.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel() {
-  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
-  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
-  const std::string key = absl::GetFlag(FLAGS_tls_key);
-  grpc::ChannelArguments args;
-  if (ca.empty()) {
-    if (!cert.empty() || !key.empty()) {
-      return absl::InvalidArgumentError("--tls_cert and --tls_key need --tls_ca");
-    }
-    return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server),
-                                     grpc::InsecureChannelCredentials(), args);
+  client::ChannelOptions options;
+  options.target = absl::GetFlag(FLAGS_server);
+  options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  const bool client_cert = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  if (options.tls_ca_file.empty() && client_cert) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key need --tls_ca");
   }
-  if (cert.empty() != key.empty()) {
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
-  grpc::SslCredentialsOptions ssl;
-  absl::StatusOr<std::string> roots = ReadFile(ca);
-  if (!roots.ok()) {
-    return roots.status();
-  }
-  ssl.pem_root_certs = *std::move(roots);
-  if (!cert.empty()) {
-    absl::StatusOr<std::string> chain = ReadFile(cert);
-    if (!chain.ok()) {
-      return chain.status();
-    }
-    absl::StatusOr<std::string> private_key = ReadFile(key);
-    if (!private_key.ok()) {
-      return private_key.status();
-    }
-    ssl.pem_cert_chain = *std::move(chain);
-    ssl.pem_private_key = *std::move(private_key);
-  }
-  if (const std::string name = absl::GetFlag(FLAGS_tls_server_name); !name.empty()) {
-    args.SetSslTargetNameOverride(name);
-  }
-  return grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::SslCredentials(ssl), args);
+  return client::NewChannel(options);
 }
 
 int Main(int argc, char** argv) {
