@@ -21,6 +21,12 @@ for arg in "$@"; do
   esac
 done
 
+# Benchmark 1 drives the servers with h2load; without it the run cannot mean anything.
+if [[ ! -x /usr/bin/h2load ]]; then
+  echo "run_all.sh: /usr/bin/h2load is missing; bench_hit needs it (sudo apt-get install nghttp2-client)" >&2
+  exit 1
+fi
+
 cmake -S "${root}" -B "${build}" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "${build}" -j"${JOBS:-2}" --target bench
 
