@@ -7,8 +7,12 @@
 //
 // h2load counts HTTP 200 even when grpc-status is not 0, so every run is checked against the
 // server's own counters (verdictd: /metrics; trivial_server: GetUsage): the server must have
-// answered at least as many successful CheckIp calls as h2load counted, none unsuccessful, and
-// for verdictd every answer must be a cache hit. A run that fails the check ends the benchmark
+// answered at least as many successful CheckIp calls as h2load counted, and for verdictd every
+// answer must be a cache hit. The only non-OK calls allowed are at most -c x -m of them: the
+// calls in flight when h2load stops and resets its streams. verdictd counts some of those as
+// INVALID_ARGUMENT (seen only when h2load stops, never during a run or after an `h2load -n` run
+// that waits for every answer; presumably its raw-method handler gets no request bytes for a
+// reset stream). No client sees those answers. A run that fails the check ends the benchmark
 // with exit 1, as does a missing h2load.
 //
 //   build-bench/bench/bench_hit            # -c16 -m32, 3 rounds x (2 s warm-up + 10 s) each
@@ -17,6 +21,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -56,10 +61,17 @@ struct Served {
   int64_t not_ok = 0;     // CheckIp calls answered with any other status
   int64_t cache = 0;      // verdictd: answers from the cache (trivial: = ok)
   int64_t not_cache = 0;  // verdictd: answers from upstream or stale, and clicks
+  std::map<std::string, int64_t> not_ok_by_series;
 };
 
 Served operator-(const Served& a, const Served& b) {
-  return {a.ok - b.ok, a.not_ok - b.not_ok, a.cache - b.cache, a.not_cache - b.not_cache};
+  Served d{a.ok - b.ok, a.not_ok - b.not_ok, a.cache - b.cache, a.not_cache - b.not_cache, {}};
+  for (const auto& [series, n] : a.not_ok_by_series) {
+    auto it = b.not_ok_by_series.find(series);
+    const int64_t delta = n - (it == b.not_ok_by_series.end() ? 0 : it->second);
+    if (delta != 0) d.not_ok_by_series[series] = delta;
+  }
+  return d;
 }
 
 // verdictd's /metrics.
@@ -80,6 +92,7 @@ Served ScrapeVerdictd(int metrics_port) {
       seen_ok = true;
     } else if (absl::StartsWith(series, R"(verdictd_rpcs_total{method="CheckIp",)")) {
       s.not_ok += n;
+      s.not_ok_by_series[series] += n;
     } else if (series == R"(verdictd_answers_total{source="cache"})") {
       s.cache += n;
     } else if (absl::StartsWith(series, "verdictd_answers_total{") ||
@@ -193,9 +206,22 @@ RunFigures MeasureOnce(const std::string& label, const Server& server, bool is_v
         "the server answered %d CheckIp calls OK but h2load counted %d successes", d.ok,
         h2->succeeded));
   }
-  if (d.not_ok != 0) {
-    problems.push_back(absl::StrFormat("the server answered %d CheckIp calls with an error",
-                                       d.not_ok));
+  const int64_t in_flight_at_stop = int64_t{options.connections} * options.streams;
+  std::string not_ok_text;
+  for (const auto& [series, n] : d.not_ok_by_series) {
+    absl::StrAppend(&not_ok_text, " ", series, " +", n);
+  }
+  if (d.not_ok > in_flight_at_stop) {
+    problems.push_back(absl::StrFormat(
+        "the server answered %d CheckIp calls with an error, more than the %d that can be in "
+        "flight when h2load stops:%s",
+        d.not_ok, in_flight_at_stop, not_ok_text));
+  } else if (d.not_ok > 0) {
+    std::cout << absl::StrFormat(
+                     "           (%d calls reset by h2load when it stopped, of at most %d in "
+                     "flight:%s)",
+                     d.not_ok, in_flight_at_stop, not_ok_text)
+              << std::endl;
   }
   if (is_verdictd && (d.cache != d.ok || d.not_cache != 0)) {
     problems.push_back(absl::StrFormat(
