@@ -41,7 +41,7 @@ double ToMs(const std::string& text) {
   return value * scale;
 }
 
-std::string Seconds(absl::Duration d) {
+std::string H2loadDuration(absl::Duration d) {
   // h2load takes a number with a unit (s, ms); whole milliseconds are enough here.
   return absl::StrCat(absl::ToInt64Milliseconds(d), "ms");
 }
@@ -75,7 +75,7 @@ absl::StatusOr<H2loadResult> RunH2load(const H2loadOptions& o) {
                                    absl::StrCat("-m", o.streams),
                                    absl::StrCat("-t", o.threads),
                                    "-D",
-                                   Seconds(o.duration),
+                                   H2loadDuration(o.duration),
                                    "-d",
                                    o.data_file,
                                    "-H",
@@ -83,7 +83,7 @@ absl::StatusOr<H2loadResult> RunH2load(const H2loadOptions& o) {
                                    "-H",
                                    "te: trailers"};
   if (o.warmup > absl::ZeroDuration()) {
-    argv.push_back(absl::StrCat("--warm-up-time=", Seconds(o.warmup)));
+    argv.push_back(absl::StrCat("--warm-up-time=", H2loadDuration(o.warmup)));
   }
   for (const std::string& header : o.headers) {
     argv.push_back("-H");

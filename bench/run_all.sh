@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the benchmarks (Release) and runs all five, then prints a summary table.
 #
-#   bench/run_all.sh            # full runs (about 4 minutes on 2 cores)
+#   bench/run_all.sh            # full runs (about 2 minutes on 2 cores)
 #   bench/run_all.sh --smoke    # small runs for CI (well under a minute after the build)
 #   bench/run_all.sh --strict   # also exit 1 when a figure misses its target
 #
