@@ -1,9 +1,14 @@
 // The baseline for bench_hit: VerdictService::CheckIp on gRPC's callback API, answering a fixed
-// CheckIpResponse (shaped like a verdictd cache hit) immediately. Everything else is
-// UNIMPLEMENTED. Same server defaults as verdictd, so the difference is verdictd's own work.
+// CheckIpResponse (shaped like a verdictd cache hit) immediately. Same server defaults as
+// verdictd, so the difference is verdictd's own work. It counts the CheckIp calls it answers (one
+// relaxed atomic increment) and GetUsage reports that count as `requests` of one caller
+// "trivial", so that bench_hit can check that every call h2load counted as HTTP 200 was a real
+// gRPC answer. Everything else is UNIMPLEMENTED.
 
 #include <signal.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -39,6 +44,18 @@ class TrivialService final : public pb::VerdictService::CallbackService {
                                     const pb::CheckIpRequest* request,
                                     pb::CheckIpResponse* response) override {
     *response = fixed_;
+    answered_.fetch_add(1, std::memory_order_relaxed);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* GetUsage(grpc::CallbackServerContext* context,
+                                     const pb::GetUsageRequest* request,
+                                     pb::GetUsageResponse* response) override {
+    pb::CallerUsage* usage = response->add_callers();
+    usage->set_caller("trivial");
+    usage->set_requests(answered_.load(std::memory_order_relaxed));
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -46,6 +63,7 @@ class TrivialService final : public pb::VerdictService::CallbackService {
 
  private:
   pb::CheckIpResponse fixed_;
+  std::atomic<int64_t> answered_{0};
 };
 
 bool WritePortFile(const std::string& path, int port) {
