@@ -149,19 +149,6 @@ std::string KeysFileLine(const std::string& caller, const std::string& key,
   return absl::StrCat(caller, " ", HashApiKeyHex(key), rest.empty() ? "" : " ", rest, "\n");
 }
 
-// Polls `predicate` every 10 ms until it holds or `timeout` passes.
-template <typename Predicate>
-bool PollUntil(Predicate predicate, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (predicate()) {
-      return true;
-    }
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return predicate();
-}
-
 // --- 1. Keyed mode -------------------------------------------------------------------------
 
 class KeyedModeTest : public ::testing::Test {
@@ -867,8 +854,10 @@ TEST_F(RetentionTest, RowsOlderThanRetentionArePrunedAtStartUp) {
       absl::StrCat("SELECT (SELECT count(*) FROM verdicts WHERE checked_at_us < ", cutoff_us,
                    ") + (SELECT count(*) FROM clicks WHERE requested_at_us < ", cutoff_us,
                    ") + (SELECT count(*) FROM usage WHERE day < ", cutoff_us / kMicrosPerDay, ")");
-  EXPECT_TRUE(PollUntil([&] { return QueryInt(db_path(), old_rows) == 0; }, absl::Seconds(10)))
-      << "rows older than 400 days are still there: " << QueryInt(db_path(), old_rows);
+  EXPECT_TRUE(WaitUntil(
+      "no rows older than 400 days", [&] { return QueryInt(db_path(), old_rows); },
+      [](int64_t rows) { return rows == 0; }, absl::Seconds(10), absl::Milliseconds(10)))
+      << "rows older than 400 days are still there";
   EXPECT_EQ(QueryInt(db_path(), "SELECT count(*) FROM verdicts"), 2);
   EXPECT_EQ(QueryInt(db_path(), "SELECT count(*) FROM clicks"), 2);
   EXPECT_EQ(QueryInt(db_path(), "SELECT count(*) FROM clicks WHERE caller='keeper'"), 1);
@@ -913,8 +902,9 @@ TEST(CrashTest, LedgerCoversEveryRequestAcrossKills) {
                               &response, "crash");
       });
     }
-    ASSERT_TRUE(PollUntil([&] { return sim.Stats().at("in_flight").get<int64_t>() > 0; },
-                          absl::Seconds(10)))
+    ASSERT_TRUE(WaitUntil(
+        "a request in flight at the simulator", [&] { return sim.InFlight(); },
+        [](int64_t in_flight) { return in_flight > 0; }, absl::Seconds(10), absl::Milliseconds(10)))
         << "no request reached the simulator";
     verdictd->Crash();
     for (std::thread& thread : threads) {
@@ -927,8 +917,10 @@ TEST(CrashTest, LedgerCoversEveryRequestAcrossKills) {
     EXPECT_LT(answered, kMisses) << "the kill came too late to test anything";
     // Requests that left before the kill are counted the moment they arrive; wait for the
     // simulator to finish with them so that the count is final.
-    ASSERT_TRUE(PollUntil([&] { return sim.Stats().at("in_flight").get<int64_t>() == 0; },
-                          absl::Seconds(10)));
+    ASSERT_TRUE(WaitUntil(
+        "no request in flight at the simulator", [&] { return sim.InFlight(); },
+        [](int64_t in_flight) { return in_flight == 0; }, absl::Seconds(10),
+        absl::Milliseconds(10)));
     const int64_t requests = sim.Requests();
 
     verdictd = std::make_unique<Verdictd>(dir, sim.url(), kToken);

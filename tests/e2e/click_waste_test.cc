@@ -61,8 +61,10 @@ int64_t PendingRows(const std::string& db) {
 // Waits (at most 5 s) until no ledger row is pending: completions are written by the store's
 // writer thread, possibly just after the answer went out.
 void WaitForNoPendingRows(const std::string& db) {
-  EXPECT_TRUE(WaitUntil([&] { return PendingRows(db) == 0; }, absl::Seconds(5)))
-      << PendingRows(db) << " ledger rows still pending";
+  EXPECT_TRUE(WaitUntil(
+      "no pending ledger row", [&] { return PendingRows(db); },
+      [](int64_t pending) { return pending == 0; }, absl::Seconds(5)))
+      << "ledger rows still pending";
 }
 
 // --- requests -----------------------------------------------------------------------------------
@@ -261,6 +263,7 @@ TEST_F(ClickWasteTest, AbandonedBatchStopsSpendingAtItsDeadline) {
   EXPECT_GE(at_deadline, 1);
   EXPECT_LE(at_deadline, kConcurrency);
 
+  // Not a poll: the 3 s during which nothing more may be sent (what the test is about).
   absl::SleepFor(absl::Seconds(3));
   const int64_t after_deadline = sim_.Requests() - at_deadline;
   RecordProperty("requests_at_deadline", static_cast<int>(at_deadline));
@@ -304,8 +307,9 @@ TEST_F(ClickWasteTest, CancelledQueuedCheckIsNeverSent) {
     pb::CheckIpResponse response;
     holder_status = first_stub->CheckIp(ContextFor(absl::Seconds(10)).get(), request, &response);
   });
-  ASSERT_TRUE(
-      WaitUntil([&] { return SimInFlight() == 1; }, absl::Seconds(5), absl::Milliseconds(5)))
+  ASSERT_TRUE(WaitUntil(
+      "1 request in flight at ClickPatrol", [&] { return SimInFlight(); },
+      [](int64_t in_flight) { return in_flight == 1; }, absl::Seconds(5), absl::Milliseconds(5)))
       << "the first request never reached ClickPatrol";
 
   threads.emplace_back([&] {
@@ -314,7 +318,9 @@ TEST_F(ClickWasteTest, CancelledQueuedCheckIsNeverSent) {
     pb::CheckIpResponse response;
     cancelled_status = second_stub->CheckIp(context.get(), request, &response);
   });
-  absl::SleepFor(absl::Milliseconds(300));  // the second miss is queued behind the slot
+  // Not a poll: nothing outside verdictd shows a queued miss, so this gives the second miss the
+  // time to arrive and queue behind the slot before it is cancelled.
+  absl::SleepFor(absl::Milliseconds(300));
   context->TryCancel();
   threads[1].join();
   EXPECT_EQ(cancelled_status.error_code(), grpc::StatusCode::CANCELLED)
@@ -323,7 +329,8 @@ TEST_F(ClickWasteTest, CancelledQueuedCheckIsNeverSent) {
   threads[0].join();  // the hanging request times out after --upstream_timeout=1s
   EXPECT_EQ(holder_status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << holder_status.error_message();
-  absl::SleepFor(absl::Milliseconds(500));  // a slot passed to the dropped miss would send now
+  // Not a poll: proves a negative. A slot passed to the dropped miss would send within this.
+  absl::SleepFor(absl::Milliseconds(500));
   const nlohmann::json stats = sim_.Stats();
   EXPECT_EQ(stats.at("requests").get<int64_t>(), 1);
   EXPECT_FALSE(stats.at("by_ip").contains(cancelled_ip)) << "the cancelled miss was sent";
@@ -373,10 +380,14 @@ TEST_F(ClickWasteTest, SigtermDropsUnsentMissesAndSendsNothingMore) {
   }
   ready.Wait();
   go.Notify();
-  ASSERT_TRUE(WaitUntil([&] { return SimInFlight() == kConcurrency; }, absl::Seconds(5),
-                        absl::Milliseconds(5)))
+  ASSERT_TRUE(WaitUntil(
+      absl::StrCat(kConcurrency, " requests in flight at ClickPatrol"),
+      [&] { return SimInFlight(); }, [&](int64_t in_flight) { return in_flight == kConcurrency; },
+      absl::Seconds(5), absl::Milliseconds(5)))
       << "ClickPatrol never had " << kConcurrency << " requests in flight";
-  absl::SleepFor(absl::Milliseconds(100));  // every batch has arrived and queued its misses
+  // Not a poll: nothing outside verdictd shows the queue, so this gives every batch the time to
+  // arrive and queue its misses before the signal.
+  absl::SleepFor(absl::Milliseconds(100));
 
   const int64_t at_signal = sim_.Requests();
   const absl::Time signalled = absl::Now();
@@ -455,10 +466,14 @@ TEST_F(ClickWasteTest, FullQueueFailsNewMissesFastAndFree) {
     flood_status = flood_stub->CheckBatch(ContextFor(absl::Seconds(3)).get(), ColdBatch(25, 0, 200),
                                           &response);
   });
-  ASSERT_TRUE(WaitUntil([&] { return SimInFlight() == kConcurrency; }, absl::Seconds(2),
-                        absl::Milliseconds(5)))
+  ASSERT_TRUE(WaitUntil(
+      absl::StrCat(kConcurrency, " requests in flight at ClickPatrol"),
+      [&] { return SimInFlight(); }, [&](int64_t in_flight) { return in_flight == kConcurrency; },
+      absl::Seconds(2), absl::Milliseconds(5)))
       << "ClickPatrol never had " << kConcurrency << " requests in flight";
-  absl::SleepFor(absl::Milliseconds(200));  // the rest of the batch is queued or refused by now
+  // Not a poll: nothing outside verdictd shows the queue, so this gives the rest of the batch
+  // the time to be queued or refused before the queue is probed.
+  absl::SleepFor(absl::Milliseconds(200));
 
   // A single new miss.
   pb::CheckIpRequest single;
@@ -561,24 +576,30 @@ TEST_F(ClickWasteTest, FloodOfColdBatchesKeepsMemoryBoundedAndServerResponsive) 
 
   const absl::Time start = absl::Now();
   peak_kib = baseline_kib;
-  while (outstanding.load() > 0 && absl::Now() - start < absl::Seconds(20)) {
-    peak_kib = std::max(peak_kib, ProcStatusFieldKib(pid, "VmRSS"));
-    if (!probed && absl::Now() - start > absl::Seconds(1)) {
-      probed = true;  // in the thick of it: every batch sent, none past its deadline
-      pb::GetServerInfoResponse info;
-      absl::Time t = absl::Now();
-      info_status = verdictd.stub().GetServerInfo(ContextFor(absl::Seconds(2)).get(), {}, &info);
-      info_took = absl::Now() - t;
-      pb::CheckIpRequest request;
-      request.set_ip(stored_ip);
-      request.set_cache_only(true);
-      t = absl::Now();
-      cached_status = verdictd.stub().CheckIp(ContextFor(absl::Seconds(2)).get(), request, &cached);
-      cached_took = absl::Now() - t;
-      continue;
-    }
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  // Until every batch has returned (at most 20 s; the join below waits for them regardless),
+  // sampling VmRSS every 100 ms and, after a second, probing the server once.
+  WaitUntil(
+      "every flooding batch to return",
+      [&] {
+        peak_kib = std::max(peak_kib, ProcStatusFieldKib(pid, "VmRSS"));
+        if (!probed && absl::Now() - start > absl::Seconds(1)) {
+          probed = true;  // in the thick of it: every batch sent, none past its deadline
+          pb::GetServerInfoResponse info;
+          absl::Time t = absl::Now();
+          info_status =
+              verdictd.stub().GetServerInfo(ContextFor(absl::Seconds(2)).get(), {}, &info);
+          info_took = absl::Now() - t;
+          pb::CheckIpRequest request;
+          request.set_ip(stored_ip);
+          request.set_cache_only(true);
+          t = absl::Now();
+          cached_status =
+              verdictd.stub().CheckIp(ContextFor(absl::Seconds(2)).get(), request, &cached);
+          cached_took = absl::Now() - t;
+        }
+        return outstanding.load();
+      },
+      [](int calls) { return calls == 0; }, absl::Seconds(20), absl::Milliseconds(100));
   join.Join();
   peak_kib = std::max(peak_kib, ProcStatusFieldKib(pid, "VmRSS"));
   const int64_t hwm_kib = ProcStatusFieldKib(pid, "VmHWM");

@@ -52,18 +52,6 @@ constexpr int kOutcomeVerdict = 1;
 constexpr int kOutcomeUpstreamError = 2;
 constexpr int kOutcomeNotSent = 3;
 
-// Polls `done` until it holds or `timeout` passes; whether it held.
-bool WaitFor(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) {
-      return false;
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
-}
-
 void PostRules(const Simulator& sim, const std::string& rules) {
   httplib::Client client("127.0.0.1", sim.port());
   httplib::Result result = client.Post("/_sim/rules", rules, "text/plain");
@@ -174,7 +162,10 @@ TEST_P(FaultUpstreamTest, PreciseStatusNothingCachedClickAccountedServerHealthy)
             fault.code == grpc::StatusCode::OK ? 1 : 0)
       << "only verdicts are stored";
   if (!fault.log.empty()) {
-    EXPECT_TRUE(WaitFor([&] { return absl::StrContains(verdictd.Log(), fault.log); }))
+    EXPECT_TRUE(WaitUntil(
+        absl::StrCat("\"", fault.log, "\" in the log"), [&] { return verdictd.Log(); },
+        [&](const std::string& log) { return absl::StrContains(log, fault.log); },
+        absl::Seconds(10)))
         << "log lacks \"" << fault.log << "\":\n"
         << verdictd.Log();
   }
@@ -403,10 +394,11 @@ TEST(FaultUpstreamTlsTest, SelfSignedCertificateIsRefusedUnsentUntilTrusted) {
 // Waits until the batched usage counters hold `requests` checks in total, so that no usage write
 // is pending (one would queue ahead of the next click and change the timing).
 void WaitForUsageRequests(const std::string& db, int64_t requests) {
-  EXPECT_TRUE(WaitFor([&] {
-    return QueryInt(db, "SELECT coalesce(sum(requests), 0) FROM usage") == requests;
-  })) << "usage counters never reached "
-      << requests;
+  EXPECT_TRUE(WaitUntil(
+      absl::StrCat(requests, " requests in the usage counters"),
+      [&] { return QueryInt(db, "SELECT coalesce(sum(requests), 0) FROM usage"); },
+      [&](int64_t counted) { return counted == requests; }, absl::Seconds(10)))
+      << "usage counters never reached " << requests;
 }
 
 // Another process holds the write lock longer than the store's busy timeout (5 s, fixed: there
@@ -567,20 +559,33 @@ TEST(FaultStoreTest, DiskFull) {
   grpc::Status status = CheckIp(verdictd->stub(), "11.8.0.1", &r);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(r.source(), pb::SOURCE_CACHE);
-  EXPECT_TRUE(WaitFor([&] {
-    return absl::StrContains(verdictd->Log(), "verdict store unusable, health NOT_SERVING");
-  })) << verdictd->Log();
+  EXPECT_TRUE(WaitUntil(
+      "\"verdict store unusable, health NOT_SERVING\" in the log", [&] { return verdictd->Log(); },
+      [](const std::string& log) {
+        return absl::StrContains(log, "verdict store unusable, health NOT_SERVING");
+      },
+      absl::Seconds(10)))
+      << verdictd->Log();
 
   // Space again: misses work.
   ASSERT_EQ(std::remove(filler.c_str()), 0);
-  bool recovered = WaitFor([&] {
-    pb::CheckIpResponse again;
-    return CheckIp(verdictd->stub(), "11.8.1.1", &again).ok();
-  });
+  const WaitResult<std::string> recovered = WaitUntil(
+      "a miss to succeed again",
+      [&] {
+        pb::CheckIpResponse again;
+        const grpc::Status status = CheckIp(verdictd->stub(), "11.8.1.1", &again);
+        return status.ok() ? std::string("OK")
+                           : absl::StrCat(status.error_code(), ": ", status.error_message());
+      },
+      [](const std::string& status) { return status == "OK"; }, absl::Seconds(10));
   EXPECT_TRUE(recovered) << verdictd->Log();
-  EXPECT_TRUE(WaitFor([&] {
-    return absl::StrContains(verdictd->Log(), "verdict store usable again: health SERVING");
-  })) << verdictd->Log();
+  EXPECT_TRUE(WaitUntil(
+      "\"verdict store usable again: health SERVING\" in the log", [&] { return verdictd->Log(); },
+      [](const std::string& log) {
+        return absl::StrContains(log, "verdict store usable again: health SERVING");
+      },
+      absl::Seconds(10)))
+      << verdictd->Log();
   EXPECT_EQ(verdictd->Stop(), 0);
   verdictd.reset();
   // Every request that reached ClickPatrol is in the ledger.

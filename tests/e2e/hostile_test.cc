@@ -720,18 +720,6 @@ grpc::Status ServerInfo(pb::VerdictService::Stub& stub) {
                             &info);
 }
 
-// Polls `done` every 10 ms for up to `timeout`; how long until it held, nullopt if it never did.
-std::optional<absl::Duration> TimeUntil(const std::function<bool()>& done, absl::Duration timeout) {
-  const absl::Time start = absl::Now();
-  while (!done()) {
-    if (absl::Now() - start > timeout) {
-      return std::nullopt;
-    }
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return absl::Now() - start;
-}
-
 // A raw loopback TCP connection to `port` that sends `bytes`, then nothing; -1 on failure.
 int ConnectRaw(int port, const std::string& bytes) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -801,17 +789,14 @@ TEST(HostileConnectionTest, IdleConnectionIsClosedAfterMaxConnectionIdle) {
   // The server's GOAWAY takes the channel out of READY (to IDLE: it reconnects when next used).
   // gRPC checks for idleness once per --max_connection_idle, and a period with a call in it does
   // not count, so the close comes between one and two periods after the last call.
-  grpc_connectivity_state state = GRPC_CHANNEL_READY;
-  const std::optional<absl::Duration> closed = TimeUntil(
-      [&] {
-        state = channel->GetState(false);
-        return state != GRPC_CHANNEL_READY;
-      },
-      absl::Seconds(2 * 1 + 2));
-  ASSERT_TRUE(closed.has_value()) << "still connected 4 s after the last call";
+  const WaitResult<grpc_connectivity_state> closed = WaitUntil(
+      "the idle channel to leave READY", [&] { return channel->GetState(false); },
+      [](grpc_connectivity_state state) { return state != GRPC_CHANNEL_READY; },
+      absl::Seconds(2 * 1 + 2), absl::Milliseconds(10));
+  ASSERT_TRUE(closed) << "still connected 4 s after the last call";
   std::printf("[ observed ] idle connection closed %s after its last call (state %d)\n",
-              absl::FormatDuration(*closed).c_str(), static_cast<int>(state));
-  EXPECT_GE(*closed, absl::Milliseconds(900)) << "closed before --max_connection_idle";
+              absl::FormatDuration(closed.elapsed()).c_str(), static_cast<int>(closed.last()));
+  EXPECT_GE(closed.elapsed(), absl::Milliseconds(900)) << "closed before --max_connection_idle";
   // A well-behaved client loses nothing: its next call reconnects.
   EXPECT_TRUE(ServerInfo(*stub).ok());
   EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
@@ -883,6 +868,8 @@ TEST(HostileConnectionTest, MetricsAnswerWhileSlowAndSilentClientsHoldConnection
     EXPECT_THAT(result->body, HasSubstr("verdictd_rpcs_total"));
     EXPECT_LT(took, absl::Seconds(1)) << "scrape " << round;
     slowest = std::max(slowest, took);
+    // Not a poll: the pace of the slow-loris clients (a header line every 300 ms), so that the
+    // six scrapes span their whole attack.
     absl::SleepFor(absl::Milliseconds(300));
   }
   for (int fd : held) {

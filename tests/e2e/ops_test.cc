@@ -112,18 +112,12 @@ int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
   return bytes[1];
 }
 
-// Polls the health status until it is `want`; the time that took, or nullopt on timeout.
-std::optional<absl::Duration> WaitForHealth(const std::shared_ptr<grpc::Channel>& channel, int want,
-                                            absl::Duration timeout, int* last) {
-  const absl::Time start = absl::Now();
-  while (absl::Now() - start < timeout) {
-    *last = HealthStatus(channel);
-    if (*last == want) {
-      return absl::Now() - start;
-    }
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return std::nullopt;
+// Polls the health status until it is `want`; elapsed() is the time that took.
+WaitResult<int> WaitForHealth(const std::shared_ptr<grpc::Channel>& channel, int want,
+                              absl::Duration timeout) {
+  return WaitUntil(
+      absl::StrCat("health status ", want), [&] { return HealthStatus(channel); },
+      [want](int status) { return status == want; }, timeout, absl::Milliseconds(50));
 }
 
 // Waits for the next event on `cq`, which must be `want`: streams here run one operation at a
@@ -209,21 +203,23 @@ std::map<std::string, double> ParseSamples(const std::string& text) {
 // Polls the log until it has "metrics at http://... (port N)"; N, or 0 on timeout.
 int MetricsPortFromLog(const Verdictd& verdictd) {
   const std::string marker = "/metrics (port ";
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < deadline) {
+  auto port_in_log = [&] {
     const std::string log = verdictd.Log();
     const size_t at = log.find(marker);
+    int port = 0;
     if (at != std::string::npos) {
       const size_t start = at + marker.size();
       const size_t end = log.find(')', start);
-      int port = 0;
-      if (end != std::string::npos && absl::SimpleAtoi(log.substr(start, end - start), &port)) {
-        return port;
+      if (end == std::string::npos || !absl::SimpleAtoi(log.substr(start, end - start), &port)) {
+        port = 0;
       }
     }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return 0;
+    return port;
+  };
+  return WaitUntil(
+             "the metrics port in the log", port_in_log, [](int port) { return port > 0; },
+             absl::Seconds(10))
+      .last();
 }
 
 class OpsTest : public ::testing::Test {
@@ -249,22 +245,21 @@ class OpsTest : public ::testing::Test {
 TEST_F(OpsTest, HealthFollowsTheStore) {
   StartVerdictd();
   std::shared_ptr<grpc::Channel> channel = PlainChannel(verdictd_->port());
-  int last = -1;
-  ASSERT_TRUE(WaitForHealth(channel, kServing, absl::Seconds(5), &last).has_value())
-      << "last status " << last;
+  ASSERT_TRUE(WaitForHealth(channel, kServing, absl::Seconds(5)));
 
   // Moving the file away leaves the writer on an inode that the path no longer names.
   const std::string moved = verdictd_->db_path() + ".moved";
   ASSERT_EQ(std::rename(verdictd_->db_path().c_str(), moved.c_str()), 0);
-  std::optional<absl::Duration> down = WaitForHealth(channel, kNotServing, absl::Seconds(5), &last);
-  ASSERT_TRUE(down.has_value()) << "still " << last << " after 5 s with the database moved away";
+  const WaitResult<int> down = WaitForHealth(channel, kNotServing, absl::Seconds(5));
+  ASSERT_TRUE(down) << "with the database moved away";
   EXPECT_THAT(verdictd_->Log(), HasSubstr("NOT_SERVING"));
 
   ASSERT_EQ(std::rename(moved.c_str(), verdictd_->db_path().c_str()), 0);
-  std::optional<absl::Duration> up = WaitForHealth(channel, kServing, absl::Seconds(5), &last);
-  ASSERT_TRUE(up.has_value()) << "still " << last << " after 5 s with the database back";
+  const WaitResult<int> up = WaitForHealth(channel, kServing, absl::Seconds(5));
+  ASSERT_TRUE(up) << "with the database back";
   std::printf("[ measured ] NOT_SERVING after %s, SERVING again after %s\n",
-              absl::FormatDuration(*down).c_str(), absl::FormatDuration(*up).c_str());
+              absl::FormatDuration(down.elapsed()).c_str(),
+              absl::FormatDuration(up.elapsed()).c_str());
 
   // Back in service for real, not only in the health status.
   pb::CheckIpResponse r;
@@ -274,15 +269,13 @@ TEST_F(OpsTest, HealthFollowsTheStore) {
 TEST_F(OpsTest, HealthReplacedDatabaseIsNotServing) {
   StartVerdictd();
   std::shared_ptr<grpc::Channel> channel = PlainChannel(verdictd_->port());
-  int last = -1;
-  ASSERT_TRUE(WaitForHealth(channel, kServing, absl::Seconds(5), &last).has_value())
-      << "last status " << last;
+  ASSERT_TRUE(WaitForHealth(channel, kServing, absl::Seconds(5)));
   // Another file under the same name: a different inode, so commits would be lost.
   const std::string moved = verdictd_->db_path() + ".moved";
   ASSERT_EQ(std::rename(verdictd_->db_path().c_str(), moved.c_str()), 0);
   WriteFile(verdictd_->db_path(), "this is not a database");
-  EXPECT_TRUE(WaitForHealth(channel, kNotServing, absl::Seconds(5), &last).has_value())
-      << "still " << last << " after 5 s with garbage in place of the database";
+  EXPECT_TRUE(WaitForHealth(channel, kNotServing, absl::Seconds(5)))
+      << "with garbage in place of the database";
 }
 
 // --- reflection ----------------------------------------------------------------------------
@@ -527,15 +520,10 @@ class ConcurrentMisses {
 };
 
 // Polls the simulator until `want` requests are in flight there.
-bool WaitForInFlight(const Simulator& sim, int64_t want, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (sim.Stats().at("in_flight").get<int64_t>() >= want) {
-      return true;
-    }
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return false;
+WaitResult<int64_t> WaitForInFlight(const Simulator& sim, int64_t want, absl::Duration timeout) {
+  return WaitUntil(
+      absl::StrCat(want, " requests in flight at the simulator"), [&] { return sim.InFlight(); },
+      [want](int64_t in_flight) { return in_flight >= want; }, timeout, absl::Milliseconds(10));
 }
 
 // SIGTERM tells health watchers (load balancers) NOT_SERVING, and it stays so while in-flight
