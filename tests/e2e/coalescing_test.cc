@@ -247,15 +247,20 @@ TEST_F(CoalescingTest, CircuitBreakerOpensFailsFastAndRecovers) {
 
   // ClickPatrol recovers; the breaker lets a probe through once open_for has passed.
   sim_->Configure({{"mode", "ok"}});
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (true) {
-    status = CheckIp(verdictd_->stub(), "11.6.0.5", &r);
-    if (status.ok() || absl::Now() > deadline) {
-      break;
-    }
-    EXPECT_THAT(status.error_message(), HasSubstr("circuit breaker"));
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  // Until a check gets through; the assertion after it says what was last seen.
+  WaitUntil(
+      "a check to get through the breaker",
+      [&] {
+        status = CheckIp(verdictd_->stub(), "11.6.0.5", &r);
+        return status.ok();
+      },
+      [&](bool ok) {
+        if (!ok) {
+          EXPECT_THAT(status.error_message(), HasSubstr("circuit breaker"));
+        }
+        return ok;
+      },
+      absl::Seconds(10), absl::Milliseconds(50));
   const absl::Duration recovered_after = absl::Now() - before_open;
   RecordProperty("recovered_after_ms",
                  static_cast<int>(absl::ToInt64Milliseconds(recovered_after)));

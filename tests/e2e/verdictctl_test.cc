@@ -235,14 +235,15 @@ TEST_F(VerdictctlTest, HealthFollowsTheStore) {
   // Polls `verdictctl health` until it exits with `want`, for at most 10 s.
   auto wait_for_exit = [&](int want) {
     CommandResult last;
-    for (const absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
-      last = Ctl({"--timeout=2s", "health"});
-      if (last.exit_code == want) {
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    return last;
+    WaitUntil(
+        absl::StrCat("`verdictctl health` to exit with ", want),
+        [&] {
+          last = Ctl({"--timeout=2s", "health"});
+          return last.exit_code;
+        },
+        [want](int exit_code) { return exit_code == want; }, absl::Seconds(10),
+        absl::Milliseconds(100));
+    return last;  // the caller's assertions show its output
   };
   const std::string moved = verdictd_->db_path() + ".moved";
   ASSERT_EQ(std::rename(verdictd_->db_path().c_str(), moved.c_str()), 0);

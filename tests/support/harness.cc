@@ -124,17 +124,6 @@ void Verdictd::Terminate() { process_->Signal(SIGTERM); }
 
 absl::StatusOr<int> Verdictd::Wait(absl::Duration timeout) { return process_->Wait(timeout); }
 
-bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout, absl::Duration poll) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) {
-      return false;
-    }
-    absl::SleepFor(poll);
-  }
-  return true;
-}
-
 std::unique_ptr<grpc::ClientContext> CallerContext(const std::string& caller) {
   auto context = std::make_unique<grpc::ClientContext>();
   context->AddMetadata("x-caller", caller);

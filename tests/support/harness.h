@@ -15,6 +15,7 @@
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/process.h"
+#include "tests/support/wait_until.h"  // IWYU pragma: export
 #include "verdict/v1/verdict.grpc.pb.h"
 
 namespace verdictd::testing {
@@ -32,6 +33,8 @@ class Simulator {
   nlohmann::json Stats() const;
   // Requests to "/" received so far: the clicks ClickPatrol would bill.
   int64_t Requests() const { return Stats().at("requests").get<int64_t>(); }
+  // Requests ClickPatrol is working on right now.
+  int64_t InFlight() const { return Stats().at("in_flight").get<int64_t>(); }
   // POST /_sim/config with `config` (e.g. {"mode":"5xx"}).
   void Configure(const nlohmann::json& config) const;
 
@@ -76,10 +79,6 @@ class Verdictd {
   int port_ = 0;
   std::unique_ptr<verdict::v1::VerdictService::Stub> stub_;
 };
-
-// Polls `done` every `poll` until it holds or `timeout` passes; whether it held.
-bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout,
-               absl::Duration poll = absl::Milliseconds(20));
 
 // A client context carrying `caller` as x-caller metadata, with a 30 s deadline.
 std::unique_ptr<grpc::ClientContext> CallerContext(const std::string& caller = "e2e");

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "tests/support/wait_until.h"
 
 extern char** environ;
 
@@ -133,12 +134,11 @@ bool ChildProcess::Running() {
 }
 
 absl::StatusOr<int> ChildProcess::Wait(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (Running()) {
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat("pid ", pid_, " still running"));
-    }
-    absl::SleepFor(absl::Milliseconds(10));
+  const WaitResult<bool> exited = WaitUntil(
+      absl::StrCat("pid ", pid_, " to exit"), [&] { return !Running(); }, timeout,
+      absl::Milliseconds(10));
+  if (!exited) {
+    return exited.status();
   }
   return exit_code_;
 }
@@ -173,19 +173,25 @@ void ChildProcess::Kill() {
 
 absl::StatusOr<int> WaitForPortFile(const std::string& path, ChildProcess& process,
                                     absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    std::string text = ReadFileOrEmpty(path);
+  // The port (0 until the file holds one), or an error once the process has exited without
+  // writing it: then it never will.
+  auto port_in_file = [&]() -> absl::StatusOr<int> {
     int port = 0;
-    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &port) && port > 0) {
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFileOrEmpty(path)), &port) && port > 0) {
       return port;
     }
     if (!process.Running()) {
       return absl::FailedPreconditionError(absl::StrCat("process exited before writing ", path));
     }
-    absl::SleepFor(absl::Milliseconds(10));
+    return 0;
+  };
+  const WaitResult<int> port = WaitUntil(
+      absl::StrCat("a port number in ", path), port_in_file, [](int p) { return p > 0; }, timeout,
+      absl::Milliseconds(10));
+  if (!port) {
+    return port.status();
   }
-  return absl::DeadlineExceededError(absl::StrCat("no port in ", path));
+  return port.last();
 }
 
 absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
@@ -212,17 +218,15 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
     return spawned.status();
   }
   const pid_t pid = *spawned;
-  const absl::Time deadline = absl::Now() + timeout;
   int status = 0;
-  while (waitpid(pid, &status, WNOHANG) != pid) {
-    if (absl::Now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return absl::DeadlineExceededError(absl::StrCat(argv[0], " still running after ",
-                                                      absl::FormatDuration(timeout),
-                                                      "; stderr: ", ReadFileOrEmpty(err_path)));
-    }
-    absl::SleepFor(absl::Milliseconds(5));
+  const WaitResult<bool> exited = WaitUntil(
+      absl::StrCat(argv[0], " to exit"), [&] { return waitpid(pid, &status, WNOHANG) == pid; },
+      timeout, absl::Milliseconds(5));
+  if (!exited) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return absl::DeadlineExceededError(
+        absl::StrCat(exited.status().message(), "; stderr: ", ReadFileOrEmpty(err_path)));
   }
   CommandResult result;
   result.exit_code = ExitCodeOf(status);
