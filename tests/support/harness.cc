@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include <chrono>
+#include <utility>
 #include <stdexcept>
 
 #include "absl/strings/str_cat.h"
@@ -109,8 +110,14 @@ std::unique_ptr<verdict::v1::VerdictService::Stub> Verdictd::NewStub() const {
   grpc::ChannelArguments args;
   // A separate connection per stub, so concurrent callers really are concurrent.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return verdict::v1::VerdictService::NewStub(grpc::CreateCustomChannel(
-      absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials(), args));
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials(), args);
+  // Connected before it is handed out: channels connect lazily, and a connect attempt that
+  // fails on a loaded machine would fail the first calls at once (fail-fast) instead of being
+  // retried. Waiting here rides through such a failure with gRPC's reconnect backoff; a server
+  // that is not there still fails the test's own calls.
+  channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return verdict::v1::VerdictService::NewStub(std::move(channel));
 }
 
 int Verdictd::Stop() {
