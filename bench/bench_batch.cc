@@ -25,11 +25,9 @@ namespace pb = ::verdict::v1;
 
 // Runs `request` once; dies on any error. The number of results from the cache.
 int CallBatch(pb::VerdictService::Stub& stub, const pb::CheckBatchRequest& request) {
-  grpc::ClientContext context;
-  context.AddMetadata("x-caller", "bench");
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  const std::unique_ptr<grpc::ClientContext> context = CallContext("bench", absl::Seconds(60));
   pb::CheckBatchResponse response;
-  grpc::Status status = stub.CheckBatch(&context, request, &response);
+  grpc::Status status = stub.CheckBatch(context.get(), request, &response);
   if (!status.ok()) {
     Die(absl::StrCat("CheckBatch: ", status.error_message()));
   }

@@ -142,14 +142,12 @@ int Main() {
       const std::string caller = absl::StrCat("caller-", c);
       for (int64_t i = next.fetch_add(batch); i < checks; i = next.fetch_add(batch)) {
         const int64_t end = std::min<int64_t>(i + batch, checks);
-        grpc::ClientContext context;
-        context.AddMetadata("x-caller", caller);
-        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+        const std::unique_ptr<grpc::ClientContext> context = CallContext(caller, absl::Seconds(60));
         if (mode == "ip") {
           pb::CheckIpRequest request;
           request.set_ip(ip_text[trace[i]]);
           pb::CheckIpResponse response;
-          grpc::Status status = stub->CheckIp(&context, request, &response);
+          grpc::Status status = stub->CheckIp(context.get(), request, &response);
           if (!status.ok()) {
             note_error(status.error_message());
             continue;
@@ -163,7 +161,7 @@ int Main() {
           request.add_items()->set_ip(ip_text[trace[j]]);
         }
         pb::CheckBatchResponse response;
-        grpc::Status status = stub->CheckBatch(&context, request, &response);
+        grpc::Status status = stub->CheckBatch(context.get(), request, &response);
         if (!status.ok()) {
           note_error(status.error_message());
           continue;

@@ -205,13 +205,12 @@ int Main() {
         std::mt19937 rng(100 + t);
         std::uniform_int_distribution<uint32_t> pick(1, static_cast<uint32_t>(ips));
         while (next.fetch_add(1) < hits) {
-          grpc::ClientContext context;
-          context.AddMetadata("x-caller", "footprint");
-          context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+          const std::unique_ptr<grpc::ClientContext> context =
+              CallContext("footprint", absl::Seconds(30));
           pb::CheckIpRequest request;
           request.set_ip(PublicIp(11, pick(rng)));
           pb::CheckIpResponse response;
-          grpc::Status status = stub->CheckIp(&context, request, &response);
+          grpc::Status status = stub->CheckIp(context.get(), request, &response);
           if (!status.ok()) {
             errors.fetch_add(1);
           } else if (response.source() != pb::SOURCE_CACHE) {

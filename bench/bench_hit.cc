@@ -21,8 +21,8 @@
 
 #include <algorithm>
 #include <fstream>
-#include <map>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -109,11 +109,10 @@ Served ScrapeVerdictd(int metrics_port) {
 // trivial_server's GetUsage (the CheckIp calls it answered).
 Served AskTrivial(int port) {
   auto stub = NewStub(port);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  const std::unique_ptr<grpc::ClientContext> context = CallContext("", absl::Seconds(10));
   pb::GetUsageRequest request;
   pb::GetUsageResponse response;
-  grpc::Status status = stub->GetUsage(&context, request, &response);
+  grpc::Status status = stub->GetUsage(context.get(), request, &response);
   if (!status.ok() || response.callers_size() != 1) {
     Die(absl::StrCat("trivial_server GetUsage: ", status.error_message()));
   }
@@ -154,8 +153,11 @@ struct RunFigures {
 // One h2load run against `server`, checked against the server's own counters.
 RunFigures MeasureOnce(const std::string& label, const Server& server, bool is_verdictd,
                        int metrics_port, H2loadOptions options) {
-  options.url = absl::StrCat("http://127.0.0.1:", server.port, "/verdict.v1.VerdictService/CheckIp");
-  auto served = [&] { return is_verdictd ? ScrapeVerdictd(metrics_port) : AskTrivial(server.port); };
+  options.url =
+      absl::StrCat("http://127.0.0.1:", server.port, "/verdict.v1.VerdictService/CheckIp");
+  auto served = [&] {
+    return is_verdictd ? ScrapeVerdictd(metrics_port) : AskTrivial(server.port);
+  };
   const Served before = served();
   const double cpu0 = ProcessCpuSeconds(server.pid());
   const int64_t t0 = NowNs();
@@ -198,13 +200,13 @@ RunFigures MeasureOnce(const std::string& label, const Server& server, bool is_v
                                        h2->status_2xx, h2->succeeded, h2->log_non_200));
   }
   if (h2->log_rows != h2->done) {
-    problems.push_back(absl::StrFormat("h2load's log has %d rows for %d requests done",
-                                       h2->log_rows, h2->done));
+    problems.push_back(
+        absl::StrFormat("h2load's log has %d rows for %d requests done", h2->log_rows, h2->done));
   }
   if (d.ok < h2->succeeded) {
-    problems.push_back(absl::StrFormat(
-        "the server answered %d CheckIp calls OK but h2load counted %d successes", d.ok,
-        h2->succeeded));
+    problems.push_back(
+        absl::StrFormat("the server answered %d CheckIp calls OK but h2load counted %d successes",
+                        d.ok, h2->succeeded));
   }
   const int64_t in_flight_at_stop = int64_t{options.connections} * options.streams;
   std::string not_ok_text;
@@ -272,16 +274,14 @@ int Main() {
   for (const Server* server : {&*verdictd, &*trivial}) {
     auto stub = NewStub(server->port);
     for (int attempt = 0; attempt < 2; ++attempt) {
-      grpc::ClientContext context;
-      context.AddMetadata("x-caller", kCaller);
-      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      const std::unique_ptr<grpc::ClientContext> context = CallContext(kCaller, absl::Seconds(10));
       pb::CheckIpResponse response;
-      grpc::Status status = stub->CheckIp(&context, request, &response);
+      grpc::Status status = stub->CheckIp(context.get(), request, &response);
       if (!status.ok()) {
         Die(absl::StrCat("priming CheckIp ", request.ip(), ": ", status.error_message()));
       }
-      if (attempt == 1 && (response.source() != pb::SOURCE_CACHE ||
-                           response.verdict().ip() != request.ip())) {
+      if (attempt == 1 &&
+          (response.source() != pb::SOURCE_CACHE || response.verdict().ip() != request.ip())) {
         Die(absl::StrCat("second CheckIp of ", request.ip(), " was not a cache hit"));
       }
     }
@@ -340,8 +340,7 @@ int Main() {
                      "median %-8s %7.0f calls/s  p50 %6.3f ms  p99 %6.3f ms  server CPU %5.1f "
                      "us/call (%3.0f%% of a core)  h2load CPU %3.0f%%",
                      names[side], Median(qps[side]), Median(p50[side]), Median(p99[side]),
-                     Median(cpu_per_call[side]), Median(server_share[side]),
-                     Median(h2_share[side]))
+                     Median(cpu_per_call[side]), Median(server_share[side]), Median(h2_share[side]))
               << std::endl;
   }
   std::cout << absl::StrFormat(
@@ -354,8 +353,7 @@ int Main() {
   PrintResult("hit", "trivial_cpu_us_per_call", absl::StrFormat("%.1f", Median(cpu_per_call[0])));
   PrintResult("hit", "verdictd_calls_per_s", absl::StrFormat("%.0f", Median(qps[1])));
   PrintResult("hit", "verdictd_p99_ms", absl::StrFormat("%.3f", Median(p99[1])));
-  PrintResult("hit", "verdictd_cpu_us_per_call",
-              absl::StrFormat("%.1f", Median(cpu_per_call[1])));
+  PrintResult("hit", "verdictd_cpu_us_per_call", absl::StrFormat("%.1f", Median(cpu_per_call[1])));
   PrintResult("hit", "throughput_ratio", absl::StrFormat("%.2f", qps_ratio), ">=0.85",
               PassFail(qps_ratio >= 0.85));
   PrintResult("hit", "p99_ratio", absl::StrFormat("%.2f", p99_ratio), "<=2",

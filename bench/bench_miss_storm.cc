@@ -53,11 +53,10 @@ StormResult CheckIpStorm(int port, int sim_port, int ips, int in_flight, int cha
   }
   // Connect first, so the storm's clock measures calls, not connection set-up.
   for (auto& stub : stubs) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const std::unique_ptr<grpc::ClientContext> context = CallContext("", absl::Seconds(10));
     pb::CheckIpResponse response;
     pb::CheckIpRequest bad;  // INVALID_ARGUMENT without touching the store or the simulator
-    (void)stub->CheckIp(&context, bad, &response);
+    (void)stub->CheckIp(context.get(), bad, &response);
   }
   StormResult result;
   std::atomic<int> next{0};
@@ -69,13 +68,12 @@ StormResult CheckIpStorm(int port, int sim_port, int ips, int in_flight, int cha
     threads.emplace_back([&, t] {
       pb::VerdictService::Stub& stub = *stubs[t % stubs.size()];
       for (int i = next.fetch_add(1); i < ips; i = next.fetch_add(1)) {
-        grpc::ClientContext context;
-        context.AddMetadata("x-caller", "storm");
-        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+        const std::unique_ptr<grpc::ClientContext> context =
+            CallContext("storm", absl::Seconds(60));
         pb::CheckIpRequest request;
         request.set_ip(PublicIp(11, static_cast<uint32_t>(i + 1)));
         pb::CheckIpResponse response;
-        grpc::Status status = stub.CheckIp(&context, request, &response);
+        grpc::Status status = stub.CheckIp(context.get(), request, &response);
         if (!status.ok()) {
           errors.fetch_add(1);
           absl::MutexLock lock(&mu);
@@ -102,19 +100,16 @@ StormResult BatchStorm(int port, int sim_port, int ips) {
     request.add_items()->set_ip(PublicIp(12, static_cast<uint32_t>(i + 1)));
   }
   {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const std::unique_ptr<grpc::ClientContext> context = CallContext("", absl::Seconds(10));
     pb::CheckBatchRequest empty;
     pb::CheckBatchResponse response;
-    (void)stub->CheckBatch(&context, empty, &response);
+    (void)stub->CheckBatch(context.get(), empty, &response);
   }
   StormResult result;
-  grpc::ClientContext context;
-  context.AddMetadata("x-caller", "storm");
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  const std::unique_ptr<grpc::ClientContext> context = CallContext("storm", absl::Seconds(120));
   pb::CheckBatchResponse response;
   const int64_t start = NowNs();
-  grpc::Status status = stub->CheckBatch(&context, request, &response);
+  grpc::Status status = stub->CheckBatch(context.get(), request, &response);
   result.seconds = static_cast<double>(NowNs() - start) / 1e9;
   if (!status.ok()) {
     result.errors = ips;

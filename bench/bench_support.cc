@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "client/cpp/verdict_client.h"
 #include "httplib.h"
 
 ABSL_FLAG(std::string, verdictd_bin, VERDICTD_BIN, "The verdictd binary to measure");
@@ -253,14 +254,26 @@ absl::Status SimReset(int sim_port) {
 }
 
 std::shared_ptr<grpc::Channel> NewChannel(int port) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
-                                   grpc::InsecureChannelCredentials(), args);
+  client::ChannelOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port);
+  options.own_connection = true;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = client::NewChannel(options);
+  if (!channel.ok()) {  // only for options a plaintext loopback channel never has
+    std::cerr << "bench: " << channel.status() << "\n";
+    std::abort();
+  }
+  return *std::move(channel);
 }
 
 std::unique_ptr<verdict::v1::VerdictService::Stub> NewStub(int port) {
   return verdict::v1::VerdictService::NewStub(NewChannel(port));
+}
+
+std::unique_ptr<grpc::ClientContext> CallContext(std::string caller, absl::Duration timeout) {
+  client::CallOptions options;
+  options.caller = std::move(caller);
+  options.timeout = timeout;
+  return client::NewContext(options);
 }
 
 double ProcessCpuSeconds(pid_t pid) {

@@ -87,6 +87,8 @@ absl::Status SimReset(int sim_port);
 // A channel with its own TCP connection (no shared subchannel pool).
 std::shared_ptr<grpc::Channel> NewChannel(int port);
 std::unique_ptr<verdict::v1::VerdictService::Stub> NewStub(int port);
+// A context for one call: x-caller `caller` (none when empty) and a deadline `timeout` from now.
+std::unique_ptr<grpc::ClientContext> CallContext(std::string caller, absl::Duration timeout);
 
 // User + system CPU seconds of `pid` (from /proc/PID/stat), or of this process.
 double ProcessCpuSeconds(pid_t pid);

@@ -174,16 +174,14 @@ void RunCaller(const Storm& storm, int index, uint64_t seed, CallerResult* out) 
   };
 
   while (!storm.stop->load()) {
-    grpc::ClientContext context;
-    context.AddMetadata("x-caller", caller);
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const std::unique_ptr<grpc::ClientContext> context = CallContext(caller, absl::Seconds(10));
     ++out->calls;
     if (unit(rng) < 0.5) {
       pb::CheckIpRequest request;
       request.set_ip(pick_ip());
       pb::CheckIpResponse response;
       ++out->items;
-      const grpc::Status status = stub->CheckIp(&context, request, &response);
+      const grpc::Status status = stub->CheckIp(context.get(), request, &response);
       if (status.ok()) {
         take(request.ip(), response);
       } else {
@@ -199,7 +197,7 @@ void RunCaller(const Storm& storm, int index, uint64_t seed, CallerResult* out) 
     }
     out->items += n;
     pb::CheckBatchResponse response;
-    const grpc::Status status = stub->CheckBatch(&context, request, &response);
+    const grpc::Status status = stub->CheckBatch(context.get(), request, &response);
     if (!status.ok()) {
       // The whole call failed: every item counts as failed.
       for (int i = 0; i < n; ++i) {
@@ -633,11 +631,10 @@ int Main() {
           item->set_ip(ips[j]);
           item->set_cache_only(true);
         }
-        grpc::ClientContext context;
-        context.AddMetadata("x-caller", "crash-final");
-        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        const std::unique_ptr<grpc::ClientContext> context =
+            CallContext("crash-final", absl::Seconds(30));
         pb::CheckBatchResponse response;
-        const grpc::Status status = stub->CheckBatch(&context, request, &response);
+        const grpc::Status status = stub->CheckBatch(context.get(), request, &response);
         if (!status.ok() || response.results_size() != request.items_size()) {
           totals.violations.push_back(
               absl::StrCat("final restart: CheckBatch failed: ", status.error_message()));

@@ -62,9 +62,10 @@ std::string GrpcFrame(const google::protobuf::MessageLite& message) {
 
 absl::Status CheckH2loadInstalled(const std::string& path) {
   if (access(path.c_str(), X_OK) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        path, " is missing: benchmark 1 drives the servers with h2load. Install it with "
-              "`sudo apt-get install nghttp2-client` (Debian), or pass --h2load_bin=PATH"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path,
+                     " is missing: benchmark 1 drives the servers with h2load. Install it with "
+                     "`sudo apt-get install nghttp2-client` (Debian), or pass --h2load_bin=PATH"));
   }
   return absl::OkStatus();
 }
@@ -109,8 +110,8 @@ absl::StatusOr<H2loadResult> RunH2load(const H2loadOptions& o) {
   r.cpu_seconds = cpu1 - cpu0;
   r.wall_seconds = static_cast<double>(t1 - t0) / 1e9;
   if (run->exit_code != 0) {
-    return absl::InternalError(absl::StrCat("h2load exited with ", run->exit_code, ":\n",
-                                            run->out, run->err));
+    return absl::InternalError(
+        absl::StrCat("h2load exited with ", run->exit_code, ":\n", run->out, run->err));
   }
 
   static const std::regex finished(R"(finished in [0-9.]+m?s, ([0-9.]+) req/s)");
@@ -127,8 +128,8 @@ absl::StatusOr<H2loadResult> RunH2load(const H2loadOptions& o) {
     if (std::regex_search(line, m, finished)) {
       have_finished = absl::SimpleAtod(m[1].str(), &r.requests_per_second);
     } else if (std::regex_search(line, m, requests)) {
-      int64_t* fields[] = {&r.total,     &r.started, &r.done,   &r.succeeded,
-                           &r.failed,    &r.errored, &r.timeout};
+      int64_t* fields[] = {&r.total,  &r.started, &r.done,   &r.succeeded,
+                           &r.failed, &r.errored, &r.timeout};
       have_requests = true;
       for (int i = 0; i < 7; ++i) {
         have_requests = have_requests && absl::SimpleAtoi(m[i + 1].str(), fields[i]);

@@ -27,13 +27,13 @@ absl::Status CheckH2loadInstalled(const std::string& path);
 
 struct H2loadOptions {
   std::string binary = "/usr/bin/h2load";
-  std::string url;        // http://127.0.0.1:PORT/package.Service/Method
-  std::string data_file;  // the framed request, posted with -d
-  std::vector<std::string> headers;  // "name: value", besides content-type and te
-  int connections = 16;              // -c
-  int streams = 32;                  // -m, per connection
-  int threads = 1;                   // -t
-  absl::Duration warmup = absl::Seconds(2);    // --warm-up-time
+  std::string url;                              // http://127.0.0.1:PORT/package.Service/Method
+  std::string data_file;                        // the framed request, posted with -d
+  std::vector<std::string> headers;             // "name: value", besides content-type and te
+  int connections = 16;                         // -c
+  int streams = 32;                             // -m, per connection
+  int threads = 1;                              // -t
+  absl::Duration warmup = absl::Seconds(2);     // --warm-up-time
   absl::Duration duration = absl::Seconds(10);  // -D
   std::string log_file;  // --log-file: one row per request, for the latency percentiles
 };

@@ -189,12 +189,10 @@ void RunCaller(const Plan& plan, int index, uint64_t seed, Tally* out) {
         request.mutable_max_age();  // zero: ask ClickPatrol despite the stored verdict
       }
     }
-    grpc::ClientContext context;
-    context.AddMetadata("x-caller", caller);
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const std::unique_ptr<grpc::ClientContext> context = CallContext(caller, absl::Seconds(10));
     pb::CheckIpResponse response;
     const int64_t start = NowNs();
-    const grpc::Status status = stub->CheckIp(&context, request, &response);
+    const grpc::Status status = stub->CheckIp(context.get(), request, &response);
     out->latency[kind].Record(static_cast<uint64_t>(NowNs() - start));
     ++out->calls[kind];
     plan.total_calls->fetch_add(1, std::memory_order_relaxed);
@@ -276,11 +274,10 @@ void Warm(int port, const std::vector<std::string>& ips) {
     for (size_t j = i; j < std::min(ips.size(), i + 500); ++j) {
       request.add_items()->set_ip(ips[j]);
     }
-    grpc::ClientContext context;
-    context.AddMetadata("x-caller", "soak-warm");
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    const std::unique_ptr<grpc::ClientContext> context =
+        CallContext("soak-warm", absl::Seconds(60));
     pb::CheckBatchResponse response;
-    const grpc::Status status = stub->CheckBatch(&context, request, &response);
+    const grpc::Status status = stub->CheckBatch(context.get(), request, &response);
     if (!status.ok()) Die(absl::StrCat("warm-up CheckBatch: ", status.error_message()));
     for (const pb::CheckBatchResult& r : response.results()) {
       if (!r.has_result()) Die(absl::StrCat("warm-up item failed: ", r.error().message()));

@@ -37,6 +37,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(const ChannelOptions& 
     return absl::InvalidArgumentError("a client certificate and its key go together");
   }
   grpc::ChannelArguments args;
+  if (options.own_connection) {
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  }
   if (options.tls_ca_file.empty()) {
     if (has_cert) {
       return absl::InvalidArgumentError("a client certificate needs TLS (a CA file)");

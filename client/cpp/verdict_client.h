@@ -43,6 +43,10 @@ struct ChannelOptions {
   std::string tls_key_file;
   // The name checked against verdictd's certificate, when it is not the target's host.
   std::string tls_server_name;
+  // A connection of its own, not shared with other channels to the same target (gRPC shares
+  // subchannels process-wide by default): for load generators and tests whose callers must be
+  // concurrent on the wire.
+  bool own_connection = false;
 };
 
 // A channel to options.target. INVALID_ARGUMENT for an empty target, a certificate without its
