@@ -303,13 +303,27 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::ListVerdictHistory(
   auto* call =
       new UnaryCall<pb::ListVerdictHistoryRequest, pb::ListVerdictHistoryResponse>(response);
   absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
-  call->Complete(metrics_, ServerMetrics::kListVerdictHistory,
-                 identity.ok() ? History(call->request, &call->response) : identity.status());
+  if (!identity.ok()) {
+    call->Complete(metrics_, ServerMetrics::kListVerdictHistory, identity.status());
+    return call;
+  }
+  absl::StatusOr<HistoryPage> page = HistoryPageFor(call->request);
+  if (!page.ok()) {
+    call->Complete(metrics_, ServerMetrics::kListVerdictHistory, page.status());
+    return call;
+  }
+  // Finished from the store's thread: the reactor never waits for the read.
+  const HistoryQuery query = page->query;
+  engine_.History(query, [this, call, page = *std::move(page)](
+                             absl::StatusOr<std::vector<HistoryEntry>> entries) mutable {
+    call->Complete(metrics_, ServerMetrics::kListVerdictHistory,
+                   FillHistory(std::move(page), std::move(entries), &call->response));
+  });
   return call;
 }
 
-absl::Status VerdictServiceImpl::History(const pb::ListVerdictHistoryRequest& request,
-                                         pb::ListVerdictHistoryResponse* response) {
+absl::StatusOr<VerdictServiceImpl::HistoryPage> VerdictServiceImpl::HistoryPageFor(
+    const pb::ListVerdictHistoryRequest& request) const {
   absl::StatusOr<IpAddress> ip = ParseIp(request.ip());
   if (!ip.ok()) {
     return ip.status();
@@ -354,7 +368,14 @@ absl::Status VerdictServiceImpl::History(const pb::ListVerdictHistoryRequest& re
     query.after = HistoryCursor{absl::FromUnixMicros(cursor->checked_at_us), cursor->id};
   }
   query.limit = page_size + 1;  // one more tells whether another page exists
-  absl::StatusOr<std::vector<HistoryEntry>> entries = engine_.History(query);
+  return HistoryPage{std::move(query), page_size, std::move(bound)};
+}
+
+absl::Status VerdictServiceImpl::FillHistory(HistoryPage page,
+                                             absl::StatusOr<std::vector<HistoryEntry>> entries,
+                                             pb::ListVerdictHistoryResponse* response) const {
+  const int page_size = page.page_size;
+  PageCursor& bound = page.bound;
   if (!entries.ok()) {
     return absl::UnavailableError(
         absl::StrCat("verdict store unavailable: ", entries.status().message()));
@@ -379,13 +400,24 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::GetUsage(grpc::CallbackServerConte
                                                        grpc::ByteBuffer* response) {
   auto* call = new UnaryCall<pb::GetUsageRequest, pb::GetUsageResponse>(response);
   absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
-  call->Complete(
-      metrics_, ServerMetrics::kGetUsage,
-      identity.ok() ? Usage(*identity, call->request, &call->response) : identity.status());
+  if (!identity.ok()) {
+    call->Complete(metrics_, ServerMetrics::kGetUsage, identity.status());
+    return call;
+  }
+  absl::Status status = Usage(
+      *identity, call->request,
+      [this, call](absl::Status done) {
+        call->Complete(metrics_, ServerMetrics::kGetUsage, std::move(done));
+      },
+      &call->response);
+  if (!status.ok()) {
+    call->Complete(metrics_, ServerMetrics::kGetUsage, std::move(status));
+  }
   return call;
 }
 
 absl::Status VerdictServiceImpl::Usage(const Identity& identity, const pb::GetUsageRequest& request,
+                                       std::function<void(absl::Status)> finish,
                                        pb::GetUsageResponse* response) {
   const std::string& caller = request.caller();
   // A caller is named as x-caller names one, and is checked the same way before anything else:
@@ -425,7 +457,18 @@ absl::Status VerdictServiceImpl::Usage(const Identity& identity, const pb::GetUs
   if (until == absl::InfiniteFuture()) {
     until = now + absl::Seconds(1);
   }
-  absl::StatusOr<std::vector<DailyUsage>> days = engine_.Usage(caller, since, until);
+  // Finished from the store's thread: the reactor never waits for the read.
+  engine_.Usage(caller, since, until,
+                [this, caller, finish = std::move(finish),
+                 response](absl::StatusOr<std::vector<DailyUsage>> days) {
+                  finish(FillUsage(caller, std::move(days), response));
+                });
+  return absl::OkStatus();
+}
+
+absl::Status VerdictServiceImpl::FillUsage(const std::string& caller,
+                                           absl::StatusOr<std::vector<DailyUsage>> days,
+                                           pb::GetUsageResponse* response) {
   if (!days.ok()) {
     return absl::UnavailableError(
         absl::StrCat("verdict store unavailable: ", days.status().message()));

@@ -1,8 +1,9 @@
 // The SQLite implementation of VerdictStore.
 //
-// One write connection, owned by one writer thread, commits queued writes in groups; reads use a
-// small pool of read-only connections on the callers' threads. WAL lets the readers run while the
-// writer commits. Every connection is used by one thread at a time (SQLITE_OPEN_NOMUTEX).
+// One write connection, owned by one writer thread, commits queued writes in groups; reads are
+// queued to a few reader threads, each with a read-only connection of its own, so no caller's
+// thread ever waits for the file. WAL lets the readers run while the writer commits. Every
+// connection is used by one thread at a time (SQLITE_OPEN_NOMUTEX).
 
 #include "storage/sqlite/sqlite_store.h"
 
@@ -36,7 +37,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
@@ -54,8 +54,9 @@ using sqlite_store_internal::kSchemaVersion;
 using sqlite_store_internal::kUsageAllSql;
 using sqlite_store_internal::kUsageOneSql;
 
-// Idle read connections kept for reuse; more are opened under load and closed when returned.
-constexpr size_t kMaxIdleReaders = 8;
+// Reader threads, each with its own connection: WAL lets them read concurrently, and a few cover
+// the hit path's misses and the audit reads without one slow History page holding up LatestFor.
+constexpr int kReaderThreads = 4;
 
 // Migration i (0-based) takes the schema from version i to i + 1. Append only: never edit a
 // migration that has shipped, since existing files have already run it.
@@ -578,11 +579,23 @@ class SqliteStore final : public VerdictStore {
         file_ino_(file.st_ino),
         writer_(std::move(writer)) {
     writer_thread_ = std::thread([this] { WriterLoop(); });
+    for (int i = 0; i < kReaderThreads; ++i) {
+      reader_threads_.emplace_back([this] { ReaderLoop(); });
+    }
   }
 
-  // Commits (or fails) and reports everything queued, then closes the readers and finally the
-  // writer, whose close checkpoints the WAL into the main file.
+  // Answers every queued read and closes the readers, then commits (or fails) and reports every
+  // queued write and finally closes the writer, whose close checkpoints the WAL into the main
+  // file. A read issued meanwhile (by a write's callback, e.g. Secret's) runs on the issuing
+  // store thread.
   ~SqliteStore() override {
+    {
+      absl::MutexLock lock(&reads_mu_);
+      readers_stopping_ = true;
+    }
+    for (std::thread& reader : reader_threads_) {
+      reader.join();
+    }
     {
       absl::MutexLock lock(&queue_mu_);
       stopping_ = true;
@@ -590,21 +603,20 @@ class SqliteStore final : public VerdictStore {
     writer_thread_.join();
   }
 
-  absl::StatusOr<std::optional<Verdict>> LatestFor(
-      absl::string_view ip, std::optional<absl::string_view> user_agent) override;
+  void LatestFor(std::string ip, std::optional<std::string> user_agent,
+                 ReadCallback<std::optional<Verdict>> done) override;
   void BeginClick(std::string caller, std::string ip, absl::Time requested_at,
                   ClickCallback done) override;
   void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override;
-  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query) override;
+  void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) override;
   void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override;
-  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
-                                                absl::Time until) override;
-  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ClicksSince(
-      absl::Time since) override;
+  void Usage(std::string caller, absl::Time since, absl::Time until,
+             ReadCallback<std::vector<DailyUsage>> done) override;
+  void ClicksSince(absl::Time since, ReadCallback<ClickCounts> done) override;
   void PruneBefore(absl::Time cutoff, int max_rows,
                    std::function<void(absl::StatusOr<int64_t>)> done) override;
-  absl::StatusOr<std::string> Secret(absl::string_view name, size_t bytes) override;
-  absl::Status Ping() override;
+  void Secret(std::string name, size_t bytes, ReadCallback<std::string> done) override;
+  void Ping(DoneCallback done) override;
   void Flush() override;
 
  private:
@@ -664,13 +676,34 @@ class SqliteStore final : public VerdictStore {
   // Records how the latest write attempt went, for Ping.
   void RecordWriteHealth(const absl::Status& status);
 
-  absl::StatusOr<std::unique_ptr<ReadConnection>> AcquireReader();
-  void ReleaseReader(std::unique_ptr<ReadConnection> reader);
-  // Runs `read` on a pooled read connection; the connection is dropped rather than pooled when
-  // the read fails, since it may be the cause.
+  // A reader thread's connection: opened on first use, and dropped when a read on it fails
+  // (it may be the cause), so the next read opens a fresh one.
+  using Reader = std::unique_ptr<ReadConnection>;
+  using ReadTask = std::function<void(Reader&)>;
+  // Queues `task` to a reader thread; once the readers are stopping, runs it here instead (only
+  // store threads issue reads then).
+  void PostRead(ReadTask task);
+  bool HasReadOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(reads_mu_) {
+    return !read_queue_.empty() || readers_stopping_;
+  }
+  void ReaderLoop();
+  // Runs `read` on `reader`, opening it first if needed.
   template <typename T>
-  absl::StatusOr<T> WithReader(const std::function<absl::StatusOr<T>(ReadConnection&)>& read);
-  absl::StatusOr<std::optional<std::string>> ReadMeta(const std::string& name);
+  absl::StatusOr<T> WithReader(Reader& reader,
+                               const std::function<absl::StatusOr<T>(ReadConnection&)>& read);
+  absl::StatusOr<std::optional<Verdict>> ReadLatestFor(Reader& reader, absl::string_view ip,
+                                                       std::optional<absl::string_view> user_agent);
+  absl::StatusOr<std::vector<HistoryEntry>> ReadHistory(Reader& reader, const HistoryQuery& query);
+  absl::StatusOr<std::vector<DailyUsage>> ReadUsage(Reader& reader, absl::string_view caller,
+                                                    absl::Time since, absl::Time until);
+  absl::StatusOr<ClickCounts> ReadClicksSince(Reader& reader, absl::Time since);
+  absl::StatusOr<std::optional<std::string>> ReadMeta(Reader& reader, const std::string& name);
+  // Answers Secret with `stored`, the secret named `name` as read, checked against `bytes`.
+  // Called only once a secret exists (stored or just written), so a missing one is an error.
+  static void FinishSecret(absl::StatusOr<std::optional<std::string>> stored,
+                           const std::string& name, size_t bytes,
+                           const ReadCallback<std::string>& done);
+  absl::Status PingNow(Reader& reader);
 
   const SqliteStoreOptions options_;
   // The database file as opened: Ping notices when the path names another file.
@@ -680,9 +713,9 @@ class SqliteStore final : public VerdictStore {
   // Used only by the writer thread while it runs.
   const std::unique_ptr<WriteConnection> writer_;
 
-  // Declared after writer_ so the readers close first.
-  absl::Mutex readers_mu_;
-  std::vector<std::unique_ptr<ReadConnection>> idle_readers_ ABSL_GUARDED_BY(readers_mu_);
+  absl::Mutex reads_mu_;
+  std::deque<ReadTask> read_queue_ ABSL_GUARDED_BY(reads_mu_);
+  bool readers_stopping_ ABSL_GUARDED_BY(reads_mu_) = false;
 
   absl::Mutex queue_mu_;
   std::deque<WriteOp> queue_ ABSL_GUARDED_BY(queue_mu_);
@@ -699,58 +732,97 @@ class SqliteStore final : public VerdictStore {
   bool probe_queued_ ABSL_GUARDED_BY(health_mu_) = false;
 
   std::thread writer_thread_;
+  std::vector<std::thread> reader_threads_;
 };
 
-absl::StatusOr<std::unique_ptr<ReadConnection>> SqliteStore::AcquireReader() {
+void SqliteStore::PostRead(ReadTask task) {
   {
-    absl::MutexLock lock(&readers_mu_);
-    if (!idle_readers_.empty()) {
-      std::unique_ptr<ReadConnection> reader = std::move(idle_readers_.back());
-      idle_readers_.pop_back();
-      return reader;
-    }
-  }
-  Opener opener(options_);
-  absl::StatusOr<Db> db = opener.OpenConnection(SQLITE_OPEN_READONLY);
-  if (!db.ok()) {
-    return db.status();
-  }
-  absl::StatusOr<std::unique_ptr<ReadConnection>> reader = PrepareReader(*std::move(db));
-  if (!reader.ok()) {
-    return absl::UnavailableError(absl::StrCat("store read failed: ", reader.status().message()));
-  }
-  return reader;
-}
-
-void SqliteStore::ReleaseReader(std::unique_ptr<ReadConnection> reader) {
-  {
-    absl::MutexLock lock(&readers_mu_);
-    if (idle_readers_.size() < kMaxIdleReaders) {
-      idle_readers_.push_back(std::move(reader));
+    absl::MutexLock lock(&reads_mu_);
+    if (!readers_stopping_) {
+      read_queue_.push_back(std::move(task));
       return;
     }
   }
-  // Closed here, outside the lock.
+  Reader reader;
+  task(reader);
+}
+
+void SqliteStore::ReaderLoop() {
+  Reader reader;
+  for (;;) {
+    ReadTask task;
+    {
+      absl::MutexLock lock(&reads_mu_);
+      reads_mu_.Await(absl::Condition(this, &SqliteStore::HasReadOrStopping));
+      if (read_queue_.empty()) {
+        return;  // stopping, and every queued read is answered
+      }
+      task = std::move(read_queue_.front());
+      read_queue_.pop_front();
+    }
+    task(reader);
+  }
 }
 
 template <typename T>
 absl::StatusOr<T> SqliteStore::WithReader(
-    const std::function<absl::StatusOr<T>(ReadConnection&)>& read) {
-  absl::StatusOr<std::unique_ptr<ReadConnection>> reader = AcquireReader();
-  if (!reader.ok()) {
-    return reader.status();
+    Reader& reader, const std::function<absl::StatusOr<T>(ReadConnection&)>& read) {
+  if (reader == nullptr) {
+    Opener opener(options_);
+    absl::StatusOr<Db> db = opener.OpenConnection(SQLITE_OPEN_READONLY);
+    if (!db.ok()) {
+      return db.status();
+    }
+    absl::StatusOr<std::unique_ptr<ReadConnection>> prepared = PrepareReader(*std::move(db));
+    if (!prepared.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("store read failed: ", prepared.status().message()));
+    }
+    reader = *std::move(prepared);
   }
-  absl::StatusOr<T> result = read(**reader);
-  if (result.ok()) {
-    ReleaseReader(*std::move(reader));
+  absl::StatusOr<T> result = read(*reader);
+  if (!result.ok()) {
+    reader.reset();
   }
   return result;
 }
 
-absl::StatusOr<std::optional<Verdict>> SqliteStore::LatestFor(
-    absl::string_view ip, std::optional<absl::string_view> user_agent) {
+void SqliteStore::LatestFor(std::string ip, std::optional<std::string> user_agent,
+                            ReadCallback<std::optional<Verdict>> done) {
+  PostRead([this, ip = std::move(ip), user_agent = std::move(user_agent),
+            done = std::move(done)](Reader& reader) {
+    done(ReadLatestFor(
+        reader, ip,
+        user_agent.has_value() ? std::optional<absl::string_view>(*user_agent) : std::nullopt));
+  });
+}
+
+void SqliteStore::History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) {
+  PostRead([this, query = std::move(query), done = std::move(done)](Reader& reader) {
+    done(ReadHistory(reader, query));
+  });
+}
+
+void SqliteStore::Usage(std::string caller, absl::Time since, absl::Time until,
+                        ReadCallback<std::vector<DailyUsage>> done) {
+  PostRead([this, caller = std::move(caller), since, until, done = std::move(done)](
+               Reader& reader) { done(ReadUsage(reader, caller, since, until)); });
+}
+
+void SqliteStore::ClicksSince(absl::Time since, ReadCallback<ClickCounts> done) {
+  PostRead([this, since, done = std::move(done)](Reader& reader) {
+    done(ReadClicksSince(reader, since));
+  });
+}
+
+void SqliteStore::Ping(DoneCallback done) {
+  PostRead([this, done = std::move(done)](Reader& reader) { done(PingNow(reader)); });
+}
+
+absl::StatusOr<std::optional<Verdict>> SqliteStore::ReadLatestFor(
+    Reader& reader_slot, absl::string_view ip, std::optional<absl::string_view> user_agent) {
   return WithReader<std::optional<Verdict>>(
-      [&](ReadConnection& reader) -> absl::StatusOr<std::optional<Verdict>> {
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::optional<Verdict>> {
         sqlite3_stmt* stmt = user_agent.has_value() ? reader.latest_for_ip_and_user_agent.get()
                                                     : reader.latest_for_ip.get();
         ScopedReset reset(stmt);
@@ -769,7 +841,8 @@ absl::StatusOr<std::optional<Verdict>> SqliteStore::LatestFor(
       });
 }
 
-absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::History(const HistoryQuery& query) {
+absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::ReadHistory(Reader& reader_slot,
+                                                                   const HistoryQuery& query) {
   if (query.limit <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("history limit must be positive, got ", query.limit));
@@ -791,7 +864,7 @@ absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::History(const HistoryQuer
     return std::vector<HistoryEntry>();
   }
   return WithReader<std::vector<HistoryEntry>>(
-      [&](ReadConnection& reader) -> absl::StatusOr<std::vector<HistoryEntry>> {
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::vector<HistoryEntry>> {
         sqlite3_stmt* stmt = reader.history.get();
         ScopedReset reset(stmt);
         BindText(stmt, 1, query.ip);
@@ -814,8 +887,9 @@ absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::History(const HistoryQuer
       });
 }
 
-absl::StatusOr<std::vector<DailyUsage>> SqliteStore::Usage(absl::string_view caller,
-                                                           absl::Time since, absl::Time until) {
+absl::StatusOr<std::vector<DailyUsage>> SqliteStore::ReadUsage(Reader& reader_slot,
+                                                               absl::string_view caller,
+                                                               absl::Time since, absl::Time until) {
   const absl::TimeZone utc = absl::UTCTimeZone();
   const absl::CivilDay first = std::max(absl::ToCivilDay(since, utc), kEpochDay);
   const absl::CivilDay last =
@@ -826,7 +900,7 @@ absl::StatusOr<std::vector<DailyUsage>> SqliteStore::Usage(absl::string_view cal
   const int64_t first_day = DayNumber(first);
   const int64_t last_day = DayNumber(last);
   return WithReader<std::vector<DailyUsage>>(
-      [&](ReadConnection& reader) -> absl::StatusOr<std::vector<DailyUsage>> {
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::vector<DailyUsage>> {
         sqlite3_stmt* stmt = caller.empty() ? reader.usage_all.get() : reader.usage_one.get();
         ScopedReset reset(stmt);
         sqlite3_bind_int64(stmt, 1, first_day);
@@ -857,9 +931,9 @@ absl::StatusOr<std::vector<DailyUsage>> SqliteStore::Usage(absl::string_view cal
       });
 }
 
-absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> SqliteStore::ClicksSince(
-    absl::Time since) {
-  using Result = std::vector<std::pair<std::string, int64_t>>;
+absl::StatusOr<VerdictStore::ClickCounts> SqliteStore::ReadClicksSince(Reader& reader_slot,
+                                                                       absl::Time since) {
+  using Result = ClickCounts;
   const int64_t since_us = CeilUnixMicros(since);
   // Whole days from the counters; the rest of since's day, if since is not a midnight, from the
   // ledger: [since_us, partial_last]. Empty (first > last) when since is a midnight, as month and
@@ -880,7 +954,7 @@ absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> SqliteStore::Clicks
                        ? std::numeric_limits<int64_t>::max()
                        : since_us + to_day_end;
   }
-  return WithReader<Result>([&](ReadConnection& reader) -> absl::StatusOr<Result> {
+  return WithReader<Result>(reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<Result> {
     sqlite3_stmt* stmt = reader.clicks_since.get();
     ScopedReset reset(stmt);
     sqlite3_bind_int64(stmt, 1, partial_first);
@@ -898,9 +972,10 @@ absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> SqliteStore::Clicks
   });
 }
 
-absl::StatusOr<std::optional<std::string>> SqliteStore::ReadMeta(const std::string& name) {
+absl::StatusOr<std::optional<std::string>> SqliteStore::ReadMeta(Reader& reader_slot,
+                                                                 const std::string& name) {
   return WithReader<std::optional<std::string>>(
-      [&](ReadConnection& reader) -> absl::StatusOr<std::optional<std::string>> {
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::optional<std::string>> {
         sqlite3_stmt* stmt = reader.read_meta.get();
         ScopedReset reset(stmt);
         BindText(stmt, 1, name);
@@ -915,51 +990,65 @@ absl::StatusOr<std::optional<std::string>> SqliteStore::ReadMeta(const std::stri
       });
 }
 
-absl::StatusOr<std::string> SqliteStore::Secret(absl::string_view name, size_t bytes) {
-  if (name.empty()) {
-    return absl::InvalidArgumentError("secret name is empty");
-  }
-  if (bytes == 0 || bytes > kMaxSecretBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("secret size must be 1..", kMaxSecretBytes, " bytes, got ", bytes));
-  }
-  const std::string key = absl::StrCat("secret:", name);
-  absl::StatusOr<std::optional<std::string>> stored = ReadMeta(key);
-  if (!stored.ok()) {
-    return stored.status();
-  }
-  if (!stored->has_value()) {
-    std::string fresh(bytes, '\0');
-    absl::Status status = FillRandom(fresh);
-    if (!status.ok()) {
-      return status;
+void SqliteStore::Secret(std::string name, size_t bytes, ReadCallback<std::string> done) {
+  PostRead([this, name = std::move(name), bytes, done = std::move(done)](Reader& reader) {
+    if (name.empty()) {
+      done(absl::InvalidArgumentError("secret name is empty"));
+      return;
     }
-    absl::Notification written;
-    Enqueue(PutMetaOp{key, std::move(fresh), [&](absl::Status s) {
-                        status = std::move(s);
-                        written.Notify();
-                      }});
-    written.WaitForNotification();
-    if (!status.ok()) {
-      return status;
+    if (bytes == 0 || bytes > kMaxSecretBytes) {
+      done(absl::InvalidArgumentError(
+          absl::StrCat("secret size must be 1..", kMaxSecretBytes, " bytes, got ", bytes)));
+      return;
     }
-    // Whoever inserted first won; read what they wrote.
-    stored = ReadMeta(key);
+    std::string key = absl::StrCat("secret:", name);
+    absl::StatusOr<std::optional<std::string>> stored = ReadMeta(reader, key);
     if (!stored.ok()) {
-      return stored.status();
+      done(stored.status());
+      return;
     }
-    if (!stored->has_value()) {
-      return absl::InternalError(absl::StrCat("secret \"", name, "\" vanished after writing it"));
+    if (stored->has_value()) {
+      FinishSecret(std::move(stored), name, bytes, done);
+      return;
     }
-  }
-  if ((*stored)->size() != bytes) {
-    return absl::FailedPreconditionError(absl::StrCat("stored secret \"", name, "\" has ",
-                                                      (*stored)->size(), " bytes, not ", bytes));
-  }
-  return **std::move(stored);
+    std::string fresh(bytes, '\0');
+    if (absl::Status status = FillRandom(fresh); !status.ok()) {
+      done(std::move(status));
+      return;
+    }
+    // Whoever inserted first won: once the insert is committed, read what they wrote.
+    Enqueue(PutMetaOp{key, std::move(fresh), [this, name, key, bytes, done](absl::Status status) {
+                        if (!status.ok()) {
+                          done(std::move(status));
+                          return;
+                        }
+                        PostRead([this, name, key, bytes, done](Reader& reader) {
+                          FinishSecret(ReadMeta(reader, key), name, bytes, done);
+                        });
+                      }});
+  });
 }
 
-absl::Status SqliteStore::Ping() {
+void SqliteStore::FinishSecret(absl::StatusOr<std::optional<std::string>> stored,
+                               const std::string& name, size_t bytes,
+                               const ReadCallback<std::string>& done) {
+  if (!stored.ok()) {
+    done(stored.status());
+    return;
+  }
+  if (!stored->has_value()) {
+    done(absl::InternalError(absl::StrCat("secret \"", name, "\" vanished after writing it")));
+    return;
+  }
+  if ((*stored)->size() != bytes) {
+    done(absl::FailedPreconditionError(absl::StrCat("stored secret \"", name, "\" has ",
+                                                    (*stored)->size(), " bytes, not ", bytes)));
+    return;
+  }
+  done(**std::move(stored));
+}
+
+absl::Status SqliteStore::PingNow(Reader& reader_slot) {
   // The writer keeps writing to the file it opened even when the path now names another one
   // (replaced or deleted): everything it commits would be lost.
   struct stat st;
@@ -971,15 +1060,16 @@ absl::Status SqliteStore::Ping() {
     return absl::UnavailableError(absl::StrCat("store read failed: database ", options_.path,
                                                " was replaced by another file"));
   }
-  absl::StatusOr<bool> read = WithReader<bool>([](ReadConnection& reader) -> absl::StatusOr<bool> {
-    sqlite3_stmt* stmt = reader.ping.get();
-    ScopedReset reset(stmt);
-    const int rc = sqlite3_step(stmt);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-      return ReadFailed(reader.db.get());
-    }
-    return true;
-  });
+  absl::StatusOr<bool> read =
+      WithReader<bool>(reader_slot, [](ReadConnection& reader) -> absl::StatusOr<bool> {
+        sqlite3_stmt* stmt = reader.ping.get();
+        ScopedReset reset(stmt);
+        const int rc = sqlite3_step(stmt);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+          return ReadFailed(reader.db.get());
+        }
+        return true;
+      });
   if (!read.ok()) {
     return read.status();
   }

@@ -98,6 +98,66 @@ class RawDb {
   sqlite3* db_ = nullptr;
 };
 
+// The store's reads answer on its own threads; the tests wait for them.
+template <typename T>
+class Waiter {
+ public:
+  std::function<void(T)> Callback() {
+    return [this](T value) {
+      result_.emplace(std::move(value));
+      done_.Notify();
+    };
+  }
+  T Wait() {
+    done_.WaitForNotification();
+    return *std::move(result_);
+  }
+
+ private:
+  absl::Notification done_;
+  std::optional<T> result_;
+};
+
+absl::StatusOr<std::optional<Verdict>> LatestForSync(VerdictStore& store, std::string ip,
+                                                     std::optional<absl::string_view> user_agent) {
+  Waiter<absl::StatusOr<std::optional<Verdict>>> waiter;
+  store.LatestFor(std::move(ip),
+                  user_agent.has_value() ? std::optional<std::string>(*user_agent) : std::nullopt,
+                  waiter.Callback());
+  return waiter.Wait();
+}
+
+absl::StatusOr<std::vector<HistoryEntry>> HistorySync(VerdictStore& store, HistoryQuery query) {
+  Waiter<absl::StatusOr<std::vector<HistoryEntry>>> waiter;
+  store.History(std::move(query), waiter.Callback());
+  return waiter.Wait();
+}
+
+absl::StatusOr<std::vector<DailyUsage>> UsageSync(VerdictStore& store, std::string caller,
+                                                  absl::Time since, absl::Time until) {
+  Waiter<absl::StatusOr<std::vector<DailyUsage>>> waiter;
+  store.Usage(std::move(caller), since, until, waiter.Callback());
+  return waiter.Wait();
+}
+
+absl::StatusOr<VerdictStore::ClickCounts> ClicksSinceSync(VerdictStore& store, absl::Time since) {
+  Waiter<absl::StatusOr<VerdictStore::ClickCounts>> waiter;
+  store.ClicksSince(since, waiter.Callback());
+  return waiter.Wait();
+}
+
+absl::StatusOr<std::string> SecretSync(VerdictStore& store, std::string name, size_t bytes) {
+  Waiter<absl::StatusOr<std::string>> waiter;
+  store.Secret(std::move(name), bytes, waiter.Callback());
+  return waiter.Wait();
+}
+
+absl::Status PingSync(VerdictStore& store) {
+  Waiter<absl::Status> waiter;
+  store.Ping(waiter.Callback());
+  return waiter.Wait();
+}
+
 absl::StatusOr<int64_t> BeginClickSync(VerdictStore& store, std::string caller, std::string ip,
                                        absl::Time requested_at) {
   absl::Notification done;
@@ -260,7 +320,7 @@ TEST_F(SqliteStoreTest, LatestForReturnsEveryFieldOfAnAppendedVerdict) {
                   /*bot=*/true};
   Append(*store, v);
 
-  absl::StatusOr<std::optional<Verdict>> got = store->LatestFor("203.0.113.7", std::nullopt);
+  absl::StatusOr<std::optional<Verdict>> got = LatestForSync(*store, "203.0.113.7", std::nullopt);
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_TRUE(got->has_value());
   const Verdict& g = **got;
@@ -300,13 +360,13 @@ TEST_F(SqliteStoreTest, NewestCheckedAtWinsThenHighestId) {
   Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "ua", "two"));
   Append(*store, MakeVerdict("192.0.2.99", kT0 + absl::Seconds(9), "ua", "other ip"));
 
-  auto got = store->LatestFor("192.0.2.1", std::nullopt);
+  auto got = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(got.ok() && got->has_value());
   EXPECT_EQ((*got)->caller, "three");
 
   // Same checked_at: the later append wins.
   Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "three again"));
-  got = store->LatestFor("192.0.2.1", std::nullopt);
+  got = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(got.ok() && got->has_value());
   EXPECT_EQ((*got)->caller, "three again");
 }
@@ -318,20 +378,20 @@ TEST_F(SqliteStoreTest, LatestForFiltersByExactUserAgent) {
   Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "agent-b"));
   Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), ""));
 
-  auto a = store->LatestFor("192.0.2.1", absl::string_view("agent-a"));
+  auto a = LatestForSync(*store, "192.0.2.1", absl::string_view("agent-a"));
   ASSERT_TRUE(a.ok() && a->has_value());
   EXPECT_EQ((*a)->user_agent, "agent-a");
   EXPECT_EQ((*a)->checked_at, kT0 + absl::Seconds(1));
 
-  auto empty = store->LatestFor("192.0.2.1", absl::string_view());
+  auto empty = LatestForSync(*store, "192.0.2.1", absl::string_view());
   ASSERT_TRUE(empty.ok() && empty->has_value());
   EXPECT_EQ((*empty)->user_agent, "");
 
-  auto any = store->LatestFor("192.0.2.1", std::nullopt);
+  auto any = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(any.ok() && any->has_value());
   EXPECT_EQ((*any)->checked_at, kT0 + absl::Seconds(3));
 
-  auto none = store->LatestFor("192.0.2.1", absl::string_view("agent-c"));
+  auto none = LatestForSync(*store, "192.0.2.1", absl::string_view("agent-c"));
   ASSERT_TRUE(none.ok());
   EXPECT_FALSE(none->has_value());
 }
@@ -340,7 +400,7 @@ TEST_F(SqliteStoreTest, UnknownIpIsNullopt) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
   Append(*store, MakeVerdict("192.0.2.1", kT0));
-  auto got = store->LatestFor("192.0.2.2", std::nullopt);
+  auto got = LatestForSync(*store, "192.0.2.2", std::nullopt);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_FALSE(got->has_value());
 }
@@ -353,7 +413,7 @@ TEST_F(SqliteStoreTest, DataSurvivesReopen) {
   }
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
-  auto got = store->LatestFor("2001:db8::1", std::nullopt);
+  auto got = LatestForSync(*store, "2001:db8::1", std::nullopt);
   ASSERT_TRUE(got.ok() && got->has_value());
   EXPECT_EQ((*got)->caller, "carol");
   EXPECT_EQ((*got)->checked_at, kT0);
@@ -381,16 +441,16 @@ TEST_F(SqliteStoreTest, UserAgentBytesRoundTripExactly) {
   ASSERT_EQ(ua.size(), 24u);  // the NUL did not end the literal
   Append(*store, MakeVerdict("192.0.2.1", kT0, ua));
 
-  auto got = store->LatestFor("192.0.2.1", std::nullopt);
+  auto got = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(got.ok() && got->has_value());
   EXPECT_EQ((*got)->user_agent, ua);
 
-  auto filtered = store->LatestFor("192.0.2.1", absl::string_view(ua));
+  auto filtered = LatestForSync(*store, "192.0.2.1", absl::string_view(ua));
   ASSERT_TRUE(filtered.ok() && filtered->has_value());
   EXPECT_EQ((*filtered)->user_agent, ua);
 
   // What a C string would truncate it to is a different user agent.
-  auto prefix = store->LatestFor("192.0.2.1", absl::string_view("Mozilla/5.0"));
+  auto prefix = LatestForSync(*store, "192.0.2.1", absl::string_view("Mozilla/5.0"));
   ASSERT_TRUE(prefix.ok());
   EXPECT_FALSE(prefix->has_value());
 }
@@ -402,11 +462,11 @@ TEST_F(SqliteStoreTest, SqlMetacharactersAreStoredVerbatim) {
   const std::string ua = "\"); DELETE FROM clicks; -- ' OR 1=1";
   Append(*store, MakeVerdict("192.0.2.1", kT0, ua, caller));
 
-  auto got = store->LatestFor("192.0.2.1", absl::string_view(ua));
+  auto got = LatestForSync(*store, "192.0.2.1", absl::string_view(ua));
   ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
   EXPECT_EQ((*got)->caller, caller);
   EXPECT_EQ((*got)->user_agent, ua);
-  auto injected = store->LatestFor("' OR '1'='1", std::nullopt);
+  auto injected = LatestForSync(*store, "' OR '1'='1", std::nullopt);
   ASSERT_TRUE(injected.ok());
   EXPECT_FALSE(injected->has_value());
 
@@ -665,7 +725,7 @@ TEST_F(SqliteStoreTest, LockedStoreFailsWritesAndRecoversAfterwards) {
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(failed.status().message(), HasSubstr("store write failed: database is locked"));
   // WAL readers do not wait for the writer.
-  auto read = store->LatestFor("192.0.2.1", std::nullopt);
+  auto read = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_TRUE(read->has_value());
 
@@ -687,7 +747,7 @@ TEST_F(SqliteStoreTest, ReadsRunConcurrentlyWithWrites) {
   for (int r = 0; r < kReaders; ++r) {
     readers.emplace_back([&, r] {
       while (!stop.HasBeenNotified()) {
-        auto got = store->LatestFor("192.0.2.1", absl::string_view("ua"));
+        auto got = LatestForSync(*store, "192.0.2.1", absl::string_view("ua"));
         if (!got.ok() || !got->has_value()) {
           ++failures[r];
         }
@@ -702,7 +762,7 @@ TEST_F(SqliteStoreTest, ReadsRunConcurrentlyWithWrites) {
     t.join();
   }
   EXPECT_THAT(failures, ::testing::Each(0));
-  auto got = store->LatestFor("192.0.2.1", std::nullopt);
+  auto got = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(got.ok() && got->has_value());
   EXPECT_EQ((*got)->checked_at, kT0 + absl::Seconds(50));
 }
@@ -739,7 +799,7 @@ TEST_F(SqliteStoreTest, HistoryIsNewestFirstWithTiesBrokenByIdAndAllFields) {
 
   HistoryQuery query;
   query.ip = "192.0.2.1";
-  absl::StatusOr<std::vector<HistoryEntry>> got = store->History(query);
+  absl::StatusOr<std::vector<HistoryEntry>> got = HistorySync(*store, query);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_THAT(Callers(*got), ElementsAre("d", "b", "c", "a"));
   EXPECT_GT((*got)[0].id, (*got)[1].id);
@@ -750,17 +810,17 @@ TEST_F(SqliteStoreTest, HistoryIsNewestFirstWithTiesBrokenByIdAndAllFields) {
   EXPECT_EQ(d.assessment, MakeVerdict("", kT0).assessment);
 
   query.limit = 2;
-  got = store->History(query);
+  got = HistorySync(*store, query);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_THAT(Callers(*got), ElementsAre("d", "b"));
 
   query.ip = "192.0.2.2";
-  got = store->History(query);
+  got = HistorySync(*store, query);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->empty());
 
   query.limit = 0;
-  EXPECT_EQ(store->History(query).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(HistorySync(*store, query).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(SqliteStoreTest, HistorySinceIsInclusiveAndUntilExclusive) {
@@ -773,26 +833,26 @@ TEST_F(SqliteStoreTest, HistorySinceIsInclusiveAndUntilExclusive) {
   query.ip = "192.0.2.1";
   query.since = kT0 + absl::Seconds(2);
   query.until = kT0 + absl::Seconds(4);
-  auto got = store->History(query);
+  auto got = HistorySync(*store, query);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_THAT(Callers(*got), ElementsAre("3", "2"));
 
   // Sub-microsecond bounds: stored times are whole microseconds, compared exactly.
   query.since = kT0 + absl::Seconds(2) + absl::Nanoseconds(1);
   query.until = kT0 + absl::Seconds(4) + absl::Nanoseconds(1);
-  got = store->History(query);
+  got = HistorySync(*store, query);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_THAT(Callers(*got), ElementsAre("4", "3"));
 
   query.since = kT0 + absl::Seconds(4);
   query.until = kT0 + absl::Seconds(4);
-  got = store->History(query);
+  got = HistorySync(*store, query);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->empty());
 
   query.since = absl::InfinitePast();
   query.until = absl::InfiniteFuture();
-  got = store->History(query);
+  got = HistorySync(*store, query);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_THAT(Callers(*got), ElementsAre("5", "4", "3", "2", "1"));
 }
@@ -812,7 +872,7 @@ TEST_F(SqliteStoreTest, HistoryPagesReturnEachEntryExactlyOnce) {
   query.limit = 3;
   std::vector<std::vector<std::string>> pages;
   for (int page = 0; page < 10; ++page) {
-    auto got = store->History(query);
+    auto got = HistorySync(*store, query);
     ASSERT_TRUE(got.ok()) << got.status();
     if (got->empty()) {
       break;
@@ -936,15 +996,15 @@ TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
   }
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
-  auto got = store->LatestFor("192.0.2.1", std::nullopt);
+  auto got = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
   EXPECT_EQ((*got)->caller, "old");
   EXPECT_EQ((*got)->checked_at, absl::FromUnixMicros(1700000000100000));
   ASSERT_TRUE(AddUsageSync(*store, {{"old", absl::CivilDay(2023, 11, 14), 1, 2}}).ok());
-  auto clicks = store->ClicksSince(absl::InfinitePast());
+  auto clicks = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_THAT(*clicks, ElementsAre(std::pair<std::string, int64_t>("old", 1)));
-  ASSERT_TRUE(store->Secret("k", 8).ok());
+  ASSERT_TRUE(SecretSync(*store, "k", 8).ok());
   store.reset();
 
   RawDb raw(path_);
@@ -1029,25 +1089,25 @@ TEST_F(SqliteStoreTest, VersionTwoDatabaseGetsItsClickCountersBackfilled) {
   }
 
   using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto clicks = store->ClicksSince(absl::InfinitePast());
+  auto clicks = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 5}, {"carol", 2}}));
-  clicks = store->ClicksSince(At(absl::CivilSecond(d1)));
+  clicks = ClicksSinceSync(*store, At(absl::CivilSecond(d1)));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 5}}));
   // Inside d1: its rest (the pending click and the last microsecond's error) plus d2.
-  clicks = store->ClicksSince(At(absl::CivilMinute(absl::CivilHour(d1) + 12) + 30));
+  clicks = ClicksSinceSync(*store, At(absl::CivilMinute(absl::CivilHour(d1) + 12) + 30));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 3}}));
   // The ends of the microsecond range (the partial day there is clamped, not overflowed).
-  clicks = store->ClicksSince(absl::InfiniteFuture());
+  clicks = ClicksSinceSync(*store, absl::InfiniteFuture());
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_TRUE(clicks->empty());
-  clicks = store->ClicksSince(absl::FromUnixMicros(std::numeric_limits<int64_t>::min() + 1));
+  clicks = ClicksSinceSync(*store, absl::FromUnixMicros(std::numeric_limits<int64_t>::min() + 1));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 5}, {"carol", 2}}));
 
-  auto usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  auto usage = UsageSync(*store, "", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_THAT(Rows(*usage),
               ElementsAre(IsRow("alice", d1, 4, 2, 3, 10), IsRow("alice", d2, 1, 0, 0, 0),
@@ -1057,10 +1117,10 @@ TEST_F(SqliteStoreTest, VersionTwoDatabaseGetsItsClickCountersBackfilled) {
   ClickCompletion not_sent;
   not_sent.outcome = ClickOutcome::kNotSent;
   ASSERT_TRUE(CompleteClickSync(*store, 3, not_sent).ok());
-  clicks = store->ClicksSince(At(absl::CivilSecond(d1)));
+  clicks = ClicksSinceSync(*store, At(absl::CivilSecond(d1)));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 4}}));
-  usage = store->Usage("alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
+  usage = UsageSync(*store, "alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", d1, 3, 2, 3, 10)));
 }
@@ -1081,7 +1141,7 @@ TEST_F(SqliteStoreTest, AddUsageAccumulatesAcrossCallsAndRestarts) {
   EXPECT_EQ(AddUsageSync(*store, {{"alice", day, 1, 1}, {"alice", day, -1, 0}}).code(),
             absl::StatusCode::kInvalidArgument);  // and nothing of it applied
 
-  auto got = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  auto got = UsageSync(*store, "", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_EQ(got->size(), 3u);
   EXPECT_EQ((*got)[0].caller, "alice");
@@ -1113,8 +1173,8 @@ TEST_F(SqliteStoreTest, UsageMergesLedgerClicksWithCountersPerCallerAndDay) {
   Click(*store, "bob", At(absl::CivilSecond(d2)) + absl::Hours(1), ClickOutcome::kNotSent);
   ASSERT_TRUE(AddUsageSync(*store, {{"alice", d1, 2, 7}, {"bob", d1, 5, 6}}).ok());
 
-  auto got = store->Usage("", At(absl::CivilSecond(d1)) + absl::Hours(12),
-                          At(absl::CivilSecond(d2)) + absl::Microseconds(1));
+  auto got = UsageSync(*store, "", At(absl::CivilSecond(d1)) + absl::Hours(12),
+                       At(absl::CivilSecond(d2)) + absl::Microseconds(1));
   ASSERT_TRUE(got.ok()) << got.status();
   // bob's d2 had only a not-sent click: nothing, so no row.
   EXPECT_THAT(Rows(*got),
@@ -1122,25 +1182,25 @@ TEST_F(SqliteStoreTest, UsageMergesLedgerClicksWithCountersPerCallerAndDay) {
                           IsRow("bob", d1, 0, 0, 5, 6)));
 
   // until is exclusive: midnight ends d1.
-  got = store->Usage("alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
+  got = UsageSync(*store, "alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_THAT(Rows(*got), ElementsAre(IsRow("alice", d1, 3, 1, 2, 7)));
 
-  got = store->Usage("bob", absl::InfinitePast(), absl::InfiniteFuture());
+  got = UsageSync(*store, "bob", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_THAT(Rows(*got), ElementsAre(IsRow("bob", d1, 0, 0, 5, 6)));
 
-  got = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
+  got = UsageSync(*store, "alice", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_THAT(Rows(*got),
               ElementsAre(IsRow("alice", d0, 1, 0, 0, 0), IsRow("alice", d1, 3, 1, 2, 7),
                           IsRow("alice", d2, 1, 0, 0, 0)));
 
-  got = store->Usage("carol", absl::InfinitePast(), absl::InfiniteFuture());
+  got = UsageSync(*store, "carol", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->empty());
 
-  got = store->Usage("", At(absl::CivilSecond(d2)), At(absl::CivilSecond(d1)));  // backwards
+  got = UsageSync(*store, "", At(absl::CivilSecond(d2)), At(absl::CivilSecond(d1)));  // backwards
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->empty());
 }
@@ -1157,13 +1217,13 @@ TEST_F(SqliteStoreTest, ClicksSinceCountsBilledClicksPerCaller) {
   Click(*store, "carol", kT0 + absl::Seconds(5), ClickOutcome::kPending);
 
   using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto got = store->ClicksSince(kT0);
+  auto got = ClicksSinceSync(*store, kT0);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, (Counts{{"alice", 3}, {"carol", 1}}));
-  got = store->ClicksSince(absl::InfinitePast());
+  got = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, (Counts{{"alice", 4}, {"carol", 1}}));
-  got = store->ClicksSince(kT0 + absl::Hours(1));
+  got = ClicksSinceSync(*store, kT0 + absl::Hours(1));
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->empty());
 }
@@ -1229,13 +1289,13 @@ TEST_F(SqliteStoreTest, ClickCountersFollowBeginAndComplete) {
   EXPECT_THAT(counters(), row(3, 1));
 
   using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto clicks = store->ClicksSince(At(absl::CivilSecond(day)));
+  auto clicks = ClicksSinceSync(*store, At(absl::CivilSecond(day)));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 3}}));
-  clicks = store->ClicksSince(At(absl::CivilSecond(day + 1)));
+  clicks = ClicksSinceSync(*store, At(absl::CivilSecond(day + 1)));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_TRUE(clicks->empty());
-  auto usage = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
+  auto usage = UsageSync(*store, "alice", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", day, 3, 1, 0, 0)));
 }
@@ -1296,23 +1356,23 @@ TEST_F(SqliteStoreTest, PruneInsideADayKeepsThatDaysClickCounters) {
   EXPECT_EQ(*pruned, 2);  // the 06:00 click and its verdict; the day's counters stay
 
   using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto usage = store->Usage("alice", midnight, midnight + absl::Hours(24));
+  auto usage = UsageSync(*store, "alice", midnight, midnight + absl::Hours(24));
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", day, 2, 1, 0, 0)));
-  auto clicks = store->ClicksSince(midnight);
+  auto clicks = ClicksSinceSync(*store, midnight);
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 2}}));
-  clicks = store->ClicksSince(midnight + absl::Hours(3));
+  clicks = ClicksSinceSync(*store, midnight + absl::Hours(3));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 1}}));
 
   pruned = PruneSync(*store, midnight + absl::Hours(24), 100);
   ASSERT_TRUE(pruned.ok()) << pruned.status();
   EXPECT_EQ(*pruned, 2);  // the 18:00 click and the day's counters
-  usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  usage = UsageSync(*store, "", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_TRUE(usage->empty());
-  clicks = store->ClicksSince(absl::InfinitePast());
+  clicks = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_TRUE(clicks->empty());
 }
@@ -1493,7 +1553,7 @@ TEST_F(SqliteStoreTest, ClicksSinceAndUsageAgreeWithTheLedgerOverRandomOperation
     } else {
       ++checks;
       const absl::Time since = pick(10) == 0 ? absl::InfinitePast() : random_time(-1, kDays + 1);
-      auto got = store->ClicksSince(since);
+      auto got = ClicksSinceSync(*store, since);
       ASSERT_TRUE(got.ok()) << got.status();
       ASSERT_EQ(*got, LedgerClicksSince(raw, since)) << "since " << since;
 
@@ -1501,7 +1561,7 @@ TEST_F(SqliteStoreTest, ClicksSinceAndUsageAgreeWithTheLedgerOverRandomOperation
       const absl::Time from = pick(8) == 0 ? absl::InfinitePast() : random_time(-1, kDays + 1);
       const absl::Time until =
           pick(8) == 0 ? absl::InfiniteFuture() : from + absl::Hours(pick(24 * 4));
-      auto usage = store->Usage(caller, from, until);
+      auto usage = UsageSync(*store, caller, from, until);
       ASSERT_TRUE(usage.ok()) << usage.status();
       ASSERT_EQ(Rows(*usage), LedgerUsage(raw, batched, caller, from, until))
           << "caller \"" << caller << "\" from " << from << " until " << until;
@@ -1513,11 +1573,11 @@ TEST_F(SqliteStoreTest, ClicksSinceAndUsageAgreeWithTheLedgerOverRandomOperation
     not_sent.outcome = ClickOutcome::kNotSent;
     ASSERT_TRUE(CompleteClickSync(*store, p.id, not_sent).ok());
   }
-  auto got = store->ClicksSince(absl::InfinitePast());
+  auto got = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, LedgerClicksSince(raw, absl::InfinitePast()));
   EXPECT_FALSE(got->empty());
-  auto usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  auto usage = UsageSync(*store, "", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_EQ(Rows(*usage),
             LedgerUsage(raw, batched, "", absl::InfinitePast(), absl::InfiniteFuture()));
@@ -1582,30 +1642,30 @@ TEST_F(SqliteStoreTest, ClicksSinceWithALargeLedgerReadsOnlyCounters) {
   const absl::Time period = At(absl::CivilSecond(absl::CivilDay(2024, 1, 15)));
   const absl::Time inside_a_day = period + absl::Hours(13) + absl::Microseconds(7);
   for (const absl::Time since : {month, period, inside_a_day, absl::InfinitePast()}) {
-    auto got = store->ClicksSince(since);
+    auto got = ClicksSinceSync(*store, since);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(*got, LedgerClicksSince(raw, since)) << since;
     ASSERT_EQ(got->size(), static_cast<size_t>(kCallers));
   }
   const absl::Duration month_time =
-      time_per_call([&] { ASSERT_TRUE(store->ClicksSince(month).ok()); });
+      time_per_call([&] { ASSERT_TRUE(ClicksSinceSync(*store, month).ok()); });
   const absl::Duration inside_time =
-      time_per_call([&] { ASSERT_TRUE(store->ClicksSince(inside_a_day).ok()); });
+      time_per_call([&] { ASSERT_TRUE(ClicksSinceSync(*store, inside_a_day).ok()); });
   const absl::Duration ledger_time =
       time_per_call([&] { ASSERT_FALSE(LedgerClicksSince(raw, month).empty()); }, 3);
   const absl::Time month_end = At(absl::CivilSecond(absl::CivilDay(2024, 3, 1)));
   const absl::Duration usage_all_time = time_per_call([&] {
-    auto usage = store->Usage("", month, month_end);
+    auto usage = UsageSync(*store, "", month, month_end);
     ASSERT_TRUE(usage.ok());
     ASSERT_EQ(usage->size(), static_cast<size_t>(kCallers * 29));
   });
   const absl::Duration usage_one_time = time_per_call([&] {
-    auto usage = store->Usage("caller3", month, month_end);
+    auto usage = UsageSync(*store, "caller3", month, month_end);
     ASSERT_TRUE(usage.ok());
     ASSERT_EQ(usage->size(), 29u);
   });
   const absl::Time check_start = absl::Now();
-  auto usage = store->Usage("", month, month_end);
+  auto usage = UsageSync(*store, "", month, month_end);
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_EQ(Rows(*usage), LedgerUsage(raw, {}, "", month, month_end));
   std::cout << "[ measured ] filled in " << fill_time << ", checked in "
@@ -1639,7 +1699,7 @@ TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
   EXPECT_EQ(*first, 4);
   HistoryQuery query;
   query.ip = "192.0.2.1";
-  auto history = store->History(query);
+  auto history = HistorySync(*store, query);
   ASSERT_TRUE(history.ok());
   EXPECT_THAT(Callers(*history), ElementsAre("9", "8", "7", "6", "5", "4"));  // oldest went first
 
@@ -1658,10 +1718,10 @@ TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
   EXPECT_EQ(total, 14);
   EXPECT_EQ(batches, 4);
 
-  history = store->History(query);
+  history = HistorySync(*store, query);
   ASSERT_TRUE(history.ok());
   EXPECT_THAT(Callers(*history), ElementsAre("9", "8", "7", "6", "5"));
-  auto usage = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
+  auto usage = UsageSync(*store, "alice", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok());
   ASSERT_EQ(usage->size(), 1u);  // the leftover click and yesterday's counters are gone
   EXPECT_EQ((*usage)[0].day, today);
@@ -1683,26 +1743,26 @@ TEST_F(SqliteStoreTest, SecretIsStableAcrossReopenAndHasTheRequestedLength) {
   {
     std::unique_ptr<VerdictStore> store = Open();
     ASSERT_NE(store, nullptr);
-    absl::StatusOr<std::string> secret = store->Secret("page_token", 32);
+    absl::StatusOr<std::string> secret = SecretSync(*store, "page_token", 32);
     ASSERT_TRUE(secret.ok()) << secret.status();
     EXPECT_EQ(secret->size(), 32u);
     EXPECT_NE(*secret, std::string(32, '\0'));
     first = *secret;
-    secret = store->Secret("page_token", 32);
+    secret = SecretSync(*store, "page_token", 32);
     ASSERT_TRUE(secret.ok()) << secret.status();
     EXPECT_EQ(*secret, first);
 
-    absl::StatusOr<std::string> other = store->Secret("other", 32);
+    absl::StatusOr<std::string> other = SecretSync(*store, "other", 32);
     ASSERT_TRUE(other.ok()) << other.status();
     EXPECT_NE(*other, first);
-    EXPECT_EQ(store->Secret("page_token", 16).status().code(),
+    EXPECT_EQ(SecretSync(*store, "page_token", 16).status().code(),
               absl::StatusCode::kFailedPrecondition);
-    EXPECT_EQ(store->Secret("", 16).status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(store->Secret("zero", 0).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(SecretSync(*store, "", 16).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(SecretSync(*store, "zero", 0).status().code(), absl::StatusCode::kInvalidArgument);
   }
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
-  absl::StatusOr<std::string> again = store->Secret("page_token", 32);
+  absl::StatusOr<std::string> again = SecretSync(*store, "page_token", 32);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, first);
 }
@@ -1718,7 +1778,7 @@ TEST_F(SqliteStoreTest, RacingFirstSecretCallsAgree) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       VerdictStore& s = t % 2 == 0 ? *store : *second_process;
-      absl::StatusOr<std::string> secret = s.Secret("shared", 24);
+      absl::StatusOr<std::string> secret = SecretSync(s, "shared", 24);
       EXPECT_TRUE(secret.ok()) << secret.status();
       secrets[t] = secret.value_or("");
     });
@@ -1735,27 +1795,27 @@ TEST_F(SqliteStoreTest, RacingFirstSecretCallsAgree) {
 TEST_F(SqliteStoreTest, PingIsOkForAHealthyStore) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
-  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+  EXPECT_TRUE(PingSync(*store).ok()) << PingSync(*store);
   Append(*store, MakeVerdict("192.0.2.1", kT0));
-  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+  EXPECT_TRUE(PingSync(*store).ok()) << PingSync(*store);
 }
 
 TEST_F(SqliteStoreTest, PingFailsWhenTheDatabaseFileIsReplacedOrRemoved) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
   Append(*store, MakeVerdict("192.0.2.1", kT0));
-  ASSERT_TRUE(store->Ping().ok());
+  ASSERT_TRUE(PingSync(*store).ok());
 
   const std::string garbage_path = dir_ + "/garbage";
   { std::ofstream(garbage_path, std::ios::binary) << std::string(8192, '\x5a'); }
   ASSERT_EQ(std::rename(garbage_path.c_str(), path_.c_str()), 0);
-  absl::Status status = store->Ping();
+  absl::Status status = PingSync(*store);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("store read failed"));
   EXPECT_THAT(std::string(status.message()), HasSubstr("replaced"));
 
   ASSERT_EQ(std::remove(path_.c_str()), 0);
-  status = store->Ping();
+  status = PingSync(*store);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("store read failed"));
   EXPECT_THAT(std::string(status.message()), HasSubstr(path_));
@@ -1770,7 +1830,7 @@ TEST_F(SqliteStoreTest, PingReportsFailingWritesUntilAWriteSucceeds) {
   options.clock = &clock;
   std::unique_ptr<VerdictStore> store = Open(options);
   ASSERT_NE(store, nullptr);
-  ASSERT_TRUE(store->Ping().ok());
+  ASSERT_TRUE(PingSync(*store).ok());
 
   // Recovery noticed by Ping's own trial write, with no other traffic.
   {
@@ -1778,19 +1838,19 @@ TEST_F(SqliteStoreTest, PingReportsFailingWritesUntilAWriteSucceeds) {
     ASSERT_EQ(locker.Exec("BEGIN EXCLUSIVE"), SQLITE_OK) << sqlite3_errmsg(locker.get());
     ASSERT_FALSE(BeginClickSync(*store, "alice", "192.0.2.2", kT0).ok());
     clock.Advance(absl::Seconds(1));
-    absl::Status status = store->Ping();
+    absl::Status status = PingSync(*store);
     EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
     EXPECT_THAT(std::string(status.message()),
                 HasSubstr("store writes failing since 2023-11-14T22:13:20Z: store write failed: "
                           "database is locked"));
     store->Flush();  // the trial write Ping queued fails too: still locked
-    EXPECT_EQ(store->Ping().code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(PingSync(*store).code(), absl::StatusCode::kUnavailable);
     store->Flush();
     ASSERT_EQ(locker.Exec("COMMIT"), SQLITE_OK);
   }
-  EXPECT_EQ(store->Ping().code(), absl::StatusCode::kUnavailable);  // not known yet...
+  EXPECT_EQ(PingSync(*store).code(), absl::StatusCode::kUnavailable);  // not known yet...
   store->Flush();  // ...until the trial write Ping queued commits
-  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+  EXPECT_TRUE(PingSync(*store).ok()) << PingSync(*store);
 
   // Recovery noticed through an ordinary write.
   {
@@ -1799,12 +1859,12 @@ TEST_F(SqliteStoreTest, PingReportsFailingWritesUntilAWriteSucceeds) {
     ASSERT_FALSE(AddUsageSync(*store, {{"alice", absl::CivilDay(2024, 1, 1), 1, 1}}).ok());
     ASSERT_EQ(locker.Exec("COMMIT"), SQLITE_OK);
   }
-  EXPECT_THAT(std::string(store->Ping().message()), HasSubstr("store writes failing"));
+  EXPECT_THAT(std::string(PingSync(*store).message()), HasSubstr("store writes failing"));
   store->Flush();  // let Ping's trial write finish before the next write, to keep this exact
   ASSERT_TRUE(BeginClickSync(*store, "alice", "192.0.2.3", kT0).ok());
-  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+  EXPECT_TRUE(PingSync(*store).ok()) << PingSync(*store);
   // Reads kept working throughout.
-  EXPECT_TRUE(store->ClicksSince(absl::InfinitePast()).ok());
+  EXPECT_TRUE(ClicksSinceSync(*store, absl::InfinitePast()).ok());
 }
 
 }  // namespace
