@@ -559,6 +559,10 @@ int Run() {
     spdlog::critical("verdictd cannot start: {}", client.status().message());
     return 1;
   }
+  // The engine reports budgets (GetUsage, the budget gauge); checks carry their caller's own.
+  for (const ApiKeyEntry& entry : auth.entries()) {
+    s.engine.monthly_budgets.emplace_back(entry.caller, entry.monthly_budget);
+  }
   auto scheduler = std::make_unique<ThreadScheduler>();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(s.engine, store, **client, *Clock::Real(), *scheduler, &server_metrics);
@@ -579,18 +583,12 @@ int Run() {
       "1 while the circuit breaker refuses to send to ClickPatrol.", [engine_ptr] {
         return engine_ptr->breaker_state() == CircuitBreaker::State::kOpen ? 1.0 : 0.0;
       });
-  const Authenticator* auth_ptr = &auth;
   registry.AddCallbackGauge(
       "verdictd_budget_clicks_left", "Clicks left of each caller's monthly budget.", {"caller"},
-      [engine_ptr, auth_ptr] {
+      [engine_ptr] {
         metrics::LabeledValues values;
-        for (const ApiKeyEntry& entry : auth_ptr->entries()) {
-          if (entry.monthly_budget > 0) {
-            values.push_back(
-                {{entry.caller},
-                 static_cast<double>(std::max<int64_t>(
-                     0, entry.monthly_budget - engine_ptr->SpentThisMonth(entry.caller)))});
-          }
+        for (const BudgetStatus& budget : engine_ptr->Budgets()) {
+          values.push_back({{budget.caller}, static_cast<double>(budget.left)});
         }
         return values;
       });

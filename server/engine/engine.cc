@@ -9,6 +9,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/ip.h"
 #include "common/logging.h"
+#include "common/quote.h"
 
 namespace verdictd {
 namespace {
@@ -78,6 +79,15 @@ absl::StatusOr<VerdictStore::ClickCounts> WaitForClicksSince(VerdictStore& store
   return result;
 }
 
+absl::flat_hash_map<std::string, int64_t> BudgetByCaller(
+    const std::vector<std::pair<std::string, int64_t>>& budgets) {
+  absl::flat_hash_map<std::string, int64_t> by_caller;
+  for (const auto& [caller, budget] : budgets) {
+    by_caller[caller] = budget;
+  }
+  return by_caller;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options, VerdictStore& store,
@@ -108,6 +118,7 @@ Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& cl
                const std::vector<std::pair<std::string, int64_t>>& month_clicks,
                int64_t period_clicks)
     : options_(std::move(options)),
+      budget_by_caller_(BudgetByCaller(options_.monthly_budgets)),
       store_(store),
       client_(client),
       clock_(clock),
@@ -990,17 +1001,90 @@ void Engine::History(HistoryQuery query, HistoryCallback done) {
                  });
 }
 
-void Engine::Usage(std::string caller, absl::Time since, absl::Time until, UsageCallback done) {
+void Engine::Usage(UsageQuery query, UsageCallback done) {
+  if (!query.auditor && query.caller != query.requester) {
+    done(absl::PermissionDeniedError(
+        query.caller.empty() ? "only auditors may read every caller's usage; ask for your own"
+                             : absl::StrCat("caller ", QuoteForError(query.requester),
+                                            " may read only its own usage, not that of ",
+                                            QuoteForError(query.caller))));
+    return;
+  }
+  for (const auto* t : {&query.since, &query.until}) {
+    if (!t->ok()) {
+      done(t->status());
+      return;
+    }
+  }
+  const absl::Time now = clock_.Now();
+  const absl::Time since = query.since->value_or(SpendTracker::MonthStart(now));
+  absl::Time until = query.until->value_or(absl::InfiniteFuture());
+  if (since >= until) {
+    done(absl::InvalidArgumentError("since must be before until"));
+    return;
+  }
+  if (until == absl::InfiniteFuture()) {
+    until = now + absl::Seconds(1);
+  }
   BeginStoreRead();
   // Read once the pending counters are written, so the answer includes every check made
   // before; chained, since the store does not order a read after a write issued before it.
-  usage_.Flush([this, caller = std::move(caller), since, until, done = std::move(done)]() mutable {
-    store_.Usage(std::move(caller), since, until,
-                 [this, done = std::move(done)](absl::StatusOr<std::vector<DailyUsage>> days) {
-                   done(std::move(days));
-                   EndStoreRead();
-                 });
-  });
+  usage_.Flush(
+      [this, caller = std::move(query.caller), since, until, done = std::move(done)]() mutable {
+        std::string asked = caller;
+        store_.Usage(std::move(caller), since, until,
+                     [this, asked = std::move(asked),
+                      done = std::move(done)](absl::StatusOr<std::vector<DailyUsage>> days) {
+                       if (days.ok()) {
+                         done(MakeUsageReport(asked, *std::move(days)));
+                       } else {
+                         done(absl::UnavailableError(
+                             absl::StrCat("verdict store unavailable: ", days.status().message())));
+                       }
+                       EndStoreRead();
+                     });
+      });
+}
+
+UsageReport Engine::MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days) {
+  UsageReport report;
+  // Rows arrive sorted by caller, then day.
+  for (DailyUsage& day : days) {
+    if (report.callers.empty() || report.callers.back().caller != day.caller) {
+      report.callers.push_back(CallerUsageReport{day.caller, {}, {}, std::nullopt});
+    }
+    CallerUsageReport& usage = report.callers.back();
+    usage.total += day.counts;
+    usage.days.push_back(std::move(day));
+  }
+  if (!caller.empty() && report.callers.empty()) {
+    report.callers.push_back(CallerUsageReport{caller, {}, {}, std::nullopt});
+  }
+  for (CallerUsageReport& usage : report.callers) {
+    usage.budget = BudgetOf(usage.caller);
+  }
+  report.allowance = spend_.Allowance();
+  return report;
+}
+
+std::optional<BudgetStatus> Engine::BudgetOf(const std::string& caller) {
+  auto it = budget_by_caller_.find(caller);
+  if (it == budget_by_caller_.end() || it->second <= 0) {
+    return std::nullopt;
+  }
+  return BudgetStatus{caller, it->second,
+                      std::max<int64_t>(0, it->second - spend_.SpentThisMonth(caller))};
+}
+
+std::vector<BudgetStatus> Engine::Budgets() {
+  std::vector<BudgetStatus> budgets;
+  for (const auto& [caller, budget] : options_.monthly_budgets) {
+    if (budget > 0) {
+      budgets.push_back(BudgetStatus{caller, budget,
+                                     std::max<int64_t>(0, budget - spend_.SpentThisMonth(caller))});
+    }
+  }
+  return budgets;
 }
 
 }  // namespace verdictd

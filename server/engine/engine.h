@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -80,6 +81,41 @@ struct EngineOptions {
   size_t hot_cache_entries = 100'000;
   // How often batched usage counters are written. Default: 1 s.
   absl::Duration usage_flush_interval = absl::Seconds(1);
+  // Each caller's clicks per calendar month, as the API keys file gives them (a caller listed
+  // twice: the last one counts), for the budgets reported by Usage and Budgets. 0: unlimited.
+  // Checks carry their own (CheckRequest::monthly_budget). Default: none.
+  std::vector<std::pair<std::string, int64_t>> monthly_budgets;
+};
+
+// A GetUsage request, decoded.
+struct UsageQuery {
+  std::string requester;  // the authenticated caller asking
+  bool auditor = false;   // the requester may read every caller's usage
+  std::string caller;     // whose usage: "" for every caller's
+  // The window asked for; nullopt: from the start of the current UTC month, and until now. A
+  // timestamp that did not decode is reported only after the permission check, so that who may
+  // ask is decided first whatever else the request says.
+  absl::StatusOr<std::optional<absl::Time>> since = std::optional<absl::Time>();
+  absl::StatusOr<std::optional<absl::Time>> until = std::optional<absl::Time>();
+};
+
+// A caller's monthly budget and what is left of it this month.
+struct BudgetStatus {
+  std::string caller;
+  int64_t monthly_budget = 0;
+  int64_t left = 0;
+};
+
+struct CallerUsageReport {
+  std::string caller;
+  UsageCounts total;                   // the sum of `days`
+  std::vector<DailyUsage> days;        // by day
+  std::optional<BudgetStatus> budget;  // absent: no budget (unlimited)
+};
+
+struct UsageReport {
+  std::vector<CallerUsageReport> callers;  // by caller; the one asked for even without usage
+  AllowanceStatus allowance;
 };
 
 // One RPC's stake in its checks, shared by every item of a batch: its deadline, and whether the
@@ -149,7 +185,7 @@ class Engine {
  public:
   using Callback = std::function<void(absl::StatusOr<CheckResult>)>;
   using HistoryCallback = std::function<void(absl::StatusOr<std::vector<HistoryEntry>>)>;
-  using UsageCallback = std::function<void(absl::StatusOr<std::vector<DailyUsage>>)>;
+  using UsageCallback = std::function<void(absl::StatusOr<UsageReport>)>;
 
   // Loads this month's spending from the store's ledger. `store`, `client`, `clock` and
   // `scheduler` must outlive the engine; `observer` may be null.
@@ -186,8 +222,14 @@ class Engine {
 
   // Audit and accounting reads. `done` runs once, on a store thread; WaitIdle waits for it.
   void History(HistoryQuery query, HistoryCallback done);
-  // Writes pending usage counters first, so the answer includes every check made before.
-  void Usage(std::string caller, absl::Time since, absl::Time until, UsageCallback done);
+  // GetUsage: a caller may read its own usage, an auditor everyone's (PERMISSION_DENIED
+  // otherwise); the window defaults to the current UTC month by the engine's clock
+  // (INVALID_ARGUMENT unless since < until); each caller's budget is joined in. Writes pending
+  // usage counters first, so the answer includes every check made before. `done` runs once: at
+  // once for a refused query, otherwise on a store thread; UNAVAILABLE when the store fails.
+  void Usage(UsageQuery query, UsageCallback done);
+  // Every caller with a monthly budget (EngineOptions::monthly_budgets), in that order.
+  std::vector<BudgetStatus> Budgets();
   AllowanceStatus Allowance() { return spend_.Allowance(); }
   int64_t SpentThisMonth(const std::string& caller) { return spend_.SpentThisMonth(caller); }
   CircuitBreaker::State breaker_state() const { return breaker_.state(); }
@@ -305,6 +347,10 @@ class Engine {
   void Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged);
   void Answer(Callback& done, absl::StatusOr<CheckResult> result);
   void SchedulePrune(absl::Duration delay);
+  // `caller`'s budget, if it has one.
+  std::optional<BudgetStatus> BudgetOf(const std::string& caller);
+  // The report for `days` (sorted by caller, then day); `caller` is the one asked for, or "".
+  UsageReport MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days);
   void ScheduleUsageFlush();
 
   // Lets scheduled tasks and store callbacks that outlive a flight find out whether the engine
@@ -315,6 +361,8 @@ class Engine {
   };
 
   const EngineOptions options_;
+  // options_.monthly_budgets by caller, the last entry of a caller winning.
+  const absl::flat_hash_map<std::string, int64_t> budget_by_caller_;
   std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>();
   VerdictStore& store_;
   ClickPatrolClient& client_;

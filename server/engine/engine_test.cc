@@ -1013,6 +1013,123 @@ TEST_F(EngineTest, ShutdownAnswersUnsentMissesAndAdmitsNoMore) {
   EXPECT_TRUE(engine().WaitIdleUntil(clock_.Now()));
 }
 
+// --- GetUsage ---------------------------------------------------------------------------------
+
+// Runs Usage and returns its answer (the fake store answers inline).
+absl::StatusOr<UsageReport> UsageOf(Engine& engine, UsageQuery query) {
+  std::optional<absl::StatusOr<UsageReport>> answer;
+  engine.Usage(std::move(query), [&](absl::StatusOr<UsageReport> r) { answer = std::move(r); });
+  EXPECT_TRUE(answer.has_value());
+  return answer.value_or(absl::InternalError("no answer"));
+}
+
+UsageQuery UsageQueryBy(std::string requester, std::string caller, bool auditor = false) {
+  UsageQuery q;
+  q.requester = std::move(requester);
+  q.caller = std::move(caller);
+  q.auditor = auditor;
+  return q;
+}
+
+TEST_F(EngineTest, UsageDefaultWindowIsThisUtcMonthByTheInjectedClock) {
+  clock_.Set(absl::FromCivil(absl::CivilSecond(2026, 3, 17, 10, 30, 0), absl::UTCTimeZone()));
+  absl::StatusOr<UsageReport> report = UsageOf(engine(), UsageQueryBy("team-a", "team-a"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(store_.usage_reads.size(), 1u);
+  EXPECT_EQ(store_.usage_reads[0].caller, "team-a");
+  EXPECT_EQ(store_.usage_reads[0].since,
+            absl::FromCivil(absl::CivilDay(2026, 3, 1), absl::UTCTimeZone()));
+  EXPECT_EQ(store_.usage_reads[0].until, clock_.Now() + absl::Seconds(1));
+
+  // An explicit since keeps the default until; an explicit until is used as given.
+  UsageQuery q = UsageQueryBy("team-a", "team-a");
+  q.since = std::optional<absl::Time>(clock_.Now() - absl::Hours(24 * 60));
+  ASSERT_TRUE(UsageOf(engine(), q).ok());
+  ASSERT_EQ(store_.usage_reads.size(), 2u);
+  EXPECT_EQ(store_.usage_reads[1].since, clock_.Now() - absl::Hours(24 * 60));
+  EXPECT_EQ(store_.usage_reads[1].until, clock_.Now() + absl::Seconds(1));
+  q.until = std::optional<absl::Time>(clock_.Now() - absl::Hours(24));
+  ASSERT_TRUE(UsageOf(engine(), q).ok());
+  ASSERT_EQ(store_.usage_reads.size(), 3u);
+  EXPECT_EQ(store_.usage_reads[2].until, clock_.Now() - absl::Hours(24));
+
+  // The default since is after an explicit until in the past: an empty window.
+  UsageQuery empty = UsageQueryBy("team-a", "team-a");
+  empty.until = std::optional<absl::Time>(clock_.Now() - absl::Hours(24 * 30));
+  EXPECT_EQ(UsageOf(engine(), empty).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_.usage_reads.size(), 3u) << "nothing read for a refused query";
+}
+
+TEST_F(EngineTest, UsageCallersSeeTheirOwnAndAuditorsEveryones) {
+  EXPECT_TRUE(UsageOf(engine(), UsageQueryBy("team-a", "team-a")).ok());
+  absl::Status other = UsageOf(engine(), UsageQueryBy("team-a", "team-b")).status();
+  EXPECT_EQ(other.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(other.message()), ::testing::HasSubstr("\"team-b\""));
+  absl::Status every = UsageOf(engine(), UsageQueryBy("team-a", "")).status();
+  EXPECT_EQ(every.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(every.message()), ::testing::HasSubstr("only auditors"));
+  EXPECT_TRUE(UsageOf(engine(), UsageQueryBy("auditor", "team-b", /*auditor=*/true)).ok());
+  EXPECT_TRUE(UsageOf(engine(), UsageQueryBy("auditor", "", /*auditor=*/true)).ok());
+  ASSERT_EQ(store_.usage_reads.size(), 3u) << "refused queries read nothing";
+  EXPECT_EQ(store_.usage_reads[2].caller, "");
+
+  // Who may ask is decided before the window is looked at.
+  UsageQuery bad = UsageQueryBy("team-a", "team-b");
+  bad.since = absl::InvalidArgumentError("since is not a valid google.protobuf.Timestamp");
+  EXPECT_EQ(UsageOf(engine(), bad).status().code(), absl::StatusCode::kPermissionDenied);
+  bad.caller = "team-a";
+  EXPECT_EQ(UsageOf(engine(), bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EngineTest, UsageJoinsBudgetsAndWritesPendingCountersFirst) {
+  options_.monthly_budgets = {{"team-a", 10}, {"team-b", 0}, {"team-c", 3}};
+  store_.initial_clicks = {{"team-a", 4}, {"team-c", 5}};
+  Start(Request("8.8.8.8", "team-a"));
+  client_.Answer(Safe());
+  EXPECT_TRUE(store_.usage.empty());
+  const absl::CivilDay today = absl::ToCivilDay(clock_.Now(), absl::UTCTimeZone());
+  store_.daily_usage = {
+      {"team-a", today - 1, UsageCounts{2, 0, 1, 3}},
+      {"team-a", today, UsageCounts{1, 1, 0, 1}},
+      {"team-b", today, UsageCounts{0, 0, 4, 4}},
+  };
+  absl::StatusOr<UsageReport> report =
+      UsageOf(engine(), UsageQueryBy("auditor", "", /*auditor=*/true));
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_FALSE(store_.usage.empty()) << "pending counters are written before the read";
+  ASSERT_EQ(report->callers.size(), 2u);
+  const CallerUsageReport& a = report->callers[0];
+  EXPECT_EQ(a.caller, "team-a");
+  EXPECT_EQ(a.days.size(), 2u);
+  EXPECT_EQ(a.total.clicks, 3);
+  EXPECT_EQ(a.total.upstream_errors, 1);
+  EXPECT_EQ(a.total.cache_hits, 1);
+  EXPECT_EQ(a.total.requests, 4);
+  ASSERT_TRUE(a.budget.has_value());
+  EXPECT_EQ(a.budget->monthly_budget, 10);
+  EXPECT_EQ(a.budget->left, 5) << "4 clicks at start-up and 1 since";
+  EXPECT_EQ(report->callers[1].caller, "team-b");
+  EXPECT_FALSE(report->callers[1].budget.has_value()) << "0 is unlimited";
+  EXPECT_EQ(report->allowance.clicks_used, engine().Allowance().clicks_used);
+
+  // A caller asked for by name is reported even without usage; a spent budget is 0 left.
+  store_.daily_usage.clear();
+  report = UsageOf(engine(), UsageQueryBy("team-c", "team-c"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->callers.size(), 1u);
+  EXPECT_EQ(report->callers[0].caller, "team-c");
+  EXPECT_TRUE(report->callers[0].days.empty());
+  ASSERT_TRUE(report->callers[0].budget.has_value());
+  EXPECT_EQ(report->callers[0].budget->left, 0);
+
+  std::vector<BudgetStatus> budgets = engine().Budgets();
+  ASSERT_EQ(budgets.size(), 2u);
+  EXPECT_EQ(budgets[0].caller, "team-a");
+  EXPECT_EQ(budgets[0].left, 5);
+  EXPECT_EQ(budgets[1].caller, "team-c");
+  EXPECT_EQ(budgets[1].left, 0);
+}
+
 // --- Store reads answer later, on a store thread ----------------------------------------------
 
 // Misses of one key whose store reads are all outstanding at once still share one request: they

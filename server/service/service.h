@@ -76,13 +76,6 @@ class VerdictServiceImpl final : public internal::RawVerdictService {
   // Fills `response` from the store's answer to page.query.
   absl::Status FillHistory(HistoryPage page, absl::StatusOr<std::vector<HistoryEntry>> entries,
                            verdict::v1::ListVerdictHistoryResponse* response) const;
-  // Checks and decodes `request`, then asks the engine; OK means `finish` will be called with
-  // the outcome once `response` is filled, from the store's thread.
-  absl::Status Usage(const Identity& identity, const verdict::v1::GetUsageRequest& request,
-                     std::function<void(absl::Status)> finish,
-                     verdict::v1::GetUsageResponse* response);
-  absl::Status FillUsage(const std::string& caller, absl::StatusOr<std::vector<DailyUsage>> days,
-                         verdict::v1::GetUsageResponse* response);
 
   const ServiceOptions options_;
   Engine& engine_;
