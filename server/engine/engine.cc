@@ -259,34 +259,57 @@ void Engine::Check(CheckRequest request, Callback done) {
                     std::move(cached));
     return;
   }
-  // Counted until the continuation has run, so that WaitIdle (and so the destructor) waits for
-  // it. Concurrent misses of the same key each read; they meet in `flights_` afterwards.
-  BeginStoreRead();
+  // One read per key at a time: a check that misses while the key's read is outstanding waits
+  // for that read, and the checks continue in arrival order when it answers. So the first of
+  // several concurrent misses of a key (e.g. a batch's duplicates) starts the flight and pays
+  // for it, as when reads answered at once, and the store is read once for all of them.
   std::optional<std::string> user_agent;
   if (by_user_agent) {
     user_agent = request.user_agent;
   }
-  store_.LatestFor(
-      canonical, std::move(user_agent),
-      [this, request = std::move(request), done = std::move(done), canonical, is_public,
-       key = std::move(key)](absl::StatusOr<std::optional<Verdict>> latest) mutable {
-        if (request.call != nullptr && request.call->cancelled()) {
-          // Gone while the store read: as for a check that arrives cancelled, no work.
-          done(GoneError(*request.call));
-        } else if (!latest.ok()) {
-          // Without the store we can neither answer from it nor record a click.
-          usage_.Record(request.caller, /*cache_hit=*/false);
-          done(absl::UnavailableError(
-              absl::StrCat("verdict store unavailable: ", latest.status().message())));
-        } else {
-          if (latest->has_value()) {
-            hot_.Put(key, **latest);
-          }
-          CheckWithLatest(std::move(request), std::move(done), canonical, is_public, std::move(key),
-                          *std::move(latest));
-        }
-        EndStoreRead();
-      });
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, first] = reads_.try_emplace(key);
+    it->second.push_back(PendingCheck{std::move(request), std::move(done), canonical, is_public});
+    if (!first) {
+      return;
+    }
+    // Counted until every continuation has run, so that WaitIdle (and so the destructor) waits.
+    ++store_reads_;
+  }
+  store_.LatestFor(canonical, std::move(user_agent),
+                   [this, key = std::move(key)](absl::StatusOr<std::optional<Verdict>> latest) {
+                     OnLatest(key, std::move(latest));
+                   });
+}
+
+void Engine::OnLatest(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest) {
+  if (latest.ok() && latest->has_value()) {
+    hot_.Put(key, **latest);
+  }
+  std::vector<PendingCheck> checks;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = reads_.find(key);
+    checks = std::move(it->second);
+    reads_.erase(it);
+  }
+  for (PendingCheck& check : checks) {
+    CheckRequest& request = check.request;
+    if (request.call != nullptr && request.call->cancelled()) {
+      // Gone while the store read: as for a check that arrives cancelled, no work.
+      check.done(GoneError(*request.call));
+    } else if (!latest.ok()) {
+      // Without the store we can neither answer from it nor record a click.
+      usage_.Record(request.caller, /*cache_hit=*/false);
+      check.done(absl::UnavailableError(
+          absl::StrCat("verdict store unavailable: ", latest.status().message())));
+    } else {
+      CheckWithLatest(std::move(request), std::move(check.done), check.canonical, check.is_public,
+                      key, *latest);
+    }
+  }
+  EndStoreRead();
 }
 
 void Engine::CheckWithLatest(CheckRequest request, Callback done, const std::string& canonical,

@@ -318,6 +318,15 @@ class Engine {
   // Count a store read the engine issued, until its callback has done everything it does.
   void BeginStoreRead() ABSL_LOCKS_EXCLUDED(mu_);
   void EndStoreRead() ABSL_LOCKS_EXCLUDED(mu_);
+  // A check waiting for its key's store read.
+  struct PendingCheck {
+    CheckRequest request;
+    Callback done;
+    std::string canonical;
+    bool is_public = false;
+  };
+  // The store's answer for `key`: continues every check waiting for it, in arrival order.
+  void OnLatest(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest);
   // The rest of Check once the newest stored verdict for `key` (`latest`) is known.
   void CheckWithLatest(CheckRequest request, Callback done, const std::string& canonical,
                        bool is_public, std::string key, std::optional<Verdict> latest);
@@ -385,6 +394,8 @@ class Engine {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   int cancels_in_progress_ ABSL_GUARDED_BY(mu_) = 0;
   int store_reads_ ABSL_GUARDED_BY(mu_) = 0;  // issued and not yet fully handled
+  // Keys whose LatestFor is outstanding, and the checks waiting for it, oldest first.
+  absl::flat_hash_map<std::string, std::vector<PendingCheck>> reads_ ABSL_GUARDED_BY(mu_);
   // ClickPatrol rejected the token: misses fail fast but for one probe per interval.
   bool token_rejected_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time next_token_probe_ ABSL_GUARDED_BY(mu_);

@@ -1141,13 +1141,14 @@ TEST_F(EngineTest, ConcurrentMissesDuringTheStoreReadShareOneRequest) {
   EXPECT_FALSE(a->has_value());
   EXPECT_FALSE(b->has_value());
   EXPECT_TRUE(client_.pending.empty()) << "nothing is sent before the store has answered";
+  EXPECT_EQ(store_.deferred_reads.size(), 1u) << "one read for both";
   store_.RunReads();
   ASSERT_EQ(client_.pending.size(), 1u);
   client_.Answer(Safe());
   ASSERT_TRUE(a->has_value() && b->has_value());
   ASSERT_TRUE((*a)->ok());
   ASSERT_TRUE((*b)->ok());
-  EXPECT_TRUE((**a)->click_spent);
+  EXPECT_TRUE((**a)->click_spent) << "the first to arrive pays, as with reads answered at once";
   EXPECT_FALSE((**b)->click_spent);
   EXPECT_EQ(store_.clicks.size(), 1u);
 }
