@@ -38,6 +38,7 @@
 #include "gtest/gtest.h"
 #include "storage/sqlite/sqlite_store_internal.h"
 #include "storage/verdict_store.h"
+#include "storage/verdict_store_contract_test.h"
 
 namespace verdictd {
 namespace {
@@ -46,6 +47,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using namespace std::string_literals;
+using namespace store_test;
 
 // A plain connection to the same file, to check what the store wrote without trusting it.
 class RawDb {
@@ -98,195 +100,12 @@ class RawDb {
   sqlite3* db_ = nullptr;
 };
 
-// The store's reads answer on its own threads; the tests wait for them.
-template <typename T>
-class Waiter {
- public:
-  std::function<void(T)> Callback() {
-    return [this](T value) {
-      result_.emplace(std::move(value));
-      done_.Notify();
-    };
-  }
-  T Wait() {
-    done_.WaitForNotification();
-    return *std::move(result_);
-  }
-
- private:
-  absl::Notification done_;
-  std::optional<T> result_;
-};
-
-absl::StatusOr<std::optional<Verdict>> LatestForSync(VerdictStore& store, std::string ip,
-                                                     std::optional<absl::string_view> user_agent) {
-  Waiter<absl::StatusOr<std::optional<Verdict>>> waiter;
-  store.LatestFor(std::move(ip),
-                  user_agent.has_value() ? std::optional<std::string>(*user_agent) : std::nullopt,
-                  waiter.Callback());
-  return waiter.Wait();
-}
-
-absl::StatusOr<std::vector<HistoryEntry>> HistorySync(VerdictStore& store, HistoryQuery query) {
-  Waiter<absl::StatusOr<std::vector<HistoryEntry>>> waiter;
-  store.History(std::move(query), waiter.Callback());
-  return waiter.Wait();
-}
-
-absl::StatusOr<std::vector<DailyUsage>> UsageSync(VerdictStore& store, std::string caller,
-                                                  absl::Time since, absl::Time until) {
-  Waiter<absl::StatusOr<std::vector<DailyUsage>>> waiter;
-  store.Usage(std::move(caller), since, until, waiter.Callback());
-  return waiter.Wait();
-}
-
-absl::StatusOr<VerdictStore::ClickCounts> ClicksSinceSync(VerdictStore& store, absl::Time since) {
-  Waiter<absl::StatusOr<VerdictStore::ClickCounts>> waiter;
-  store.ClicksSince(since, waiter.Callback());
-  return waiter.Wait();
-}
-
-absl::StatusOr<std::string> SecretSync(VerdictStore& store, std::string name, size_t bytes) {
-  Waiter<absl::StatusOr<std::string>> waiter;
-  store.Secret(std::move(name), bytes, waiter.Callback());
-  return waiter.Wait();
-}
-
-absl::Status PingSync(VerdictStore& store) {
-  Waiter<absl::Status> waiter;
-  store.Ping(waiter.Callback());
-  return waiter.Wait();
-}
-
-absl::StatusOr<int64_t> BeginClickSync(VerdictStore& store, std::string caller, std::string ip,
-                                       absl::Time requested_at) {
-  absl::Notification done;
-  absl::StatusOr<int64_t> result;
-  store.BeginClick(std::move(caller), std::move(ip), requested_at, [&](absl::StatusOr<int64_t> r) {
-    result = std::move(r);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
-}
-
-absl::Status CompleteClickSync(VerdictStore& store, int64_t click_id, ClickCompletion completion) {
-  absl::Notification done;
-  absl::Status result;
-  store.CompleteClick(click_id, std::move(completion), [&](absl::Status s) {
-    result = std::move(s);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
-}
-
-Verdict MakeVerdict(std::string ip, absl::Time checked_at, std::string user_agent = "ua",
-                    std::string caller = "alice") {
-  Verdict v;
-  v.ip = std::move(ip);
-  v.assessment.score = Score::kSuspicious;
-  v.assessment.proxy = true;
-  v.assessment.vpn = true;
-  v.checked_at = checked_at;
-  v.user_agent = std::move(user_agent);
-  v.caller = std::move(caller);
-  return v;
-}
-
-// Records a click that produced `verdict`, as the engine would; returns the click id.
-int64_t Append(VerdictStore& store, const Verdict& verdict) {
-  absl::StatusOr<int64_t> id =
-      BeginClickSync(store, verdict.caller, verdict.ip, verdict.checked_at - absl::Milliseconds(5));
-  EXPECT_TRUE(id.ok()) << id.status();
-  ClickCompletion completion;
-  completion.outcome = ClickOutcome::kVerdict;
-  completion.http_status = 200;
-  completion.latency = absl::Milliseconds(5);
-  completion.verdict = verdict;
-  completion.raw_body = R"({"trusted_ai_score":"Suspicious"})";
-  EXPECT_TRUE(CompleteClickSync(store, *id, std::move(completion)).ok());
-  return id.value_or(-1);
-}
-
-const absl::Time kT0 = absl::FromUnixMicros(1'700'000'000'123'457);
-
-absl::Status AddUsageSync(VerdictStore& store, std::vector<UsageDelta> deltas) {
-  absl::Notification done;
-  absl::Status result;
-  store.AddUsage(std::move(deltas), [&](absl::Status s) {
-    result = std::move(s);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
-}
-
-absl::StatusOr<int64_t> PruneSync(VerdictStore& store, absl::Time cutoff, int max_rows) {
-  absl::Notification done;
-  absl::StatusOr<int64_t> result;
-  store.PruneBefore(cutoff, max_rows, [&](absl::StatusOr<int64_t> r) {
-    result = std::move(r);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
-}
-
-// Records a click by `caller` at `requested_at` that ended with `outcome` (kPending: left open).
-void Click(VerdictStore& store, const std::string& caller, absl::Time requested_at,
-           ClickOutcome outcome) {
-  absl::StatusOr<int64_t> id = BeginClickSync(store, caller, "192.0.2.77", requested_at);
-  ASSERT_TRUE(id.ok()) << id.status();
-  if (outcome == ClickOutcome::kPending) {
-    return;
-  }
-  ClickCompletion completion;
-  completion.outcome = outcome;
-  if (outcome == ClickOutcome::kVerdict) {
-    completion.verdict = MakeVerdict("192.0.2.77", requested_at, "ua", caller);
-  }
-  ASSERT_TRUE(CompleteClickSync(store, *id, std::move(completion)).ok());
-}
-
-absl::Time At(absl::CivilSecond t) { return absl::FromCivil(t, absl::UTCTimeZone()); }
-
-// The callers of `entries`, which tests use to name verdicts.
-std::vector<std::string> Callers(const std::vector<HistoryEntry>& entries) {
-  std::vector<std::string> callers;
-  for (const HistoryEntry& e : entries) {
-    callers.push_back(e.verdict.caller);
-  }
-  return callers;
-}
-
 std::string Plan(RawDb& raw, const std::string& sql) {
   std::vector<std::string> details;
   for (const auto& row : raw.Query("EXPLAIN QUERY PLAN " + sql)) {
     details.push_back(row.back());
   }
   return absl::StrJoin(details, " | ");
-}
-
-// One day of Usage's answer, flattened for matching.
-struct Row {
-  std::string caller;
-  absl::CivilDay day;
-  int64_t clicks, upstream_errors, cache_hits, requests;
-};
-
-std::vector<Row> Rows(const std::vector<DailyUsage>& usage) {
-  std::vector<Row> rows;
-  for (const DailyUsage& u : usage) {
-    rows.push_back({u.caller, u.day, u.counts.clicks, u.counts.upstream_errors, u.counts.cache_hits,
-                    u.counts.requests});
-  }
-  return rows;
-}
-
-MATCHER_P6(IsRow, caller, day, clicks, errors, cache_hits, requests, "") {
-  return arg.caller == caller && arg.day == day && arg.clicks == clicks &&
-         arg.upstream_errors == errors && arg.cache_hits == cache_hits && arg.requests == requests;
 }
 
 class SqliteStoreTest : public ::testing::Test {
@@ -312,25 +131,6 @@ class SqliteStoreTest : public ::testing::Test {
   std::string path_;
 };
 
-TEST_F(SqliteStoreTest, LatestForReturnsEveryFieldOfAnAppendedVerdict) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Verdict v = MakeVerdict("203.0.113.7", kT0, "Mozilla/5.0 (X11)", "bob");
-  v.assessment = {Score::kFake, /*proxy=*/true, /*tor=*/false, /*vpn=*/true, /*crawler=*/false,
-                  /*bot=*/true};
-  Append(*store, v);
-
-  absl::StatusOr<std::optional<Verdict>> got = LatestForSync(*store, "203.0.113.7", std::nullopt);
-  ASSERT_TRUE(got.ok()) << got.status();
-  ASSERT_TRUE(got->has_value());
-  const Verdict& g = **got;
-  EXPECT_EQ(g.ip, "203.0.113.7");
-  EXPECT_EQ(g.assessment, v.assessment);
-  EXPECT_EQ(g.checked_at, kT0);  // to the microsecond
-  EXPECT_EQ(g.user_agent, "Mozilla/5.0 (X11)");
-  EXPECT_EQ(g.caller, "bob");
-}
-
 TEST_F(SqliteStoreTest, CompletedClickIsRecordedWithTheVerdictLinkedToIt) {
   FakeClock clock(kT0 + absl::Seconds(1));
   SqliteStoreOptions options;
@@ -352,73 +152,6 @@ TEST_F(SqliteStoreTest, CompletedClickIsRecordedWithTheVerdictLinkedToIt) {
                   std::to_string(id), R"({"trusted_ai_score":"Suspicious"})")));
 }
 
-TEST_F(SqliteStoreTest, NewestCheckedAtWinsThenHighestId) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(1), "ua", "one"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "three"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "ua", "two"));
-  Append(*store, MakeVerdict("192.0.2.99", kT0 + absl::Seconds(9), "ua", "other ip"));
-
-  auto got = LatestForSync(*store, "192.0.2.1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->caller, "three");
-
-  // Same checked_at: the later append wins.
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "three again"));
-  got = LatestForSync(*store, "192.0.2.1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->caller, "three again");
-}
-
-TEST_F(SqliteStoreTest, LatestForFiltersByExactUserAgent) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(1), "agent-a"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "agent-b"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), ""));
-
-  auto a = LatestForSync(*store, "192.0.2.1", absl::string_view("agent-a"));
-  ASSERT_TRUE(a.ok() && a->has_value());
-  EXPECT_EQ((*a)->user_agent, "agent-a");
-  EXPECT_EQ((*a)->checked_at, kT0 + absl::Seconds(1));
-
-  auto empty = LatestForSync(*store, "192.0.2.1", absl::string_view());
-  ASSERT_TRUE(empty.ok() && empty->has_value());
-  EXPECT_EQ((*empty)->user_agent, "");
-
-  auto any = LatestForSync(*store, "192.0.2.1", std::nullopt);
-  ASSERT_TRUE(any.ok() && any->has_value());
-  EXPECT_EQ((*any)->checked_at, kT0 + absl::Seconds(3));
-
-  auto none = LatestForSync(*store, "192.0.2.1", absl::string_view("agent-c"));
-  ASSERT_TRUE(none.ok());
-  EXPECT_FALSE(none->has_value());
-}
-
-TEST_F(SqliteStoreTest, UnknownIpIsNullopt) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0));
-  auto got = LatestForSync(*store, "192.0.2.2", std::nullopt);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_FALSE(got->has_value());
-}
-
-TEST_F(SqliteStoreTest, DataSurvivesReopen) {
-  {
-    std::unique_ptr<VerdictStore> store = Open();
-    ASSERT_NE(store, nullptr);
-    Append(*store, MakeVerdict("2001:db8::1", kT0, "ua", "carol"));
-  }
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  auto got = LatestForSync(*store, "2001:db8::1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->caller, "carol");
-  EXPECT_EQ((*got)->checked_at, kT0);
-}
-
 TEST_F(SqliteStoreTest, BegunClickIsDurableAsPendingAcrossRestart) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
@@ -432,27 +165,6 @@ TEST_F(SqliteStoreTest, BegunClickIsDurableAsPendingAcrossRestart) {
                         {*id}),
               ::testing::ElementsAre(::testing::ElementsAre(
                   "dave", "192.0.2.5", std::to_string(absl::ToUnixMicros(kT0)), "NULL", "0")));
-}
-
-TEST_F(SqliteStoreTest, UserAgentBytesRoundTripExactly) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  const std::string ua = "Mozilla/5.0\0tail \xff\xfe\x80 end"s;
-  ASSERT_EQ(ua.size(), 24u);  // the NUL did not end the literal
-  Append(*store, MakeVerdict("192.0.2.1", kT0, ua));
-
-  auto got = LatestForSync(*store, "192.0.2.1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->user_agent, ua);
-
-  auto filtered = LatestForSync(*store, "192.0.2.1", absl::string_view(ua));
-  ASSERT_TRUE(filtered.ok() && filtered->has_value());
-  EXPECT_EQ((*filtered)->user_agent, ua);
-
-  // What a C string would truncate it to is a different user agent.
-  auto prefix = LatestForSync(*store, "192.0.2.1", absl::string_view("Mozilla/5.0"));
-  ASSERT_TRUE(prefix.ok());
-  EXPECT_FALSE(prefix->has_value());
 }
 
 TEST_F(SqliteStoreTest, SqlMetacharactersAreStoredVerbatim) {
@@ -539,26 +251,6 @@ TEST_F(SqliteStoreTest, DestructorCommitsEverythingQueued) {
   callbacks.Wait();
   RawDb raw(path_);
   EXPECT_EQ(raw.Count("clicks"), kClicks);
-}
-
-TEST_F(SqliteStoreTest, CompleteClickForUnknownIdIsNotFound) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  ClickCompletion completion;
-  completion.outcome = ClickOutcome::kUpstreamError;
-  completion.error = "timeout";
-  absl::Status status = CompleteClickSync(*store, 12345, std::move(completion));
-  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
-}
-
-TEST_F(SqliteStoreTest, CompletedClickCannotBeCompletedAgain) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  const int64_t id = Append(*store, MakeVerdict("192.0.2.1", kT0));
-  ClickCompletion again;
-  again.outcome = ClickOutcome::kNotSent;
-  absl::Status status = CompleteClickSync(*store, id, std::move(again));
-  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
 }
 
 TEST_F(SqliteStoreTest, InconsistentCompletionIsRejectedAndLeavesClickPending) {
@@ -736,37 +428,6 @@ TEST_F(SqliteStoreTest, LockedStoreFailsWritesAndRecoversAfterwards) {
   EXPECT_EQ(locker.Count("clicks"), 2);  // the failed click left nothing behind
 }
 
-TEST_F(SqliteStoreTest, ReadsRunConcurrentlyWithWrites) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0));
-  constexpr int kReaders = 4;
-  absl::Notification stop;
-  std::vector<std::thread> readers;
-  std::vector<int> failures(kReaders, 0);
-  for (int r = 0; r < kReaders; ++r) {
-    readers.emplace_back([&, r] {
-      while (!stop.HasBeenNotified()) {
-        auto got = LatestForSync(*store, "192.0.2.1", absl::string_view("ua"));
-        if (!got.ok() || !got->has_value()) {
-          ++failures[r];
-        }
-      }
-    });
-  }
-  for (int i = 1; i <= 50; ++i) {
-    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(i)));
-  }
-  stop.Notify();
-  for (std::thread& t : readers) {
-    t.join();
-  }
-  EXPECT_THAT(failures, ::testing::Each(0));
-  auto got = LatestForSync(*store, "192.0.2.1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->checked_at, kT0 + absl::Seconds(50));
-}
-
 // "Latest verdict for a key" must stay an index lookup however long the history grows.
 TEST_F(SqliteStoreTest, LatestForQueriesSearchAnIndex) {
   ASSERT_NE(Open(), nullptr);
@@ -787,102 +448,6 @@ TEST_F(SqliteStoreTest, LatestForQueriesSearchAnIndex) {
 }
 
 // --- History ---------------------------------------------------------------------------
-
-TEST_F(SqliteStoreTest, HistoryIsNewestFirstWithTiesBrokenByIdAndAllFields) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(1), "ua", "a"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "b"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "ua", "c"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "d"));  // tie with b
-  Append(*store, MakeVerdict("192.0.2.9", kT0 + absl::Seconds(9), "ua", "other ip"));
-
-  HistoryQuery query;
-  query.ip = "192.0.2.1";
-  absl::StatusOr<std::vector<HistoryEntry>> got = HistorySync(*store, query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("d", "b", "c", "a"));
-  EXPECT_GT((*got)[0].id, (*got)[1].id);
-  const Verdict& d = (*got)[0].verdict;
-  EXPECT_EQ(d.ip, "192.0.2.1");
-  EXPECT_EQ(d.checked_at, kT0 + absl::Seconds(3));
-  EXPECT_EQ(d.user_agent, "ua");
-  EXPECT_EQ(d.assessment, MakeVerdict("", kT0).assessment);
-
-  query.limit = 2;
-  got = HistorySync(*store, query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("d", "b"));
-
-  query.ip = "192.0.2.2";
-  got = HistorySync(*store, query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-
-  query.limit = 0;
-  EXPECT_EQ(HistorySync(*store, query).status().code(), absl::StatusCode::kInvalidArgument);
-}
-
-TEST_F(SqliteStoreTest, HistorySinceIsInclusiveAndUntilExclusive) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  for (int i = 1; i <= 5; ++i) {
-    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(i), "ua", std::to_string(i)));
-  }
-  HistoryQuery query;
-  query.ip = "192.0.2.1";
-  query.since = kT0 + absl::Seconds(2);
-  query.until = kT0 + absl::Seconds(4);
-  auto got = HistorySync(*store, query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("3", "2"));
-
-  // Sub-microsecond bounds: stored times are whole microseconds, compared exactly.
-  query.since = kT0 + absl::Seconds(2) + absl::Nanoseconds(1);
-  query.until = kT0 + absl::Seconds(4) + absl::Nanoseconds(1);
-  got = HistorySync(*store, query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("4", "3"));
-
-  query.since = kT0 + absl::Seconds(4);
-  query.until = kT0 + absl::Seconds(4);
-  got = HistorySync(*store, query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-
-  query.since = absl::InfinitePast();
-  query.until = absl::InfiniteFuture();
-  got = HistorySync(*store, query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("5", "4", "3", "2", "1"));
-}
-
-TEST_F(SqliteStoreTest, HistoryPagesReturnEachEntryExactlyOnce) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  // Ties straddle the page boundaries (limit 3): c,d,e share a time, and so do f,g.
-  const int seconds[] = {1, 2, 3, 3, 3, 4, 4, 5};
-  for (int i = 0; i < 8; ++i) {
-    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(seconds[i]), "ua",
-                               std::string(1, static_cast<char>('a' + i))));
-  }
-  HistoryQuery query;
-  query.ip = "192.0.2.1";
-  query.since = kT0 + absl::Seconds(2);  // leaves out "a"
-  query.limit = 3;
-  std::vector<std::vector<std::string>> pages;
-  for (int page = 0; page < 10; ++page) {
-    auto got = HistorySync(*store, query);
-    ASSERT_TRUE(got.ok()) << got.status();
-    if (got->empty()) {
-      break;
-    }
-    pages.push_back(Callers(*got));
-    query.after = HistoryCursor{got->back().verdict.checked_at, got->back().id};
-  }
-  EXPECT_THAT(
-      pages, ElementsAre(ElementsAre("h", "g", "f"), ElementsAre("e", "d", "c"), ElementsAre("b")));
-}
 
 // Every page is a range scan of the (ip, checked_at_us DESC, id DESC) index: no sort, no scan.
 TEST_F(SqliteStoreTest, HistoryQuerySearchesTheIpIndexInOrder) {
@@ -1127,107 +692,6 @@ TEST_F(SqliteStoreTest, VersionTwoDatabaseGetsItsClickCountersBackfilled) {
 
 // --- usage -----------------------------------------------------------------------------
 
-TEST_F(SqliteStoreTest, AddUsageAccumulatesAcrossCallsAndRestarts) {
-  const absl::CivilDay day(2024, 3, 1);
-  {
-    std::unique_ptr<VerdictStore> store = Open();
-    ASSERT_NE(store, nullptr);
-    ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 1, 2}, {"bob", day, 0, 1}}).ok());
-    ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 10, 20}, {"alice", day + 1, 0, 5}}).ok());
-  }
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 100, 200}}).ok());
-  EXPECT_EQ(AddUsageSync(*store, {{"alice", day, 1, 1}, {"alice", day, -1, 0}}).code(),
-            absl::StatusCode::kInvalidArgument);  // and nothing of it applied
-
-  auto got = UsageSync(*store, "", absl::InfinitePast(), absl::InfiniteFuture());
-  ASSERT_TRUE(got.ok()) << got.status();
-  ASSERT_EQ(got->size(), 3u);
-  EXPECT_EQ((*got)[0].caller, "alice");
-  EXPECT_EQ((*got)[0].day, day);
-  EXPECT_EQ((*got)[0].counts.cache_hits, 111);
-  EXPECT_EQ((*got)[0].counts.requests, 222);
-  EXPECT_EQ((*got)[0].counts.clicks, 0);
-  EXPECT_EQ((*got)[1].caller, "alice");
-  EXPECT_EQ((*got)[1].day, day + 1);
-  EXPECT_EQ((*got)[1].counts.requests, 5);
-  EXPECT_EQ((*got)[2].caller, "bob");
-  EXPECT_EQ((*got)[2].counts.requests, 1);
-}
-
-TEST_F(SqliteStoreTest, UsageMergesLedgerClicksWithCountersPerCallerAndDay) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  const absl::CivilDay d0(2024, 2, 29);
-  const absl::CivilDay d1(2024, 3, 1);
-  const absl::CivilDay d2(2024, 3, 2);
-  // The last microsecond of d0 belongs to d0.
-  Click(*store, "alice", At(absl::CivilSecond(d1)) - absl::Microseconds(1), ClickOutcome::kVerdict);
-  Click(*store, "alice", At(absl::CivilSecond(d1)), ClickOutcome::kVerdict);
-  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(5), ClickOutcome::kUpstreamError);
-  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(6), ClickOutcome::kNotSent);
-  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(7), ClickOutcome::kPending);
-  Click(*store, "alice", At(absl::CivilSecond(d2)) + absl::Hours(23), ClickOutcome::kVerdict);
-  Click(*store, "bob", At(absl::CivilSecond(d1)) + absl::Hours(1), ClickOutcome::kNotSent);
-  Click(*store, "bob", At(absl::CivilSecond(d2)) + absl::Hours(1), ClickOutcome::kNotSent);
-  ASSERT_TRUE(AddUsageSync(*store, {{"alice", d1, 2, 7}, {"bob", d1, 5, 6}}).ok());
-
-  auto got = UsageSync(*store, "", At(absl::CivilSecond(d1)) + absl::Hours(12),
-                       At(absl::CivilSecond(d2)) + absl::Microseconds(1));
-  ASSERT_TRUE(got.ok()) << got.status();
-  // bob's d2 had only a not-sent click: nothing, so no row.
-  EXPECT_THAT(Rows(*got),
-              ElementsAre(IsRow("alice", d1, 3, 1, 2, 7), IsRow("alice", d2, 1, 0, 0, 0),
-                          IsRow("bob", d1, 0, 0, 5, 6)));
-
-  // until is exclusive: midnight ends d1.
-  got = UsageSync(*store, "alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Rows(*got), ElementsAre(IsRow("alice", d1, 3, 1, 2, 7)));
-
-  got = UsageSync(*store, "bob", absl::InfinitePast(), absl::InfiniteFuture());
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Rows(*got), ElementsAre(IsRow("bob", d1, 0, 0, 5, 6)));
-
-  got = UsageSync(*store, "alice", absl::InfinitePast(), absl::InfiniteFuture());
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Rows(*got),
-              ElementsAre(IsRow("alice", d0, 1, 0, 0, 0), IsRow("alice", d1, 3, 1, 2, 7),
-                          IsRow("alice", d2, 1, 0, 0, 0)));
-
-  got = UsageSync(*store, "carol", absl::InfinitePast(), absl::InfiniteFuture());
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-
-  got = UsageSync(*store, "", At(absl::CivilSecond(d2)), At(absl::CivilSecond(d1)));  // backwards
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-}
-
-TEST_F(SqliteStoreTest, ClicksSinceCountsBilledClicksPerCaller) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Click(*store, "alice", kT0 - absl::Microseconds(1), ClickOutcome::kVerdict);  // too early
-  Click(*store, "alice", kT0, ClickOutcome::kVerdict);
-  Click(*store, "alice", kT0 + absl::Seconds(1), ClickOutcome::kUpstreamError);
-  Click(*store, "alice", kT0 + absl::Seconds(2), ClickOutcome::kPending);
-  Click(*store, "alice", kT0 + absl::Seconds(3), ClickOutcome::kNotSent);
-  Click(*store, "bob", kT0 + absl::Seconds(4), ClickOutcome::kNotSent);
-  Click(*store, "carol", kT0 + absl::Seconds(5), ClickOutcome::kPending);
-
-  using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto got = ClicksSinceSync(*store, kT0);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(*got, (Counts{{"alice", 3}, {"carol", 1}}));
-  got = ClicksSinceSync(*store, absl::InfinitePast());
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(*got, (Counts{{"alice", 4}, {"carol", 1}}));
-  got = ClicksSinceSync(*store, kT0 + absl::Hours(1));
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-}
-
 // Usage and ClicksSince read per-day counters that every ledger write keeps up to date: a begun
 // click counts on its requested_at day, also when it is completed on a later one; not sent takes
 // it back, an upstream error adds an error, a verdict changes nothing; a rejected completion
@@ -1438,18 +902,6 @@ std::vector<Row> LedgerUsage(RawDb& raw, const BatchedCounters& batched, const s
     rows.push_back(row);
   }
   return rows;
-}
-
-bool operator==(const Row& a, const Row& b) {
-  return a.caller == b.caller && a.day == b.day && a.clicks == b.clicks &&
-         a.upstream_errors == b.upstream_errors && a.cache_hits == b.cache_hits &&
-         a.requests == b.requests;
-}
-
-std::ostream& operator<<(std::ostream& os, const Row& r) {
-  return os << "{" << r.caller << " " << r.day << " clicks=" << r.clicks
-            << " errors=" << r.upstream_errors << " hits=" << r.cache_hits
-            << " requests=" << r.requests << "}";
 }
 
 // 2000 random operations (begin, complete in each way, rejected completions, batched counters,
@@ -1738,67 +1190,7 @@ TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
 
 // --- secrets ---------------------------------------------------------------------------
 
-TEST_F(SqliteStoreTest, SecretIsStableAcrossReopenAndHasTheRequestedLength) {
-  std::string first;
-  {
-    std::unique_ptr<VerdictStore> store = Open();
-    ASSERT_NE(store, nullptr);
-    absl::StatusOr<std::string> secret = SecretSync(*store, "page_token", 32);
-    ASSERT_TRUE(secret.ok()) << secret.status();
-    EXPECT_EQ(secret->size(), 32u);
-    EXPECT_NE(*secret, std::string(32, '\0'));
-    first = *secret;
-    secret = SecretSync(*store, "page_token", 32);
-    ASSERT_TRUE(secret.ok()) << secret.status();
-    EXPECT_EQ(*secret, first);
-
-    absl::StatusOr<std::string> other = SecretSync(*store, "other", 32);
-    ASSERT_TRUE(other.ok()) << other.status();
-    EXPECT_NE(*other, first);
-    EXPECT_EQ(SecretSync(*store, "page_token", 16).status().code(),
-              absl::StatusCode::kFailedPrecondition);
-    EXPECT_EQ(SecretSync(*store, "", 16).status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(SecretSync(*store, "zero", 0).status().code(), absl::StatusCode::kInvalidArgument);
-  }
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  absl::StatusOr<std::string> again = SecretSync(*store, "page_token", 32);
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(*again, first);
-}
-
-TEST_F(SqliteStoreTest, RacingFirstSecretCallsAgree) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  std::unique_ptr<VerdictStore> second_process = Open();  // another writer on the same file
-  ASSERT_NE(second_process, nullptr);
-  constexpr int kThreads = 6;
-  std::vector<std::string> secrets(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      VerdictStore& s = t % 2 == 0 ? *store : *second_process;
-      absl::StatusOr<std::string> secret = SecretSync(s, "shared", 24);
-      EXPECT_TRUE(secret.ok()) << secret.status();
-      secrets[t] = secret.value_or("");
-    });
-  }
-  for (std::thread& t : threads) {
-    t.join();
-  }
-  EXPECT_EQ(secrets[0].size(), 24u);
-  EXPECT_THAT(secrets, ::testing::Each(secrets[0]));
-}
-
 // --- health ----------------------------------------------------------------------------
-
-TEST_F(SqliteStoreTest, PingIsOkForAHealthyStore) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  EXPECT_TRUE(PingSync(*store).ok()) << PingSync(*store);
-  Append(*store, MakeVerdict("192.0.2.1", kT0));
-  EXPECT_TRUE(PingSync(*store).ok()) << PingSync(*store);
-}
 
 TEST_F(SqliteStoreTest, PingFailsWhenTheDatabaseFileIsReplacedOrRemoved) {
   std::unique_ptr<VerdictStore> store = Open();
