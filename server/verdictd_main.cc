@@ -12,8 +12,10 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -24,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/duration.h"
@@ -426,21 +429,72 @@ bool IsLoopbackListen(absl::string_view listen) {
          absl::StartsWith(listen, "[::1]:");
 }
 
-// Keeps the health service in step with the store: NOT_SERVING while it cannot be used.
-void WatchStoreHealth(VerdictStore& store, grpc::HealthCheckServiceInterface& health,
-                      Scheduler& scheduler, bool previously_ok) {
-  const absl::Status ping = store.Ping();
-  if (ping.ok() != previously_ok) {
-    if (ping.ok()) {
-      spdlog::info("verdict store usable again: health SERVING");
-    } else {
-      spdlog::error("verdict store unusable, health NOT_SERVING: {}", ping.message());
-    }
+// Keeps the health service in step with the store: NOT_SERVING while it cannot be used. Pings
+// the store once a second, each ping a second after the previous one answered (on a store
+// thread), so a slow store is never pinged twice at once.
+class StoreHealthWatch {
+ public:
+  StoreHealthWatch(VerdictStore& store, grpc::HealthCheckServiceInterface& health,
+                   Scheduler& scheduler)
+      : state_(std::make_shared<State>(store, health, scheduler)) {}
+  ~StoreHealthWatch() { Stop(); }
+
+  void Start() { Ping(state_, /*previously_ok=*/true); }
+
+  // Once this returns, nothing touches the store, the health service or the scheduler again; a
+  // ping still under way is answered into nothing (its callback holds the state alive).
+  void Stop() {
+    absl::MutexLock lock(&state_->mu);
+    state_->stopped = true;
   }
-  health.SetServingStatus(ping.ok());
-  scheduler.RunAfter(absl::Seconds(1), [&store, &health, &scheduler, ok = ping.ok()] {
-    WatchStoreHealth(store, health, scheduler, ok);
+
+ private:
+  struct State {
+    State(VerdictStore& store, grpc::HealthCheckServiceInterface& health, Scheduler& scheduler)
+        : store(store), health(health), scheduler(scheduler) {}
+    VerdictStore& store;
+    grpc::HealthCheckServiceInterface& health;
+    Scheduler& scheduler;
+    absl::Mutex mu;
+    bool stopped ABSL_GUARDED_BY(mu) = false;
+  };
+
+  static void Ping(const std::shared_ptr<State>& state, bool previously_ok) {
+    absl::MutexLock lock(&state->mu);
+    if (state->stopped) {
+      return;
+    }
+    // The store answers on a thread of its own, never inline, so holding the lock is safe.
+    state->store.Ping([state, previously_ok](absl::Status ping) {
+      absl::MutexLock lock(&state->mu);
+      if (state->stopped) {
+        return;
+      }
+      if (ping.ok() != previously_ok) {
+        if (ping.ok()) {
+          spdlog::info("verdict store usable again: health SERVING");
+        } else {
+          spdlog::error("verdict store unusable, health NOT_SERVING: {}", ping.message());
+        }
+      }
+      state->health.SetServingStatus(ping.ok());
+      state->scheduler.RunAfter(absl::Seconds(1), [state, ok = ping.ok()] { Ping(state, ok); });
+    });
+  }
+
+  std::shared_ptr<State> state_;
+};
+
+// Start-up only (not a reactor thread): waits for the store's answer.
+absl::StatusOr<std::string> WaitForSecret(VerdictStore& store, std::string name, size_t bytes) {
+  absl::Notification answered;
+  absl::StatusOr<std::string> result;
+  store.Secret(std::move(name), bytes, [&](absl::StatusOr<std::string> secret) {
+    result = std::move(secret);
+    answered.Notify();
   });
+  answered.WaitForNotification();
+  return result;
 }
 
 int Run() {
@@ -494,7 +548,7 @@ int Run() {
     return 1;
   }
   TimedStore store(**sqlite, server_metrics.store_read_latency());
-  absl::StatusOr<std::string> secret = store.Secret("page_token_key", 32);
+  absl::StatusOr<std::string> secret = WaitForSecret(store, "page_token_key", 32);
   if (!secret.ok()) {
     spdlog::critical("verdictd cannot start: {}", secret.status().message());
     return 1;
@@ -504,6 +558,10 @@ int Run() {
   if (!client.ok()) {
     spdlog::critical("verdictd cannot start: {}", client.status().message());
     return 1;
+  }
+  // The engine reports budgets (GetUsage, the budget gauge); checks carry their caller's own.
+  for (const ApiKeyEntry& entry : auth.entries()) {
+    s.engine.monthly_budgets.emplace_back(entry.caller, entry.monthly_budget);
   }
   auto scheduler = std::make_unique<ThreadScheduler>();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
@@ -525,18 +583,12 @@ int Run() {
       "1 while the circuit breaker refuses to send to ClickPatrol.", [engine_ptr] {
         return engine_ptr->breaker_state() == CircuitBreaker::State::kOpen ? 1.0 : 0.0;
       });
-  const Authenticator* auth_ptr = &auth;
   registry.AddCallbackGauge(
       "verdictd_budget_clicks_left", "Clicks left of each caller's monthly budget.", {"caller"},
-      [engine_ptr, auth_ptr] {
+      [engine_ptr] {
         metrics::LabeledValues values;
-        for (const ApiKeyEntry& entry : auth_ptr->entries()) {
-          if (entry.monthly_budget > 0) {
-            values.push_back(
-                {{entry.caller},
-                 static_cast<double>(std::max<int64_t>(
-                     0, entry.monthly_budget - engine_ptr->SpentThisMonth(entry.caller)))});
-          }
+        for (const BudgetStatus& budget : engine_ptr->Budgets()) {
+          values.push_back({{budget.caller}, static_cast<double>(budget.left)});
         }
         return values;
       });
@@ -590,7 +642,8 @@ int Run() {
   // Answers for the service by name too (clients that ask per service, e.g. Envoy), and follows
   // the store like the whole server does ("").
   health->SetServingStatus(verdict::v1::VerdictService::service_full_name(), true);
-  WatchStoreHealth(store, *health, *scheduler, /*previously_ok=*/true);
+  StoreHealthWatch health_watch(store, *health, *scheduler);
+  health_watch.Start();
   spdlog::info("verdictd {} listening on {} (port {}, {})", VERDICTD_VERSION, s.listen, port,
                s.tls_cert.empty() ? "plaintext" : (s.tls_client_ca.empty() ? "TLS" : "mutual TLS"));
   if (!s.port_file.empty()) {
@@ -629,6 +682,7 @@ int Run() {
         "abandoned (their clicks stay in the ledger)");
     client->reset();
   }
+  health_watch.Stop();
   scheduler.reset();  // no more background ticks
   engine->reset();    // writes the batched usage counters
   metrics_server.reset();

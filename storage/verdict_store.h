@@ -40,7 +40,10 @@ struct ClickCompletion {
 
 // One row of the verdict history.
 struct HistoryEntry {
-  int64_t id = 0;  // increases with insertion; breaks ties between equal checked_at
+  // Unique among the entries of one IP, and orders them together with checked_at: it breaks ties
+  // between equal checked_at. Not assumed to come from a single writer, nor to follow insertion
+  // order across processes (a shared database has many writers).
+  int64_t id = 0;
   Verdict verdict;
 };
 
@@ -91,20 +94,33 @@ struct UsageDelta {
 
 // The persistent verdict history and click ledger.
 //
-// Thread-safe. Reads run on the calling thread. Writes are queued to one writer thread that
-// commits them in groups; their callbacks run on that thread after the commit is durable (or
-// failed) and must not block.
+// The contract promises only what a networked, shared database can keep (the next backend is a
+// PostgreSQL that several verdictd processes use at once), so that callers never depend on one
+// embedded file or one process:
+// - Thread-safe, and no call blocks on I/O except Flush.
+// - Every read and write takes a completion callback, invoked exactly once on a thread owned by
+//   the store, after the call has returned: never inline on the caller's thread. So a gRPC
+//   reactor thread never waits for the store, and a caller may issue a call while holding a
+//   lock its callback takes (it will not deadlock on itself). Callbacks must not block.
+// - A write's callback runs once its result is durable (or the write failed).
+// - No order between independent calls: two writes issued one after the other may commit in
+//   either order, and a read issued after a write was issued may or may not see it. A caller
+//   that needs an order issues the second call from the first one's callback; a read issued
+//   from a write's callback sees that write.
 class VerdictStore {
  public:
   using DoneCallback = std::function<void(absl::Status)>;
   using ClickCallback = std::function<void(absl::StatusOr<int64_t>)>;
+  template <typename T>
+  using ReadCallback = std::function<void(absl::StatusOr<T>)>;
+  using ClickCounts = std::vector<std::pair<std::string, int64_t>>;
 
   virtual ~VerdictStore() = default;
 
   // The newest stored verdict for `ip` (canonical form), or nullopt. When `user_agent` is given,
   // only verdicts produced with exactly that user agent count.
-  virtual absl::StatusOr<std::optional<Verdict>> LatestFor(
-      absl::string_view ip, std::optional<absl::string_view> user_agent) = 0;
+  virtual void LatestFor(std::string ip, std::optional<std::string> user_agent,
+                         ReadCallback<std::optional<Verdict>> done) = 0;
 
   // Durably records that `caller` is about to send a request about `ip`, as a pending click.
   // `done` receives the click's id once the row is committed. Send only after that.
@@ -120,10 +136,10 @@ class VerdictStore {
   // at the cursor, so every page costs about the same. Paging with the last entry of each page
   // as the next cursor returns each entry exactly once, even when entries share a checked_at.
   // INVALID_ARGUMENT when query.limit <= 0.
-  virtual absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query) = 0;
+  virtual void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) = 0;
 
-  // Adds batched counters (upsert per caller and day). Queued to the writer like other writes;
-  // the deltas are applied all or none. INVALID_ARGUMENT for a negative delta.
+  // Adds batched counters (upsert per caller and day). The deltas are applied all or none.
+  // INVALID_ARGUMENT for a negative delta.
   virtual void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) = 0;
 
   // Usage per caller per UTC day, for the days from CivilDay(since) to the day containing
@@ -139,8 +155,8 @@ class VerdictStore {
   // large the ledger is. The counters of a day are pruned only with the whole day (see
   // PruneBefore): for the day a cutoff falls inside, they still include the clicks pruned from the
   // ledger before the cutoff.
-  virtual absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
-                                                        absl::Time until) = 0;
+  virtual void Usage(std::string caller, absl::Time since, absl::Time until,
+                     ReadCallback<std::vector<DailyUsage>> done) = 0;
 
   // Billed clicks (ledger rows with requested_at >= since that are not marked not-sent, pending
   // ones included) per caller, sorted by caller; callers with none are absent. Used at start-up
@@ -151,14 +167,13 @@ class VerdictStore {
   // so the cost grows with callers x days, not with the ledger; when since falls inside a day, the
   // rest of that day is counted from the ledger (at most one day of rows). Like Usage, the whole
   // days count clicks pruned from the ledger on a day a prune cutoff fell inside.
-  virtual absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ClicksSince(
-      absl::Time since) = 0;
+  virtual void ClicksSince(absl::Time since, ReadCallback<ClickCounts> done) = 0;
 
   // Deletes at most `max_rows` of the oldest history rows (checked_at < cutoff), then with what
   // is left of the budget ledger rows (requested_at < cutoff, pending ones included: they are
   // left by a crash long ago) and usage counters of days wholly before cutoff, in one short
-  // write transaction on the writer thread; `done` receives the number of rows deleted (0 when
-  // nothing is left to prune), so call it again until it reports 0. Readers are never blocked.
+  // write transaction; `done` receives the number of rows deleted (0 when nothing is left to
+  // prune), so call it again until it reports 0. Readers are never blocked.
   // INVALID_ARGUMENT (through `done`) when max_rows <= 0.
   virtual void PruneBefore(absl::Time cutoff, int max_rows,
                            std::function<void(absl::StatusOr<int64_t>)> done) = 0;
@@ -167,21 +182,20 @@ class VerdictStore {
   // kept in the database (e.g. the key that signs page tokens, so tokens survive restarts).
   // Concurrent first calls (also from several processes) all get the same secret.
   // FAILED_PRECONDITION when the stored secret has another length; INVALID_ARGUMENT for an empty
-  // name or a size outside 1..1024. Blocks until the new secret is committed.
-  // REQUIRES: not called from a write callback (it would wait for itself).
-  virtual absl::StatusOr<std::string> Secret(absl::string_view name, size_t bytes) = 0;
+  // name or a size outside 1..1024. `done` runs once a new secret is committed.
+  virtual void Secret(std::string name, size_t bytes, ReadCallback<std::string> done) = 0;
 
-  // For health checks; never blocks on the writer. UNAVAILABLE "store read failed: ..." when the
-  // store cannot be read (a trivial query on a read connection) or the database path no longer
-  // names the file the store opened (deleted or replaced: writes would be lost). UNAVAILABLE
-  // "store writes failing since <time>: ..." while the latest write transaction failed (or one
-  // of its statements failed for a storage reason, e.g. disk full or I/O error); the next
-  // successful commit clears it. While writes are failing each Ping queues one trial write (if
-  // none is pending), so recovery is noticed even when nothing else writes.
-  virtual absl::Status Ping() = 0;
+  // Whether the store is usable now, for health checks (polled): OK, or UNAVAILABLE "store read
+  // failed: ..." when the store cannot be read or would lose what is written to it, or
+  // UNAVAILABLE "store writes failing since <time>: ..." while the latest write failed for a
+  // storage reason (e.g. disk full, I/O error, connection lost); the next successful write
+  // clears it. While writes are failing each Ping starts one trial write (if none is pending),
+  // so recovery is noticed even when nothing else writes. Never waits for queued writes.
+  virtual void Ping(DoneCallback done) = 0;
 
-  // Blocks until every write queued before this call is committed or failed and its callback
-  // has returned. REQUIRES: not called from a write callback (it would wait for itself).
+  // Blocks until every write issued before this call has completed and its callback has
+  // returned. For shutdown and tests only: never called on a request path.
+  // REQUIRES: not called from a store callback (it would wait for itself).
   virtual void Flush() = 0;
 };
 

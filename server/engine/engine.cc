@@ -6,8 +6,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/ip.h"
 #include "common/logging.h"
+#include "common/quote.h"
 
 namespace verdictd {
 namespace {
@@ -64,6 +66,28 @@ bool CountsAgainstBreaker(const absl::Status& status) {
          status.code() == absl::StatusCode::kFailedPrecondition;
 }
 
+// Start-up only, never on a reactor thread: waits for the store's answer.
+absl::StatusOr<VerdictStore::ClickCounts> WaitForClicksSince(VerdictStore& store,
+                                                             absl::Time since) {
+  absl::Notification answered;
+  absl::StatusOr<VerdictStore::ClickCounts> result;
+  store.ClicksSince(since, [&](absl::StatusOr<VerdictStore::ClickCounts> clicks) {
+    result = std::move(clicks);
+    answered.Notify();
+  });
+  answered.WaitForNotification();
+  return result;
+}
+
+absl::flat_hash_map<std::string, int64_t> BudgetByCaller(
+    const std::vector<std::pair<std::string, int64_t>>& budgets) {
+  absl::flat_hash_map<std::string, int64_t> by_caller;
+  for (const auto& [caller, budget] : budgets) {
+    by_caller[caller] = budget;
+  }
+  return by_caller;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options, VerdictStore& store,
@@ -71,13 +95,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options, Ve
                                                        const Clock& clock, Scheduler& scheduler,
                                                        EngineObserver* observer) {
   const absl::Time now = clock.Now();
-  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> month =
-      store.ClicksSince(SpendTracker::MonthStart(now));
+  absl::StatusOr<VerdictStore::ClickCounts> month =
+      WaitForClicksSince(store, SpendTracker::MonthStart(now));
   if (!month.ok()) {
     return month.status();
   }
-  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> period =
-      store.ClicksSince(SpendTracker::Period(now, options.allowance.reset_day).first);
+  absl::StatusOr<VerdictStore::ClickCounts> period =
+      WaitForClicksSince(store, SpendTracker::Period(now, options.allowance.reset_day).first);
   if (!period.ok()) {
     return period.status();
   }
@@ -94,6 +118,7 @@ Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& cl
                const std::vector<std::pair<std::string, int64_t>>& month_clicks,
                int64_t period_clicks)
     : options_(std::move(options)),
+      budget_by_caller_(BudgetByCaller(options_.monthly_budgets)),
       store_(store),
       client_(client),
       clock_(clock),
@@ -124,7 +149,21 @@ void Engine::WaitIdle() {
   mu_.Await(absl::Condition(this, &Engine::IdleLocked));
 }
 
-bool Engine::IdleLocked() const { return flights_.empty() && cancels_in_progress_ == 0; }
+bool Engine::IdleLocked() const {
+  return flights_.empty() && cancels_in_progress_ == 0 && store_reads_ == 0;
+}
+
+void Engine::BeginStoreRead() {
+  absl::MutexLock lock(&mu_);
+  ++store_reads_;
+}
+
+void Engine::EndStoreRead() {
+  // The last use of the engine in a read's callback: WaitIdle may return, and the engine be
+  // destroyed, as soon as the lock is released.
+  absl::MutexLock lock(&mu_);
+  --store_reads_;
+}
 
 bool Engine::WaitIdleUntil(absl::Time deadline) {
   absl::MutexLock lock(&mu_);
@@ -213,25 +252,71 @@ void Engine::Check(CheckRequest request, Callback done) {
   const bool by_user_agent = options_.cache_key == CacheKeyMode::kIpUserAgent;
   std::string key = CacheKey(options_.cache_key, canonical, request.user_agent);
 
-  absl::StatusOr<std::optional<Verdict>> latest = hot_.Get(key);
-  if (!latest->has_value()) {
-    latest = store_.LatestFor(canonical, by_user_agent
-                                             ? std::optional<absl::string_view>(request.user_agent)
-                                             : std::nullopt);
-    if (!latest.ok()) {
-      // Without the store we can neither answer from it nor record a click.
-      usage_.Record(request.caller, /*cache_hit=*/false);
-      done(absl::UnavailableError(
-          absl::StrCat("verdict store unavailable: ", latest.status().message())));
+  const bool is_public = ip->IsPublic();
+  std::optional<Verdict> cached = hot_.Get(key);
+  if (cached.has_value()) {
+    CheckWithLatest(std::move(request), std::move(done), canonical, is_public, std::move(key),
+                    std::move(cached));
+    return;
+  }
+  // One read per key at a time: a check that misses while the key's read is outstanding waits
+  // for that read, and the checks continue in arrival order when it answers. So the first of
+  // several concurrent misses of a key (e.g. a batch's duplicates) starts the flight and pays
+  // for it, as when reads answered at once, and the store is read once for all of them.
+  std::optional<std::string> user_agent;
+  if (by_user_agent) {
+    user_agent = request.user_agent;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, first] = reads_.try_emplace(key);
+    it->second.push_back(PendingCheck{std::move(request), std::move(done), canonical, is_public});
+    if (!first) {
       return;
     }
-    if (latest->has_value()) {
-      hot_.Put(key, **latest);
+    // Counted until every continuation has run, so that WaitIdle (and so the destructor) waits.
+    ++store_reads_;
+  }
+  store_.LatestFor(canonical, std::move(user_agent),
+                   [this, key = std::move(key)](absl::StatusOr<std::optional<Verdict>> latest) {
+                     OnLatest(key, std::move(latest));
+                   });
+}
+
+void Engine::OnLatest(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest) {
+  if (latest.ok() && latest->has_value()) {
+    hot_.Put(key, **latest);
+  }
+  std::vector<PendingCheck> checks;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = reads_.find(key);
+    checks = std::move(it->second);
+    reads_.erase(it);
+  }
+  for (PendingCheck& check : checks) {
+    CheckRequest& request = check.request;
+    if (request.call != nullptr && request.call->cancelled()) {
+      // Gone while the store read: as for a check that arrives cancelled, no work.
+      check.done(GoneError(*request.call));
+    } else if (!latest.ok()) {
+      // Without the store we can neither answer from it nor record a click.
+      usage_.Record(request.caller, /*cache_hit=*/false);
+      check.done(absl::UnavailableError(
+          absl::StrCat("verdict store unavailable: ", latest.status().message())));
+    } else {
+      CheckWithLatest(std::move(request), std::move(check.done), check.canonical, check.is_public,
+                      key, *latest);
     }
   }
+  EndStoreRead();
+}
+
+void Engine::CheckWithLatest(CheckRequest request, Callback done, const std::string& canonical,
+                             bool is_public, std::string key, std::optional<Verdict> latest) {
   const absl::Time now = clock_.Now();
-  if (latest->has_value()) {
-    const Verdict& stored = **latest;
+  if (latest.has_value()) {
+    const Verdict& stored = *latest;
     const absl::Duration limit =
         options_.freshness.LimitFor(stored.assessment.score, request.max_age);
     if (IsFresh(now, stored.checked_at, limit)) {
@@ -245,7 +330,7 @@ void Engine::Check(CheckRequest request, Callback done) {
     done(absl::NotFoundError(absl::StrCat("no fresh verdict for ", canonical, " is stored")));
     return;
   }
-  if (!options_.allow_non_public && !ip->IsPublic()) {
+  if (!options_.allow_non_public && !is_public) {
     done(absl::FailedPreconditionError(
         absl::StrCat(canonical,
                      " is not a public address (private, loopback, link-local, CGNAT, multicast, "
@@ -273,12 +358,12 @@ void Engine::Check(CheckRequest request, Callback done) {
       watch = true;
     } else if (std::optional<Verdict> cached = hot_.Get(key);
                cached.has_value() &&
-               (!latest->has_value() || cached->checked_at > (*latest)->checked_at) &&
+               (!latest.has_value() || cached->checked_at > latest->checked_at) &&
                IsFresh(now, cached->checked_at,
                        options_.freshness.LimitFor(cached->assessment.score, request.max_age))) {
-      // The flight for this key may have finished between the lookup above and this lock: it
-      // fills the hot cache before it leaves `flights_`, so look there again rather than
-      // paying for a second request.
+      // The flight for this key may have finished between the lookup above (a store read that
+      // may have taken a while) and this lock: it fills the hot cache before it leaves
+      // `flights_`, so look there again rather than paying for a second request.
       raced = std::move(cached);
     } else if (shutting_down_) {
       refused = ShuttingDownError();
@@ -308,7 +393,7 @@ void Engine::Check(CheckRequest request, Callback done) {
         flight.ip = canonical;
         flight.user_agent = request.user_agent;
         flight.caller = request.caller;
-        flight.stale_candidate = *latest;
+        flight.stale_candidate = latest;
         flight.waiters.push_back(Waiter{std::move(done), std::move(request.call),
                                         std::move(request.caller), request.monthly_budget});
         PlaceLocked(key, flight, /*take_slot=*/slot_free);
@@ -323,7 +408,7 @@ void Engine::Check(CheckRequest request, Callback done) {
     return;
   }
   if (!watch) {
-    FailOrStale(*latest, std::move(refused), done);
+    FailOrStale(latest, std::move(refused), done);
     return;
   }
   if (created && observer_ != nullptr) {
@@ -737,15 +822,18 @@ void Engine::SendAttempt(std::string key) {
     ClickCompletion completion;
     completion.outcome = ClickOutcome::kNotSent;
     completion.error = std::string(drop.message());
-    store_.CompleteClick(*click_id, std::move(completion), [this, key, drop](absl::Status stored) {
-      if (!stored.ok()) {
-        spdlog::error("could not complete click ledger row: {}", stored.message());
-      }
-      Resolve(key, drop, /*charged=*/false);
-    });
-    if (next.has_value()) {
-      SendAttempt(*std::move(next));
-    }
+    // The next miss's ledger row is written only once this one is completed (see OnFetched).
+    store_.CompleteClick(*click_id, std::move(completion),
+                         [this, key, drop, next = std::move(next)](absl::Status stored) mutable {
+                           if (!stored.ok()) {
+                             spdlog::error("could not complete click ledger row: {}",
+                                           stored.message());
+                           }
+                           Resolve(key, drop, /*charged=*/false);
+                           if (next.has_value()) {
+                             SendAttempt(*std::move(next));
+                           }
+                         });
   });
 }
 
@@ -823,67 +911,75 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
       token_rejected_ = true;
       next_token_probe_ = clock_.Now() + options_.token_probe_interval;
     }
-    // The request is over: its slot goes to the next queued miss, which is started only once
-    // this completion is queued to the store, so that its ledger row is written after this one
-    // is completed. (Taken now, while this flight still exists: once the completion is queued,
-    // the flight may resolve and the engine be destroyed; a queued miss keeps the engine alive.)
+    // The request is over: its slot goes to the next queued miss, which is started only from
+    // this completion's callback, so that its ledger row is written after this one is completed
+    // (the store does not order independent writes): a crash then leaves at most
+    // max_upstream_in_flight rows pending. (Taken now, while this flight still exists: once the
+    // completion is queued, the flight may resolve and the engine be destroyed; a miss holding
+    // the slot keeps the engine alive.)
     next = PassSlotLocked(out);
   }
   Deliver(out);
 
   std::optional<Verdict> verdict = completion.verdict;
   const bool charged = !not_sent;
-  store_.CompleteClick(
-      click_id, std::move(completion),
-      [this, key, status, charged, retry, attempts,
-       verdict = std::move(verdict)](absl::Status stored) mutable {
-        if (!stored.ok()) {
-          spdlog::error("could not complete click ledger row: {}", stored.message());
-        }
-        if (retry) {
-          // Never sent, so never billed: try again after a backoff, unless shutting down.
-          uint64_t id = 0;
-          bool stopping = false;
-          {
-            absl::MutexLock lock(&mu_);
-            Flight& flight = flights_.at(key);
-            id = flight.id;
-            stopping = shutting_down_;
-            if (!stopping) {
-              flight.stage = Stage::kBackoff;
-            }
-          }
-          if (stopping) {
-            Resolve(key, ShuttingDownError(), /*charged=*/false);
-            return;
-          }
-          const absl::Duration backoff = options_.retry_backoff * (1 << (attempts - 1));
-          scheduler_.RunAfter(backoff, [this, life = lifeline_, key, id] {
-            absl::MutexLock lock(&life->mu);
-            if (life->alive) {
-              Retry(key, id);
-            }
-          });
-          return;
-        }
-        if (!status.ok()) {
-          Resolve(key, status, charged);
-          return;
-        }
-        if (!stored.ok()) {
-          // A verdict is durable before anyone sees it: auditors must find what callers got.
-          Resolve(key,
-                  absl::UnavailableError(
-                      absl::StrCat("the verdict could not be stored: ", stored.message())),
-                  charged);
-          return;
-        }
-        hot_.Put(key, *verdict);
-        Resolve(key, std::move(*verdict), charged);
-      });
-  if (next.has_value()) {
-    SendAttempt(*std::move(next));
+  store_.CompleteClick(click_id, std::move(completion),
+                       [this, key, status, charged, retry, attempts, verdict = std::move(verdict),
+                        next = std::move(next)](absl::Status stored) mutable {
+                         OnCompleted(key, status, charged, retry, attempts, std::move(verdict),
+                                     stored);
+                         if (next.has_value()) {
+                           SendAttempt(*std::move(next));
+                         }
+                       });
+}
+
+void Engine::OnCompleted(const std::string& key, const absl::Status& status, bool charged,
+                         bool retry, int attempts, std::optional<Verdict> verdict,
+                         const absl::Status& stored) {
+  if (!stored.ok()) {
+    spdlog::error("could not complete click ledger row: {}", stored.message());
   }
+  if (retry) {
+    // Never sent, so never billed: try again after a backoff, unless shutting down.
+    uint64_t id = 0;
+    bool stopping = false;
+    {
+      absl::MutexLock lock(&mu_);
+      Flight& flight = flights_.at(key);
+      id = flight.id;
+      stopping = shutting_down_;
+      if (!stopping) {
+        flight.stage = Stage::kBackoff;
+      }
+    }
+    if (stopping) {
+      Resolve(key, ShuttingDownError(), /*charged=*/false);
+      return;
+    }
+    const absl::Duration backoff = options_.retry_backoff * (1 << (attempts - 1));
+    scheduler_.RunAfter(backoff, [this, life = lifeline_, key, id] {
+      absl::MutexLock lock(&life->mu);
+      if (life->alive) {
+        Retry(key, id);
+      }
+    });
+    return;
+  }
+  if (!status.ok()) {
+    Resolve(key, status, charged);
+    return;
+  }
+  if (!stored.ok()) {
+    // A verdict is durable before anyone sees it: auditors must find what callers got.
+    Resolve(
+        key,
+        absl::UnavailableError(absl::StrCat("the verdict could not be stored: ", stored.message())),
+        charged);
+    return;
+  }
+  hot_.Put(key, *verdict);
+  Resolve(key, std::move(*verdict), charged);
 }
 
 void Engine::Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged) {
@@ -919,15 +1015,99 @@ void Engine::Resolve(const std::string& key, absl::StatusOr<Verdict> result, boo
   }
 }
 
-absl::StatusOr<std::vector<HistoryEntry>> Engine::History(const HistoryQuery& query) {
-  return store_.History(query);
+void Engine::History(HistoryQuery query, HistoryCallback done) {
+  BeginStoreRead();
+  store_.History(std::move(query),
+                 [this, done = std::move(done)](absl::StatusOr<std::vector<HistoryEntry>> page) {
+                   done(std::move(page));
+                   EndStoreRead();
+                 });
 }
 
-absl::StatusOr<std::vector<DailyUsage>> Engine::Usage(absl::string_view caller, absl::Time since,
-                                                      absl::Time until) {
-  usage_.Flush();
-  store_.Flush();
-  return store_.Usage(caller, since, until);
+void Engine::Usage(UsageQuery query, UsageCallback done) {
+  if (!query.auditor && query.caller != query.requester) {
+    done(absl::PermissionDeniedError(
+        query.caller.empty() ? "only auditors may read every caller's usage; ask for your own"
+                             : absl::StrCat("caller ", QuoteForError(query.requester),
+                                            " may read only its own usage, not that of ",
+                                            QuoteForError(query.caller))));
+    return;
+  }
+  for (const auto* t : {&query.since, &query.until}) {
+    if (!t->ok()) {
+      done(t->status());
+      return;
+    }
+  }
+  const absl::Time now = clock_.Now();
+  const absl::Time since = query.since->value_or(SpendTracker::MonthStart(now));
+  absl::Time until = query.until->value_or(absl::InfiniteFuture());
+  if (since >= until) {
+    done(absl::InvalidArgumentError("since must be before until"));
+    return;
+  }
+  if (until == absl::InfiniteFuture()) {
+    until = now + absl::Seconds(1);
+  }
+  BeginStoreRead();
+  // Read once the pending counters are written, so the answer includes every check made
+  // before; chained, since the store does not order a read after a write issued before it.
+  usage_.Flush(
+      [this, caller = std::move(query.caller), since, until, done = std::move(done)]() mutable {
+        std::string asked = caller;
+        store_.Usage(std::move(caller), since, until,
+                     [this, asked = std::move(asked),
+                      done = std::move(done)](absl::StatusOr<std::vector<DailyUsage>> days) {
+                       if (days.ok()) {
+                         done(MakeUsageReport(asked, *std::move(days)));
+                       } else {
+                         done(absl::UnavailableError(
+                             absl::StrCat("verdict store unavailable: ", days.status().message())));
+                       }
+                       EndStoreRead();
+                     });
+      });
+}
+
+UsageReport Engine::MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days) {
+  UsageReport report;
+  // Rows arrive sorted by caller, then day.
+  for (DailyUsage& day : days) {
+    if (report.callers.empty() || report.callers.back().caller != day.caller) {
+      report.callers.push_back(CallerUsageReport{day.caller, {}, {}, std::nullopt});
+    }
+    CallerUsageReport& usage = report.callers.back();
+    usage.total += day.counts;
+    usage.days.push_back(std::move(day));
+  }
+  if (!caller.empty() && report.callers.empty()) {
+    report.callers.push_back(CallerUsageReport{caller, {}, {}, std::nullopt});
+  }
+  for (CallerUsageReport& usage : report.callers) {
+    usage.budget = BudgetOf(usage.caller);
+  }
+  report.allowance = spend_.Allowance();
+  return report;
+}
+
+std::optional<BudgetStatus> Engine::BudgetOf(const std::string& caller) {
+  auto it = budget_by_caller_.find(caller);
+  if (it == budget_by_caller_.end() || it->second <= 0) {
+    return std::nullopt;
+  }
+  return BudgetStatus{caller, it->second,
+                      std::max<int64_t>(0, it->second - spend_.SpentThisMonth(caller))};
+}
+
+std::vector<BudgetStatus> Engine::Budgets() {
+  std::vector<BudgetStatus> budgets;
+  for (const auto& [caller, budget] : options_.monthly_budgets) {
+    if (budget > 0) {
+      budgets.push_back(BudgetStatus{caller, budget,
+                                     std::max<int64_t>(0, budget - spend_.SpentThisMonth(caller))});
+    }
+  }
+  return budgets;
 }
 
 }  // namespace verdictd

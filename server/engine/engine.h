@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -57,9 +58,9 @@ struct EngineOptions {
   absl::Duration retry_backoff = absl::Milliseconds(100);
   // Most misses between their ledger row and ClickPatrol's answer at once; the rest wait in a
   // FIFO queue before their ledger row is written. Set it to the client's concurrency limit, so
-  // that a row is written only when its request can leave at once: a crash then leaves pending
-  // (billed, possibly unsent) only about this many rows — those in flight and those whose answer
-  // was being committed — not every queued miss. 0: no limit. Default: 0.
+  // that a row is written only when its request can leave at once: a slot passes on only once
+  // the previous row's completion is committed, so a crash leaves pending (billed, possibly
+  // unsent) at most this many rows, not every queued miss. 0: no limit. Default: 0.
   int max_upstream_in_flight = 0;
   // Most misses waiting in that queue; a miss beyond it fails fast with RESOURCE_EXHAUSTED
   // ("too many misses waiting for ClickPatrol") and costs nothing, so a hung ClickPatrol and a
@@ -80,6 +81,41 @@ struct EngineOptions {
   size_t hot_cache_entries = 100'000;
   // How often batched usage counters are written. Default: 1 s.
   absl::Duration usage_flush_interval = absl::Seconds(1);
+  // Each caller's clicks per calendar month, as the API keys file gives them (a caller listed
+  // twice: the last one counts), for the budgets reported by Usage and Budgets. 0: unlimited.
+  // Checks carry their own (CheckRequest::monthly_budget). Default: none.
+  std::vector<std::pair<std::string, int64_t>> monthly_budgets;
+};
+
+// A GetUsage request, decoded.
+struct UsageQuery {
+  std::string requester;  // the authenticated caller asking
+  bool auditor = false;   // the requester may read every caller's usage
+  std::string caller;     // whose usage: "" for every caller's
+  // The window asked for; nullopt: from the start of the current UTC month, and until now. A
+  // timestamp that did not decode is reported only after the permission check, so that who may
+  // ask is decided first whatever else the request says.
+  absl::StatusOr<std::optional<absl::Time>> since = std::optional<absl::Time>();
+  absl::StatusOr<std::optional<absl::Time>> until = std::optional<absl::Time>();
+};
+
+// A caller's monthly budget and what is left of it this month.
+struct BudgetStatus {
+  std::string caller;
+  int64_t monthly_budget = 0;
+  int64_t left = 0;
+};
+
+struct CallerUsageReport {
+  std::string caller;
+  UsageCounts total;                   // the sum of `days`
+  std::vector<DailyUsage> days;        // by day
+  std::optional<BudgetStatus> budget;  // absent: no budget (unlimited)
+};
+
+struct UsageReport {
+  std::vector<CallerUsageReport> callers;  // by caller; the one asked for even without usage
+  AllowanceStatus allowance;
 };
 
 // One RPC's stake in its checks, shared by every item of a batch: its deadline, and whether the
@@ -148,6 +184,8 @@ class EngineObserver {
 class Engine {
  public:
   using Callback = std::function<void(absl::StatusOr<CheckResult>)>;
+  using HistoryCallback = std::function<void(absl::StatusOr<std::vector<HistoryEntry>>)>;
+  using UsageCallback = std::function<void(absl::StatusOr<UsageReport>)>;
 
   // Loads this month's spending from the store's ledger. `store`, `client`, `clock` and
   // `scheduler` must outlive the engine; `observer` may be null.
@@ -161,14 +199,15 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Answers one check. `done` runs exactly once: on the calling thread when the store answers
-  // (or the request is invalid), otherwise on a store, client or scheduler thread once the
-  // upstream answer is durable. Errors: INVALID_ARGUMENT for malformed input, NOT_FOUND for a
-  // cache_only miss, FAILED_PRECONDITION for a non-public address, RESOURCE_EXHAUSTED for a
-  // spent budget or allowance, UNAVAILABLE while the circuit breaker is open, and the
-  // upstream's error otherwise — each replaced by a STALE answer when one is young enough.
-  // Misses are admitted twice: when they arrive, and again (breaker, allowance, token) when
-  // their turn for an upstream slot comes, so a queued miss is never sent into a known failure.
+  // Answers one check. `done` runs exactly once: on the calling thread when the hot cache
+  // answers (or the request is invalid), otherwise on a store, client or scheduler thread: once
+  // the store's read answers, or once the upstream answer is durable. Never waits for the store.
+  // Errors: INVALID_ARGUMENT for malformed input, NOT_FOUND for a cache_only miss,
+  // FAILED_PRECONDITION for a non-public address, RESOURCE_EXHAUSTED for a spent budget or
+  // allowance, UNAVAILABLE while the circuit breaker is open, and the upstream's error otherwise —
+  // each replaced by a STALE answer when one is young enough. Misses are admitted twice: when they
+  // arrive, and again (breaker, allowance, token) when their turn for an upstream slot comes, so a
+  // queued miss is never sent into a known failure.
   void Check(CheckRequest request, Callback done);
 
   // The RPC behind `call` is gone (cancelled, deadline passed): its checks are answered
@@ -181,16 +220,22 @@ class Engine {
   // already sent finish. Hits are still served.
   void Shutdown();
 
-  // Audit and accounting reads (blocking store reads).
-  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query);
-  // Writes pending usage counters first, so the answer includes every check made before.
-  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
-                                                absl::Time until);
+  // Audit and accounting reads. `done` runs once, on a store thread; WaitIdle waits for it.
+  void History(HistoryQuery query, HistoryCallback done);
+  // GetUsage: a caller may read its own usage, an auditor everyone's (PERMISSION_DENIED
+  // otherwise); the window defaults to the current UTC month by the engine's clock
+  // (INVALID_ARGUMENT unless since < until); each caller's budget is joined in. Writes pending
+  // usage counters first, so the answer includes every check made before. `done` runs once: at
+  // once for a refused query, otherwise on a store thread; UNAVAILABLE when the store fails.
+  void Usage(UsageQuery query, UsageCallback done);
+  // Every caller with a monthly budget (EngineOptions::monthly_budgets), in that order.
+  std::vector<BudgetStatus> Budgets();
   AllowanceStatus Allowance() { return spend_.Allowance(); }
   int64_t SpentThisMonth(const std::string& caller) { return spend_.SpentThisMonth(caller); }
   CircuitBreaker::State breaker_state() const { return breaker_.state(); }
 
-  // Blocks until every upstream request in flight has been answered.
+  // Blocks until every upstream request in flight has been answered and every store read the
+  // engine issued (a check's lookup, History, Usage) has been answered.
   void WaitIdle();
   // As WaitIdle, until `deadline`; whether it became idle.
   bool WaitIdleUntil(absl::Time deadline);
@@ -268,8 +313,23 @@ class Engine {
   // been sent and nobody else waits.
   void DropCancelled(const std::string& key, const CallState* call);
   bool SlotFreeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // No flight, and no Cancel() under way: what WaitIdle waits for.
+  // No flight, no Cancel() under way and no store read outstanding: what WaitIdle waits for.
   bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Count a store read the engine issued, until its callback has done everything it does.
+  void BeginStoreRead() ABSL_LOCKS_EXCLUDED(mu_);
+  void EndStoreRead() ABSL_LOCKS_EXCLUDED(mu_);
+  // A check waiting for its key's store read.
+  struct PendingCheck {
+    CheckRequest request;
+    Callback done;
+    std::string canonical;
+    bool is_public = false;
+  };
+  // The store's answer for `key`: continues every check waiting for it, in arrival order.
+  void OnLatest(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest);
+  // The rest of Check once the newest stored verdict for `key` (`latest`) is known.
+  void CheckWithLatest(CheckRequest request, Callback done, const std::string& canonical,
+                       bool is_public, std::string key, std::optional<Verdict> latest);
   // Whether `entry` is still its flight's place in the queue.
   bool IsQueuedLocked(const QueueEntry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops dead entries once they outnumber the live ones.
@@ -287,11 +347,19 @@ class Engine {
   // Records the click, then sends the request. REQUIRES: the flight holds an upstream slot.
   void SendAttempt(std::string key);
   void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
+  // Once the completion of `key`'s click is committed (`stored`): retries, or resolves the
+  // flight with `status` or `verdict`.
+  void OnCompleted(const std::string& key, const absl::Status& status, bool charged, bool retry,
+                   int attempts, std::optional<Verdict> verdict, const absl::Status& stored);
   // Removes the flight for `key` and answers every waiter. `charged`: a click was spent (the
   // payer's) whatever the result.
   void Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged);
   void Answer(Callback& done, absl::StatusOr<CheckResult> result);
   void SchedulePrune(absl::Duration delay);
+  // `caller`'s budget, if it has one.
+  std::optional<BudgetStatus> BudgetOf(const std::string& caller);
+  // The report for `days` (sorted by caller, then day); `caller` is the one asked for, or "".
+  UsageReport MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days);
   void ScheduleUsageFlush();
 
   // Lets scheduled tasks and store callbacks that outlive a flight find out whether the engine
@@ -302,6 +370,8 @@ class Engine {
   };
 
   const EngineOptions options_;
+  // options_.monthly_budgets by caller, the last entry of a caller winning.
+  const absl::flat_hash_map<std::string, int64_t> budget_by_caller_;
   std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>();
   VerdictStore& store_;
   ClickPatrolClient& client_;
@@ -323,6 +393,9 @@ class Engine {
   size_t dead_queue_entries_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   int cancels_in_progress_ ABSL_GUARDED_BY(mu_) = 0;
+  int store_reads_ ABSL_GUARDED_BY(mu_) = 0;  // issued and not yet fully handled
+  // Keys whose LatestFor is outstanding, and the checks waiting for it, oldest first.
+  absl::flat_hash_map<std::string, std::vector<PendingCheck>> reads_ ABSL_GUARDED_BY(mu_);
   // ClickPatrol rejected the token: misses fail fast but for one probe per interval.
   bool token_rejected_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time next_token_probe_ ABSL_GUARDED_BY(mu_);

@@ -23,23 +23,47 @@ using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 
 // An in-memory store whose writes complete immediately, recording the order of operations.
+// Unlike a real store it answers inline, on the calling thread, so tests stay deterministic
+// (the engine relies on neither behaviour). With `defer_reads`, LatestFor answers only when the
+// test calls RunReads, as a store thread would later: the window a real read opens.
 class FakeStore : public VerdictStore {
  public:
-  absl::StatusOr<std::optional<Verdict>> LatestFor(
-      absl::string_view ip, std::optional<absl::string_view> user_agent) override {
-    absl::MutexLock lock(&mu_);
-    if (!read_error.ok()) {
-      return read_error;
-    }
-    std::optional<Verdict> best;
-    for (const Verdict& v : history) {
-      if (v.ip == ip && (!user_agent.has_value() || v.user_agent == *user_agent)) {
-        if (!best.has_value() || v.checked_at >= best->checked_at) {
-          best = v;
+  void LatestFor(std::string ip, std::optional<std::string> user_agent,
+                 ReadCallback<std::optional<Verdict>> done) override {
+    auto read = [this, ip = std::move(ip), user_agent = std::move(user_agent),
+                 done = std::move(done)] {
+      absl::StatusOr<std::optional<Verdict>> result;
+      {
+        absl::MutexLock lock(&mu_);
+        ++reads;
+        if (read_error.ok()) {
+          result = Latest(ip, user_agent);
+        } else {
+          result = read_error;
         }
       }
+      done(std::move(result));
+    };
+    {
+      absl::MutexLock lock(&mu_);
+      if (defer_reads) {
+        deferred_reads.push_back(std::move(read));
+        return;
+      }
     }
-    return best;
+    read();
+  }
+
+  // Answers the deferred reads, oldest first.
+  void RunReads() {
+    std::deque<std::function<void()>> ready;
+    {
+      absl::MutexLock lock(&mu_);
+      ready.swap(deferred_reads);
+    }
+    for (auto& read : ready) {
+      read();
+    }
   }
 
   void BeginClick(std::string caller, std::string ip, absl::Time requested_at,
@@ -72,8 +96,8 @@ class FakeStore : public VerdictStore {
 
   void Flush() override {}
 
-  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query) override {
-    return std::vector<HistoryEntry>();
+  void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) override {
+    done(std::vector<HistoryEntry>());
   }
   void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override {
     {
@@ -84,14 +108,21 @@ class FakeStore : public VerdictStore {
     }
     done(absl::OkStatus());
   }
-  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
-                                                absl::Time until) override {
-    return std::vector<DailyUsage>();
+  void Usage(std::string caller, absl::Time since, absl::Time until,
+             ReadCallback<std::vector<DailyUsage>> done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      usage_reads.push_back({caller, since, until});
+    }
+    done(std::vector<DailyUsage>(daily_usage));
   }
-  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ClicksSince(
-      absl::Time since) override {
-    absl::MutexLock lock(&mu_);
-    return initial_clicks;
+  void ClicksSince(absl::Time since, ReadCallback<ClickCounts> done) override {
+    ClickCounts clicks;
+    {
+      absl::MutexLock lock(&mu_);
+      clicks = initial_clicks;
+    }
+    done(std::move(clicks));
   }
   void PruneBefore(absl::Time cutoff, int max_rows,
                    std::function<void(absl::StatusOr<int64_t>)> done) override {
@@ -101,16 +132,35 @@ class FakeStore : public VerdictStore {
     }
     done(int64_t{0});
   }
-  absl::StatusOr<std::string> Secret(absl::string_view name, size_t bytes) override {
-    return std::string(bytes, 'k');
+  void Secret(std::string name, size_t bytes, ReadCallback<std::string> done) override {
+    done(std::string(bytes, 'k'));
   }
-  absl::Status Ping() override { return absl::OkStatus(); }
+  void Ping(DoneCallback done) override { done(absl::OkStatus()); }
 
   struct Click {
     std::string caller;
     std::string ip;
     ClickOutcome outcome;
   };
+  struct UsageRead {
+    std::string caller;
+    absl::Time since;
+    absl::Time until;
+  };
+
+  std::optional<Verdict> Latest(const std::string& ip, const std::optional<std::string>& user_agent)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::optional<Verdict> best;
+    for (const Verdict& v : history) {
+      if (v.ip == ip && (!user_agent.has_value() || v.user_agent == *user_agent)) {
+        if (!best.has_value() || v.checked_at >= best->checked_at) {
+          best = v;
+        }
+      }
+    }
+    return best;
+  }
+
   absl::Mutex mu_;
   std::vector<Verdict> history;
   std::vector<Click> clicks;
@@ -120,6 +170,11 @@ class FakeStore : public VerdictStore {
   std::vector<UsageDelta> usage;
   std::vector<std::pair<std::string, int64_t>> initial_clicks;
   std::vector<absl::Time> prune_cutoffs;
+  bool defer_reads = false;
+  std::deque<std::function<void()>> deferred_reads;
+  int reads = 0;
+  std::vector<DailyUsage> daily_usage;  // what Usage answers
+  std::vector<UsageRead> usage_reads;
 };
 
 // A client whose requests stay pending until the test answers them.
@@ -956,6 +1011,209 @@ TEST_F(EngineTest, ShutdownAnswersUnsentMissesAndAdmitsNoMore) {
   EXPECT_TRUE(client_.pending.empty());
   EXPECT_EQ(store_.clicks.size(), rows) << "no ledger row after shutdown";
   EXPECT_TRUE(engine().WaitIdleUntil(clock_.Now()));
+}
+
+// --- GetUsage ---------------------------------------------------------------------------------
+
+// Runs Usage and returns its answer (the fake store answers inline).
+absl::StatusOr<UsageReport> UsageOf(Engine& engine, UsageQuery query) {
+  std::optional<absl::StatusOr<UsageReport>> answer;
+  engine.Usage(std::move(query), [&](absl::StatusOr<UsageReport> r) { answer = std::move(r); });
+  EXPECT_TRUE(answer.has_value());
+  return answer.value_or(absl::InternalError("no answer"));
+}
+
+UsageQuery UsageQueryBy(std::string requester, std::string caller, bool auditor = false) {
+  UsageQuery q;
+  q.requester = std::move(requester);
+  q.caller = std::move(caller);
+  q.auditor = auditor;
+  return q;
+}
+
+TEST_F(EngineTest, UsageDefaultWindowIsThisUtcMonthByTheInjectedClock) {
+  clock_.Set(absl::FromCivil(absl::CivilSecond(2026, 3, 17, 10, 30, 0), absl::UTCTimeZone()));
+  absl::StatusOr<UsageReport> report = UsageOf(engine(), UsageQueryBy("team-a", "team-a"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(store_.usage_reads.size(), 1u);
+  EXPECT_EQ(store_.usage_reads[0].caller, "team-a");
+  EXPECT_EQ(store_.usage_reads[0].since,
+            absl::FromCivil(absl::CivilDay(2026, 3, 1), absl::UTCTimeZone()));
+  EXPECT_EQ(store_.usage_reads[0].until, clock_.Now() + absl::Seconds(1));
+
+  // An explicit since keeps the default until; an explicit until is used as given.
+  UsageQuery q = UsageQueryBy("team-a", "team-a");
+  q.since = std::optional<absl::Time>(clock_.Now() - absl::Hours(24 * 60));
+  ASSERT_TRUE(UsageOf(engine(), q).ok());
+  ASSERT_EQ(store_.usage_reads.size(), 2u);
+  EXPECT_EQ(store_.usage_reads[1].since, clock_.Now() - absl::Hours(24 * 60));
+  EXPECT_EQ(store_.usage_reads[1].until, clock_.Now() + absl::Seconds(1));
+  q.until = std::optional<absl::Time>(clock_.Now() - absl::Hours(24));
+  ASSERT_TRUE(UsageOf(engine(), q).ok());
+  ASSERT_EQ(store_.usage_reads.size(), 3u);
+  EXPECT_EQ(store_.usage_reads[2].until, clock_.Now() - absl::Hours(24));
+
+  // The default since is after an explicit until in the past: an empty window.
+  UsageQuery empty = UsageQueryBy("team-a", "team-a");
+  empty.until = std::optional<absl::Time>(clock_.Now() - absl::Hours(24 * 30));
+  EXPECT_EQ(UsageOf(engine(), empty).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_.usage_reads.size(), 3u) << "nothing read for a refused query";
+}
+
+TEST_F(EngineTest, UsageCallersSeeTheirOwnAndAuditorsEveryones) {
+  EXPECT_TRUE(UsageOf(engine(), UsageQueryBy("team-a", "team-a")).ok());
+  absl::Status other = UsageOf(engine(), UsageQueryBy("team-a", "team-b")).status();
+  EXPECT_EQ(other.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(other.message()), ::testing::HasSubstr("\"team-b\""));
+  absl::Status every = UsageOf(engine(), UsageQueryBy("team-a", "")).status();
+  EXPECT_EQ(every.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(every.message()), ::testing::HasSubstr("only auditors"));
+  EXPECT_TRUE(UsageOf(engine(), UsageQueryBy("auditor", "team-b", /*auditor=*/true)).ok());
+  EXPECT_TRUE(UsageOf(engine(), UsageQueryBy("auditor", "", /*auditor=*/true)).ok());
+  ASSERT_EQ(store_.usage_reads.size(), 3u) << "refused queries read nothing";
+  EXPECT_EQ(store_.usage_reads[2].caller, "");
+
+  // Who may ask is decided before the window is looked at.
+  UsageQuery bad = UsageQueryBy("team-a", "team-b");
+  bad.since = absl::InvalidArgumentError("since is not a valid google.protobuf.Timestamp");
+  EXPECT_EQ(UsageOf(engine(), bad).status().code(), absl::StatusCode::kPermissionDenied);
+  bad.caller = "team-a";
+  EXPECT_EQ(UsageOf(engine(), bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EngineTest, UsageJoinsBudgetsAndWritesPendingCountersFirst) {
+  options_.monthly_budgets = {{"team-a", 10}, {"team-b", 0}, {"team-c", 3}};
+  store_.initial_clicks = {{"team-a", 4}, {"team-c", 5}};
+  Start(Request("8.8.8.8", "team-a"));
+  client_.Answer(Safe());
+  EXPECT_TRUE(store_.usage.empty());
+  const absl::CivilDay today = absl::ToCivilDay(clock_.Now(), absl::UTCTimeZone());
+  store_.daily_usage = {
+      {"team-a", today - 1, UsageCounts{2, 0, 1, 3}},
+      {"team-a", today, UsageCounts{1, 1, 0, 1}},
+      {"team-b", today, UsageCounts{0, 0, 4, 4}},
+  };
+  absl::StatusOr<UsageReport> report =
+      UsageOf(engine(), UsageQueryBy("auditor", "", /*auditor=*/true));
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_FALSE(store_.usage.empty()) << "pending counters are written before the read";
+  ASSERT_EQ(report->callers.size(), 2u);
+  const CallerUsageReport& a = report->callers[0];
+  EXPECT_EQ(a.caller, "team-a");
+  EXPECT_EQ(a.days.size(), 2u);
+  EXPECT_EQ(a.total.clicks, 3);
+  EXPECT_EQ(a.total.upstream_errors, 1);
+  EXPECT_EQ(a.total.cache_hits, 1);
+  EXPECT_EQ(a.total.requests, 4);
+  ASSERT_TRUE(a.budget.has_value());
+  EXPECT_EQ(a.budget->monthly_budget, 10);
+  EXPECT_EQ(a.budget->left, 5) << "4 clicks at start-up and 1 since";
+  EXPECT_EQ(report->callers[1].caller, "team-b");
+  EXPECT_FALSE(report->callers[1].budget.has_value()) << "0 is unlimited";
+  EXPECT_EQ(report->allowance.clicks_used, engine().Allowance().clicks_used);
+
+  // A caller asked for by name is reported even without usage; a spent budget is 0 left.
+  store_.daily_usage.clear();
+  report = UsageOf(engine(), UsageQueryBy("team-c", "team-c"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->callers.size(), 1u);
+  EXPECT_EQ(report->callers[0].caller, "team-c");
+  EXPECT_TRUE(report->callers[0].days.empty());
+  ASSERT_TRUE(report->callers[0].budget.has_value());
+  EXPECT_EQ(report->callers[0].budget->left, 0);
+
+  std::vector<BudgetStatus> budgets = engine().Budgets();
+  ASSERT_EQ(budgets.size(), 2u);
+  EXPECT_EQ(budgets[0].caller, "team-a");
+  EXPECT_EQ(budgets[0].left, 5);
+  EXPECT_EQ(budgets[1].caller, "team-c");
+  EXPECT_EQ(budgets[1].left, 0);
+}
+
+// --- Store reads answer later, on a store thread ----------------------------------------------
+
+// Misses of one key whose store reads are all outstanding at once still share one request: they
+// meet in the flight table when the reads answer.
+TEST_F(EngineTest, ConcurrentMissesDuringTheStoreReadShareOneRequest) {
+  store_.defer_reads = true;
+  auto a = Start(Request("11.2.0.1", "team-a"));
+  auto b = Start(Request("11.2.0.1", "team-b"));
+  EXPECT_FALSE(a->has_value());
+  EXPECT_FALSE(b->has_value());
+  EXPECT_TRUE(client_.pending.empty()) << "nothing is sent before the store has answered";
+  EXPECT_EQ(store_.deferred_reads.size(), 1u) << "one read for both";
+  store_.RunReads();
+  ASSERT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  ASSERT_TRUE(a->has_value() && b->has_value());
+  ASSERT_TRUE((*a)->ok());
+  ASSERT_TRUE((*b)->ok());
+  EXPECT_TRUE((**a)->click_spent) << "the first to arrive pays, as with reads answered at once";
+  EXPECT_FALSE((**b)->click_spent);
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+// A read that answers after the flight it would have joined has finished finds the verdict in
+// the hot cache instead of paying for a second request.
+TEST_F(EngineTest, AReadThatAnswersAfterTheFlightEndedUsesItsVerdict) {
+  store_.defer_reads = true;
+  auto first = Start(Request("11.2.1.1"));
+  store_.RunReads();
+  ASSERT_EQ(client_.pending.size(), 1u);
+  auto late = Start(Request("11.2.1.1", "team-b"));  // its read saw no verdict yet...
+  client_.Answer(Fake());                            // ...when the flight ends
+  ASSERT_TRUE(first->has_value() && (*first)->ok());
+  {
+    absl::MutexLock lock(&store_.mu_);
+    store_.history.clear();  // the read answers as it would have when it was issued
+  }
+  store_.RunReads();
+  ASSERT_TRUE(late->has_value());
+  ASSERT_TRUE((*late)->ok());
+  EXPECT_EQ((**late)->source, Source::kCache);
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+// WaitIdle (and so the destructor) waits for the store's answer to a check's lookup.
+TEST_F(EngineTest, AnOutstandingStoreReadKeepsTheEngineBusy) {
+  store_.defer_reads = true;
+  auto r = Start(Request("11.2.2.1"));
+  EXPECT_FALSE(engine().WaitIdleUntil(absl::InfinitePast()));
+  store_.read_error = absl::InternalError("disk I/O error");
+  store_.RunReads();
+  ASSERT_TRUE(r->has_value());
+  EXPECT_EQ((*r)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(engine().WaitIdleUntil(absl::InfinitePast()));
+}
+
+// A miss whose read answers after Shutdown is refused without a ledger row or a request.
+TEST_F(EngineTest, AMissWhoseReadAnswersAfterShutdownIsNotSent) {
+  store_.defer_reads = true;
+  auto r = Start(Request("11.2.3.1"));
+  engine().Shutdown();
+  store_.RunReads();
+  ASSERT_TRUE(r->has_value());
+  EXPECT_EQ((*r)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string((*r)->status().message()), ::testing::HasSubstr("shutting down"));
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_TRUE(store_.clicks.empty());
+  EXPECT_TRUE(engine().WaitIdleUntil(absl::InfinitePast()));
+}
+
+// A check cancelled while its read is outstanding sends nothing.
+TEST_F(EngineTest, ACheckCancelledDuringItsReadSendsNothing) {
+  store_.defer_reads = true;
+  CheckRequest request = Request("11.2.4.1");
+  request.call = std::make_shared<CallState>();
+  auto call = request.call;
+  auto r = Start(std::move(request));
+  engine().Cancel(call);
+  store_.RunReads();
+  ASSERT_TRUE(r->has_value());
+  EXPECT_EQ((*r)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_TRUE(store_.clicks.empty());
 }
 
 TEST(CircuitBreakerTest, HalfOpenFailureReopens) {

@@ -1,6 +1,8 @@
 #include "server/engine/usage_recorder.h"
 
+#include <algorithm>
 #include <functional>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -22,7 +24,7 @@ void UsageRecorder::Record(const std::string& caller, bool cache_hit) {
   }
 }
 
-void UsageRecorder::Flush() {
+void UsageRecorder::Flush(std::function<void()> done) {
   absl::flat_hash_map<Key, Counts> merged;
   for (Shard& shard : shards_) {
     absl::flat_hash_map<Key, Counts> taken;
@@ -36,7 +38,23 @@ void UsageRecorder::Flush() {
       m.cache_hits += counts.cache_hits;
     }
   }
-  if (merged.empty()) {
+  std::optional<uint64_t> seq;
+  bool ready = false;
+  {
+    absl::MutexLock lock(&writes_mu_);
+    if (!merged.empty()) {
+      seq = next_write_++;
+      unfinished_.insert(*seq);
+    }
+    ready = unfinished_.empty();
+    if (!ready && done != nullptr) {
+      waiting_.emplace_back(next_write_, std::move(done));
+    }
+  }
+  if (ready && done != nullptr) {
+    done();
+  }
+  if (!seq.has_value()) {
     return;
   }
   std::vector<UsageDelta> deltas;
@@ -45,11 +63,30 @@ void UsageRecorder::Flush() {
     deltas.push_back(UsageDelta{key.caller, absl::CivilDay(1970, 1, 1) + key.day, counts.cache_hits,
                                 counts.requests});
   }
-  store_.AddUsage(std::move(deltas), [](absl::Status status) {
+  store_.AddUsage(std::move(deltas), [this, seq = *seq](absl::Status status) {
     if (!status.ok()) {
       spdlog::warn("usage counters could not be written and are lost: {}", status.message());
     }
+    WriteDone(seq);
   });
+}
+
+void UsageRecorder::WriteDone(uint64_t seq) {
+  std::vector<std::function<void()>> ready;
+  {
+    absl::MutexLock lock(&writes_mu_);
+    unfinished_.erase(seq);
+    const uint64_t oldest = unfinished_.empty() ? next_write_ : *unfinished_.begin();
+    auto it = std::partition(waiting_.begin(), waiting_.end(),
+                             [oldest](const auto& w) { return w.first > oldest; });
+    for (auto r = it; r != waiting_.end(); ++r) {
+      ready.push_back(std::move(r->second));
+    }
+    waiting_.erase(it, waiting_.end());
+  }
+  for (std::function<void()>& done : ready) {
+    done();
+  }
 }
 
 }  // namespace verdictd

@@ -2,7 +2,12 @@
 #define VERDICTD_SERVER_ENGINE_USAGE_RECORDER_H_
 
 #include <array>
+#include <cstdint>
+#include <functional>
+#include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -24,8 +29,13 @@ class UsageRecorder {
   // mutexes, chosen by thread, for a hash-map increment.
   void Record(const std::string& caller, bool cache_hit);
 
-  // Queues everything counted so far to the store. Returns without waiting for the write.
-  void Flush();
+  // Hands everything counted so far to the store, without waiting for the write. `done`, if
+  // given, runs once that write and every earlier one of this recorder have completed (written,
+  // or failed and logged: the counts are then lost), so a read issued from it sees every check
+  // recorded before this call; it runs at once when nothing is left to complete, otherwise on a
+  // store thread. Writes may complete in any order (the store promises none), hence the
+  // bookkeeping.
+  void Flush(std::function<void()> done = nullptr);
 
  private:
   struct Key {
@@ -49,9 +59,20 @@ class UsageRecorder {
   };
   static constexpr int kShards = 16;
 
+  // Marks write `seq` complete and runs the Flush callbacks that no longer wait for anything.
+  void WriteDone(uint64_t seq);
+
   VerdictStore& store_;
   const Clock& clock_;
   std::array<Shard, kShards> shards_;
+
+  absl::Mutex writes_mu_;
+  uint64_t next_write_ ABSL_GUARDED_BY(writes_mu_) = 0;
+  // Writes handed to the store and not yet completed.
+  std::set<uint64_t> unfinished_ ABSL_GUARDED_BY(writes_mu_);
+  // Flush callbacks, each with the number of writes it waits for: it runs once no write numbered
+  // below that is unfinished.
+  std::vector<std::pair<uint64_t, std::function<void()>>> waiting_ ABSL_GUARDED_BY(writes_mu_);
 };
 
 }  // namespace verdictd

@@ -3,20 +3,17 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
 #include "common/ip.h"
-#include "common/quote.h"
 #include "server/service/status.h"
 #include "server/service/wire.h"
 
@@ -137,11 +134,35 @@ int64_t MicrosOrLimit(absl::Time t) {
   return absl::ToUnixMicros(t);
 }
 
-void AddCounts(const UsageCounts& c, pb::CallerUsage* out) {
-  out->set_clicks(out->clicks() + c.clicks);
-  out->set_cache_hits(out->cache_hits() + c.cache_hits);
-  out->set_requests(out->requests() + c.requests);
-  out->set_upstream_errors(out->upstream_errors() + c.upstream_errors);
+void ToProto(const UsageReport& report, pb::GetUsageResponse* out) {
+  for (const CallerUsageReport& caller : report.callers) {
+    pb::CallerUsage* usage = out->add_callers();
+    usage->set_caller(caller.caller);
+    usage->set_clicks(caller.total.clicks);
+    usage->set_cache_hits(caller.total.cache_hits);
+    usage->set_requests(caller.total.requests);
+    usage->set_upstream_errors(caller.total.upstream_errors);
+    for (const DailyUsage& row : caller.days) {
+      pb::DailyUsage* day = usage->add_days();
+      day->set_date(absl::FormatCivilTime(row.day));
+      day->set_clicks(row.counts.clicks);
+      day->set_cache_hits(row.counts.cache_hits);
+      day->set_requests(row.counts.requests);
+      day->set_upstream_errors(row.counts.upstream_errors);
+    }
+    if (caller.budget.has_value()) {
+      usage->set_monthly_budget(caller.budget->monthly_budget);
+      usage->set_budget_left(caller.budget->left);
+    }
+  }
+  const AllowanceStatus& allowance = report.allowance;
+  pb::Allowance* a = out->mutable_allowance();
+  a->set_monthly_allowance(allowance.monthly_allowance);
+  a->set_clicks_used(allowance.clicks_used);
+  a->set_clicks_left(allowance.clicks_left);
+  ToProto(allowance.period_start, a->mutable_period_start());
+  ToProto(allowance.period_end, a->mutable_period_end());
+  a->set_exhausted_upstream(allowance.exhausted_upstream);
 }
 
 // One call on a raw method: owns the decoded request and the response. Deletes itself when gRPC
@@ -303,13 +324,27 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::ListVerdictHistory(
   auto* call =
       new UnaryCall<pb::ListVerdictHistoryRequest, pb::ListVerdictHistoryResponse>(response);
   absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
-  call->Complete(metrics_, ServerMetrics::kListVerdictHistory,
-                 identity.ok() ? History(call->request, &call->response) : identity.status());
+  if (!identity.ok()) {
+    call->Complete(metrics_, ServerMetrics::kListVerdictHistory, identity.status());
+    return call;
+  }
+  absl::StatusOr<HistoryPage> page = HistoryPageFor(call->request);
+  if (!page.ok()) {
+    call->Complete(metrics_, ServerMetrics::kListVerdictHistory, page.status());
+    return call;
+  }
+  // Finished from the store's thread: the reactor never waits for the read.
+  const HistoryQuery query = page->query;
+  engine_.History(query, [this, call, page = *std::move(page)](
+                             absl::StatusOr<std::vector<HistoryEntry>> entries) mutable {
+    call->Complete(metrics_, ServerMetrics::kListVerdictHistory,
+                   FillHistory(std::move(page), std::move(entries), &call->response));
+  });
   return call;
 }
 
-absl::Status VerdictServiceImpl::History(const pb::ListVerdictHistoryRequest& request,
-                                         pb::ListVerdictHistoryResponse* response) {
+absl::StatusOr<VerdictServiceImpl::HistoryPage> VerdictServiceImpl::HistoryPageFor(
+    const pb::ListVerdictHistoryRequest& request) const {
   absl::StatusOr<IpAddress> ip = ParseIp(request.ip());
   if (!ip.ok()) {
     return ip.status();
@@ -354,7 +389,14 @@ absl::Status VerdictServiceImpl::History(const pb::ListVerdictHistoryRequest& re
     query.after = HistoryCursor{absl::FromUnixMicros(cursor->checked_at_us), cursor->id};
   }
   query.limit = page_size + 1;  // one more tells whether another page exists
-  absl::StatusOr<std::vector<HistoryEntry>> entries = engine_.History(query);
+  return HistoryPage{std::move(query), page_size, std::move(bound)};
+}
+
+absl::Status VerdictServiceImpl::FillHistory(HistoryPage page,
+                                             absl::StatusOr<std::vector<HistoryEntry>> entries,
+                                             pb::ListVerdictHistoryResponse* response) const {
+  const int page_size = page.page_size;
+  PageCursor& bound = page.bound;
   if (!entries.ok()) {
     return absl::UnavailableError(
         absl::StrCat("verdict store unavailable: ", entries.status().message()));
@@ -379,98 +421,38 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::GetUsage(grpc::CallbackServerConte
                                                        grpc::ByteBuffer* response) {
   auto* call = new UnaryCall<pb::GetUsageRequest, pb::GetUsageResponse>(response);
   absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
-  call->Complete(
-      metrics_, ServerMetrics::kGetUsage,
-      identity.ok() ? Usage(*identity, call->request, &call->response) : identity.status());
-  return call;
-}
-
-absl::Status VerdictServiceImpl::Usage(const Identity& identity, const pb::GetUsageRequest& request,
-                                       pb::GetUsageResponse* response) {
-  const std::string& caller = request.caller();
+  if (!identity.ok()) {
+    call->Complete(metrics_, ServerMetrics::kGetUsage, identity.status());
+    return call;
+  }
+  const pb::GetUsageRequest& in = call->request;
   // A caller is named as x-caller names one, and is checked the same way before anything else:
   // a name no caller can have is an invalid argument, whoever asks.
-  if (!caller.empty()) {
-    if (absl::Status valid = CheckCallerName(caller, "caller"); !valid.ok()) {
-      return valid;
+  if (!in.caller().empty()) {
+    if (absl::Status valid = CheckCallerName(in.caller(), "caller"); !valid.ok()) {
+      call->Complete(metrics_, ServerMetrics::kGetUsage, std::move(valid));
+      return call;
     }
   }
-  if (!identity.auditor && caller != identity.caller) {
-    return absl::PermissionDeniedError(
-        caller.empty()
-            ? "only auditors may read every caller's usage; ask for your own"
-            : absl::StrCat("caller ", QuoteForError(identity.caller),
-                           " may read only its own usage, not that of ", QuoteForError(caller)));
+  UsageQuery query;
+  query.requester = identity->caller;
+  query.auditor = identity->auditor;
+  query.caller = in.caller();
+  if (in.has_since()) {
+    query.since = FromProto(in.since(), "since");
   }
-  const absl::Time now = absl::Now();
-  absl::Time since = SpendTracker::MonthStart(now);
-  absl::Time until = absl::InfiniteFuture();
-  if (request.has_since()) {
-    absl::StatusOr<absl::Time> t = FromProto(request.since(), "since");
-    if (!t.ok()) {
-      return t.status();
+  if (in.has_until()) {
+    query.until = FromProto(in.until(), "until");
+  }
+  // Who may see whom, the default window and the budgets are the engine's; the reactor is
+  // finished from its callback and never waits for the store.
+  engine_.Usage(std::move(query), [this, call](absl::StatusOr<UsageReport> report) {
+    if (report.ok()) {
+      ToProto(*report, &call->response);
     }
-    since = *t;
-  }
-  if (request.has_until()) {
-    absl::StatusOr<absl::Time> t = FromProto(request.until(), "until");
-    if (!t.ok()) {
-      return t.status();
-    }
-    until = *t;
-  }
-  if (since >= until) {
-    return absl::InvalidArgumentError("since must be before until");
-  }
-  if (until == absl::InfiniteFuture()) {
-    until = now + absl::Seconds(1);
-  }
-  absl::StatusOr<std::vector<DailyUsage>> days = engine_.Usage(caller, since, until);
-  if (!days.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("verdict store unavailable: ", days.status().message()));
-  }
-  // Rows arrive sorted by caller, then day.
-  std::map<std::string, pb::CallerUsage*> by_caller;
-  for (const DailyUsage& row : *days) {
-    pb::CallerUsage*& usage = by_caller[row.caller];
-    if (usage == nullptr) {
-      usage = response->add_callers();
-      usage->set_caller(row.caller);
-    }
-    AddCounts(row.counts, usage);
-    pb::DailyUsage* day = usage->add_days();
-    day->set_date(absl::FormatCivilTime(row.day));
-    day->set_clicks(row.counts.clicks);
-    day->set_cache_hits(row.counts.cache_hits);
-    day->set_requests(row.counts.requests);
-    day->set_upstream_errors(row.counts.upstream_errors);
-  }
-  if (!caller.empty() && by_caller.empty()) {
-    pb::CallerUsage* usage = response->add_callers();
-    usage->set_caller(caller);
-    by_caller[caller] = usage;
-  }
-  absl::flat_hash_map<std::string, int64_t> budgets;
-  for (const ApiKeyEntry& entry : auth_.entries()) {
-    budgets[entry.caller] = entry.monthly_budget;
-  }
-  for (auto& [name, usage] : by_caller) {
-    auto it = budgets.find(name);
-    if (it != budgets.end() && it->second > 0) {
-      usage->set_monthly_budget(it->second);
-      usage->set_budget_left(std::max<int64_t>(0, it->second - engine_.SpentThisMonth(name)));
-    }
-  }
-  const AllowanceStatus allowance = engine_.Allowance();
-  pb::Allowance* out = response->mutable_allowance();
-  out->set_monthly_allowance(allowance.monthly_allowance);
-  out->set_clicks_used(allowance.clicks_used);
-  out->set_clicks_left(allowance.clicks_left);
-  ToProto(allowance.period_start, out->mutable_period_start());
-  ToProto(allowance.period_end, out->mutable_period_end());
-  out->set_exhausted_upstream(allowance.exhausted_upstream);
-  return absl::OkStatus();
+    call->Complete(metrics_, ServerMetrics::kGetUsage, report.status());
+  });
+  return call;
 }
 
 grpc::ServerUnaryReactor* VerdictServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,

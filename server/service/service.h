@@ -1,7 +1,9 @@
 #ifndef VERDICTD_SERVER_SERVICE_SERVICE_H_
 #define VERDICTD_SERVER_SERVICE_SERVICE_H_
 
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "server/auth/api_keys.h"
 #include "server/auth/page_token.h"
@@ -63,10 +65,17 @@ class VerdictServiceImpl final : public internal::RawVerdictService {
   absl::StatusOr<Identity> Accept(const grpc::CallbackServerContext& context,
                                   const grpc::ByteBuffer& wire,
                                   google::protobuf::Message* request) const;
-  absl::Status History(const verdict::v1::ListVerdictHistoryRequest& request,
-                       verdict::v1::ListVerdictHistoryResponse* response);
-  absl::Status Usage(const Identity& identity, const verdict::v1::GetUsageRequest& request,
-                     verdict::v1::GetUsageResponse* response);
+  // A decoded ListVerdictHistory request: the store query, and what its answer needs.
+  struct HistoryPage {
+    HistoryQuery query;
+    int page_size = 0;
+    PageCursor bound;  // the request's ip, since and until; the cursor fields are filled in
+  };
+  absl::StatusOr<HistoryPage> HistoryPageFor(
+      const verdict::v1::ListVerdictHistoryRequest& request) const;
+  // Fills `response` from the store's answer to page.query.
+  absl::Status FillHistory(HistoryPage page, absl::StatusOr<std::vector<HistoryEntry>> entries,
+                           verdict::v1::ListVerdictHistoryResponse* response) const;
 
   const ServiceOptions options_;
   Engine& engine_;

@@ -1,6 +1,13 @@
 #ifndef VERDICTD_SERVER_SERVICE_TIMED_STORE_H_
 #define VERDICTD_SERVER_SERVICE_TIMED_STORE_H_
 
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "server/metrics/metrics.h"
 #include "storage/verdict_store.h"
 
@@ -13,12 +20,16 @@ class TimedStore : public VerdictStore {
   // `inner` and `latency` must outlive this object.
   TimedStore(VerdictStore& inner, metrics::Histogram& latency) : inner_(inner), latency_(latency) {}
 
-  absl::StatusOr<std::optional<Verdict>> LatestFor(
-      absl::string_view ip, std::optional<absl::string_view> user_agent) override {
+  // Observes the time from issue to callback: what a check waits for, queueing included.
+  void LatestFor(std::string ip, std::optional<std::string> user_agent,
+                 ReadCallback<std::optional<Verdict>> done) override {
     const absl::Time start = absl::Now();
-    absl::StatusOr<std::optional<Verdict>> result = inner_.LatestFor(ip, user_agent);
-    latency_.Observe(absl::ToDoubleSeconds(absl::Now() - start));
-    return result;
+    inner_.LatestFor(
+        std::move(ip), std::move(user_agent),
+        [this, start, done = std::move(done)](absl::StatusOr<std::optional<Verdict>> result) {
+          latency_.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+          done(std::move(result));
+        });
   }
   void BeginClick(std::string caller, std::string ip, absl::Time requested_at,
                   ClickCallback done) override {
@@ -27,28 +38,27 @@ class TimedStore : public VerdictStore {
   void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override {
     inner_.CompleteClick(click_id, std::move(completion), std::move(done));
   }
-  absl::StatusOr<std::vector<HistoryEntry>> History(const HistoryQuery& query) override {
-    return inner_.History(query);
+  void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) override {
+    inner_.History(std::move(query), std::move(done));
   }
   void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override {
     inner_.AddUsage(std::move(deltas), std::move(done));
   }
-  absl::StatusOr<std::vector<DailyUsage>> Usage(absl::string_view caller, absl::Time since,
-                                                absl::Time until) override {
-    return inner_.Usage(caller, since, until);
+  void Usage(std::string caller, absl::Time since, absl::Time until,
+             ReadCallback<std::vector<DailyUsage>> done) override {
+    inner_.Usage(std::move(caller), since, until, std::move(done));
   }
-  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ClicksSince(
-      absl::Time since) override {
-    return inner_.ClicksSince(since);
+  void ClicksSince(absl::Time since, ReadCallback<ClickCounts> done) override {
+    inner_.ClicksSince(since, std::move(done));
   }
   void PruneBefore(absl::Time cutoff, int max_rows,
                    std::function<void(absl::StatusOr<int64_t>)> done) override {
     inner_.PruneBefore(cutoff, max_rows, std::move(done));
   }
-  absl::StatusOr<std::string> Secret(absl::string_view name, size_t bytes) override {
-    return inner_.Secret(name, bytes);
+  void Secret(std::string name, size_t bytes, ReadCallback<std::string> done) override {
+    inner_.Secret(std::move(name), bytes, std::move(done));
   }
-  absl::Status Ping() override { return inner_.Ping(); }
+  void Ping(DoneCallback done) override { inner_.Ping(std::move(done)); }
   void Flush() override { inner_.Flush(); }
 
  private:

@@ -12,7 +12,8 @@ inline constexpr int kSchemaVersion = 3;
 
 // LatestFor's lookups. Each must be answered by a LIMIT 1 walk over an index whose order matches
 // the ORDER BY, so it costs the same however long the history grows (a test checks the plan).
-// ?1 is the IP bound as text; ?2 is the user agent bound as a blob (see sqlite_store.cc).
+// ?1 is the IP bound as text; ?2 is the user agent bound as a blob (see BindBytes in
+// sqlite_statement.h).
 inline constexpr char kLatestForIpSql[] =
     "SELECT ip, user_agent, score, proxy, tor, vpn, crawler, bot, checked_at_us, caller "
     "FROM verdicts WHERE ip = ?1 "

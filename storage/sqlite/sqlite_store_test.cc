@@ -38,6 +38,7 @@
 #include "gtest/gtest.h"
 #include "storage/sqlite/sqlite_store_internal.h"
 #include "storage/verdict_store.h"
+#include "storage/verdict_store_contract_test.h"
 
 namespace verdictd {
 namespace {
@@ -46,6 +47,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using namespace std::string_literals;
+using namespace store_test;
 
 // A plain connection to the same file, to check what the store wrote without trusting it.
 class RawDb {
@@ -98,135 +100,12 @@ class RawDb {
   sqlite3* db_ = nullptr;
 };
 
-absl::StatusOr<int64_t> BeginClickSync(VerdictStore& store, std::string caller, std::string ip,
-                                       absl::Time requested_at) {
-  absl::Notification done;
-  absl::StatusOr<int64_t> result;
-  store.BeginClick(std::move(caller), std::move(ip), requested_at, [&](absl::StatusOr<int64_t> r) {
-    result = std::move(r);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
-}
-
-absl::Status CompleteClickSync(VerdictStore& store, int64_t click_id, ClickCompletion completion) {
-  absl::Notification done;
-  absl::Status result;
-  store.CompleteClick(click_id, std::move(completion), [&](absl::Status s) {
-    result = std::move(s);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
-}
-
-Verdict MakeVerdict(std::string ip, absl::Time checked_at, std::string user_agent = "ua",
-                    std::string caller = "alice") {
-  Verdict v;
-  v.ip = std::move(ip);
-  v.assessment.score = Score::kSuspicious;
-  v.assessment.proxy = true;
-  v.assessment.vpn = true;
-  v.checked_at = checked_at;
-  v.user_agent = std::move(user_agent);
-  v.caller = std::move(caller);
-  return v;
-}
-
-// Records a click that produced `verdict`, as the engine would; returns the click id.
-int64_t Append(VerdictStore& store, const Verdict& verdict) {
-  absl::StatusOr<int64_t> id =
-      BeginClickSync(store, verdict.caller, verdict.ip, verdict.checked_at - absl::Milliseconds(5));
-  EXPECT_TRUE(id.ok()) << id.status();
-  ClickCompletion completion;
-  completion.outcome = ClickOutcome::kVerdict;
-  completion.http_status = 200;
-  completion.latency = absl::Milliseconds(5);
-  completion.verdict = verdict;
-  completion.raw_body = R"({"trusted_ai_score":"Suspicious"})";
-  EXPECT_TRUE(CompleteClickSync(store, *id, std::move(completion)).ok());
-  return id.value_or(-1);
-}
-
-const absl::Time kT0 = absl::FromUnixMicros(1'700'000'000'123'457);
-
-absl::Status AddUsageSync(VerdictStore& store, std::vector<UsageDelta> deltas) {
-  absl::Notification done;
-  absl::Status result;
-  store.AddUsage(std::move(deltas), [&](absl::Status s) {
-    result = std::move(s);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
-}
-
-absl::StatusOr<int64_t> PruneSync(VerdictStore& store, absl::Time cutoff, int max_rows) {
-  absl::Notification done;
-  absl::StatusOr<int64_t> result;
-  store.PruneBefore(cutoff, max_rows, [&](absl::StatusOr<int64_t> r) {
-    result = std::move(r);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return result;
-}
-
-// Records a click by `caller` at `requested_at` that ended with `outcome` (kPending: left open).
-void Click(VerdictStore& store, const std::string& caller, absl::Time requested_at,
-           ClickOutcome outcome) {
-  absl::StatusOr<int64_t> id = BeginClickSync(store, caller, "192.0.2.77", requested_at);
-  ASSERT_TRUE(id.ok()) << id.status();
-  if (outcome == ClickOutcome::kPending) {
-    return;
-  }
-  ClickCompletion completion;
-  completion.outcome = outcome;
-  if (outcome == ClickOutcome::kVerdict) {
-    completion.verdict = MakeVerdict("192.0.2.77", requested_at, "ua", caller);
-  }
-  ASSERT_TRUE(CompleteClickSync(store, *id, std::move(completion)).ok());
-}
-
-absl::Time At(absl::CivilSecond t) { return absl::FromCivil(t, absl::UTCTimeZone()); }
-
-// The callers of `entries`, which tests use to name verdicts.
-std::vector<std::string> Callers(const std::vector<HistoryEntry>& entries) {
-  std::vector<std::string> callers;
-  for (const HistoryEntry& e : entries) {
-    callers.push_back(e.verdict.caller);
-  }
-  return callers;
-}
-
 std::string Plan(RawDb& raw, const std::string& sql) {
   std::vector<std::string> details;
   for (const auto& row : raw.Query("EXPLAIN QUERY PLAN " + sql)) {
     details.push_back(row.back());
   }
   return absl::StrJoin(details, " | ");
-}
-
-// One day of Usage's answer, flattened for matching.
-struct Row {
-  std::string caller;
-  absl::CivilDay day;
-  int64_t clicks, upstream_errors, cache_hits, requests;
-};
-
-std::vector<Row> Rows(const std::vector<DailyUsage>& usage) {
-  std::vector<Row> rows;
-  for (const DailyUsage& u : usage) {
-    rows.push_back({u.caller, u.day, u.counts.clicks, u.counts.upstream_errors, u.counts.cache_hits,
-                    u.counts.requests});
-  }
-  return rows;
-}
-
-MATCHER_P6(IsRow, caller, day, clicks, errors, cache_hits, requests, "") {
-  return arg.caller == caller && arg.day == day && arg.clicks == clicks &&
-         arg.upstream_errors == errors && arg.cache_hits == cache_hits && arg.requests == requests;
 }
 
 class SqliteStoreTest : public ::testing::Test {
@@ -252,25 +131,6 @@ class SqliteStoreTest : public ::testing::Test {
   std::string path_;
 };
 
-TEST_F(SqliteStoreTest, LatestForReturnsEveryFieldOfAnAppendedVerdict) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Verdict v = MakeVerdict("203.0.113.7", kT0, "Mozilla/5.0 (X11)", "bob");
-  v.assessment = {Score::kFake, /*proxy=*/true, /*tor=*/false, /*vpn=*/true, /*crawler=*/false,
-                  /*bot=*/true};
-  Append(*store, v);
-
-  absl::StatusOr<std::optional<Verdict>> got = store->LatestFor("203.0.113.7", std::nullopt);
-  ASSERT_TRUE(got.ok()) << got.status();
-  ASSERT_TRUE(got->has_value());
-  const Verdict& g = **got;
-  EXPECT_EQ(g.ip, "203.0.113.7");
-  EXPECT_EQ(g.assessment, v.assessment);
-  EXPECT_EQ(g.checked_at, kT0);  // to the microsecond
-  EXPECT_EQ(g.user_agent, "Mozilla/5.0 (X11)");
-  EXPECT_EQ(g.caller, "bob");
-}
-
 TEST_F(SqliteStoreTest, CompletedClickIsRecordedWithTheVerdictLinkedToIt) {
   FakeClock clock(kT0 + absl::Seconds(1));
   SqliteStoreOptions options;
@@ -292,73 +152,6 @@ TEST_F(SqliteStoreTest, CompletedClickIsRecordedWithTheVerdictLinkedToIt) {
                   std::to_string(id), R"({"trusted_ai_score":"Suspicious"})")));
 }
 
-TEST_F(SqliteStoreTest, NewestCheckedAtWinsThenHighestId) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(1), "ua", "one"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "three"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "ua", "two"));
-  Append(*store, MakeVerdict("192.0.2.99", kT0 + absl::Seconds(9), "ua", "other ip"));
-
-  auto got = store->LatestFor("192.0.2.1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->caller, "three");
-
-  // Same checked_at: the later append wins.
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "three again"));
-  got = store->LatestFor("192.0.2.1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->caller, "three again");
-}
-
-TEST_F(SqliteStoreTest, LatestForFiltersByExactUserAgent) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(1), "agent-a"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "agent-b"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), ""));
-
-  auto a = store->LatestFor("192.0.2.1", absl::string_view("agent-a"));
-  ASSERT_TRUE(a.ok() && a->has_value());
-  EXPECT_EQ((*a)->user_agent, "agent-a");
-  EXPECT_EQ((*a)->checked_at, kT0 + absl::Seconds(1));
-
-  auto empty = store->LatestFor("192.0.2.1", absl::string_view());
-  ASSERT_TRUE(empty.ok() && empty->has_value());
-  EXPECT_EQ((*empty)->user_agent, "");
-
-  auto any = store->LatestFor("192.0.2.1", std::nullopt);
-  ASSERT_TRUE(any.ok() && any->has_value());
-  EXPECT_EQ((*any)->checked_at, kT0 + absl::Seconds(3));
-
-  auto none = store->LatestFor("192.0.2.1", absl::string_view("agent-c"));
-  ASSERT_TRUE(none.ok());
-  EXPECT_FALSE(none->has_value());
-}
-
-TEST_F(SqliteStoreTest, UnknownIpIsNullopt) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0));
-  auto got = store->LatestFor("192.0.2.2", std::nullopt);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_FALSE(got->has_value());
-}
-
-TEST_F(SqliteStoreTest, DataSurvivesReopen) {
-  {
-    std::unique_ptr<VerdictStore> store = Open();
-    ASSERT_NE(store, nullptr);
-    Append(*store, MakeVerdict("2001:db8::1", kT0, "ua", "carol"));
-  }
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  auto got = store->LatestFor("2001:db8::1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->caller, "carol");
-  EXPECT_EQ((*got)->checked_at, kT0);
-}
-
 TEST_F(SqliteStoreTest, BegunClickIsDurableAsPendingAcrossRestart) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
@@ -374,27 +167,6 @@ TEST_F(SqliteStoreTest, BegunClickIsDurableAsPendingAcrossRestart) {
                   "dave", "192.0.2.5", std::to_string(absl::ToUnixMicros(kT0)), "NULL", "0")));
 }
 
-TEST_F(SqliteStoreTest, UserAgentBytesRoundTripExactly) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  const std::string ua = "Mozilla/5.0\0tail \xff\xfe\x80 end"s;
-  ASSERT_EQ(ua.size(), 24u);  // the NUL did not end the literal
-  Append(*store, MakeVerdict("192.0.2.1", kT0, ua));
-
-  auto got = store->LatestFor("192.0.2.1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->user_agent, ua);
-
-  auto filtered = store->LatestFor("192.0.2.1", absl::string_view(ua));
-  ASSERT_TRUE(filtered.ok() && filtered->has_value());
-  EXPECT_EQ((*filtered)->user_agent, ua);
-
-  // What a C string would truncate it to is a different user agent.
-  auto prefix = store->LatestFor("192.0.2.1", absl::string_view("Mozilla/5.0"));
-  ASSERT_TRUE(prefix.ok());
-  EXPECT_FALSE(prefix->has_value());
-}
-
 TEST_F(SqliteStoreTest, SqlMetacharactersAreStoredVerbatim) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
@@ -402,11 +174,11 @@ TEST_F(SqliteStoreTest, SqlMetacharactersAreStoredVerbatim) {
   const std::string ua = "\"); DELETE FROM clicks; -- ' OR 1=1";
   Append(*store, MakeVerdict("192.0.2.1", kT0, ua, caller));
 
-  auto got = store->LatestFor("192.0.2.1", absl::string_view(ua));
+  auto got = LatestForSync(*store, "192.0.2.1", absl::string_view(ua));
   ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
   EXPECT_EQ((*got)->caller, caller);
   EXPECT_EQ((*got)->user_agent, ua);
-  auto injected = store->LatestFor("' OR '1'='1", std::nullopt);
+  auto injected = LatestForSync(*store, "' OR '1'='1", std::nullopt);
   ASSERT_TRUE(injected.ok());
   EXPECT_FALSE(injected->has_value());
 
@@ -479,26 +251,6 @@ TEST_F(SqliteStoreTest, DestructorCommitsEverythingQueued) {
   callbacks.Wait();
   RawDb raw(path_);
   EXPECT_EQ(raw.Count("clicks"), kClicks);
-}
-
-TEST_F(SqliteStoreTest, CompleteClickForUnknownIdIsNotFound) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  ClickCompletion completion;
-  completion.outcome = ClickOutcome::kUpstreamError;
-  completion.error = "timeout";
-  absl::Status status = CompleteClickSync(*store, 12345, std::move(completion));
-  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
-}
-
-TEST_F(SqliteStoreTest, CompletedClickCannotBeCompletedAgain) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  const int64_t id = Append(*store, MakeVerdict("192.0.2.1", kT0));
-  ClickCompletion again;
-  again.outcome = ClickOutcome::kNotSent;
-  absl::Status status = CompleteClickSync(*store, id, std::move(again));
-  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
 }
 
 TEST_F(SqliteStoreTest, InconsistentCompletionIsRejectedAndLeavesClickPending) {
@@ -665,7 +417,7 @@ TEST_F(SqliteStoreTest, LockedStoreFailsWritesAndRecoversAfterwards) {
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(failed.status().message(), HasSubstr("store write failed: database is locked"));
   // WAL readers do not wait for the writer.
-  auto read = store->LatestFor("192.0.2.1", std::nullopt);
+  auto read = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_TRUE(read->has_value());
 
@@ -674,37 +426,6 @@ TEST_F(SqliteStoreTest, LockedStoreFailsWritesAndRecoversAfterwards) {
   EXPECT_TRUE(ok.ok()) << ok.status();
   store.reset();
   EXPECT_EQ(locker.Count("clicks"), 2);  // the failed click left nothing behind
-}
-
-TEST_F(SqliteStoreTest, ReadsRunConcurrentlyWithWrites) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0));
-  constexpr int kReaders = 4;
-  absl::Notification stop;
-  std::vector<std::thread> readers;
-  std::vector<int> failures(kReaders, 0);
-  for (int r = 0; r < kReaders; ++r) {
-    readers.emplace_back([&, r] {
-      while (!stop.HasBeenNotified()) {
-        auto got = store->LatestFor("192.0.2.1", absl::string_view("ua"));
-        if (!got.ok() || !got->has_value()) {
-          ++failures[r];
-        }
-      }
-    });
-  }
-  for (int i = 1; i <= 50; ++i) {
-    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(i)));
-  }
-  stop.Notify();
-  for (std::thread& t : readers) {
-    t.join();
-  }
-  EXPECT_THAT(failures, ::testing::Each(0));
-  auto got = store->LatestFor("192.0.2.1", std::nullopt);
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->checked_at, kT0 + absl::Seconds(50));
 }
 
 // "Latest verdict for a key" must stay an index lookup however long the history grows.
@@ -727,102 +448,6 @@ TEST_F(SqliteStoreTest, LatestForQueriesSearchAnIndex) {
 }
 
 // --- History ---------------------------------------------------------------------------
-
-TEST_F(SqliteStoreTest, HistoryIsNewestFirstWithTiesBrokenByIdAndAllFields) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(1), "ua", "a"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "b"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(2), "ua", "c"));
-  Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(3), "ua", "d"));  // tie with b
-  Append(*store, MakeVerdict("192.0.2.9", kT0 + absl::Seconds(9), "ua", "other ip"));
-
-  HistoryQuery query;
-  query.ip = "192.0.2.1";
-  absl::StatusOr<std::vector<HistoryEntry>> got = store->History(query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("d", "b", "c", "a"));
-  EXPECT_GT((*got)[0].id, (*got)[1].id);
-  const Verdict& d = (*got)[0].verdict;
-  EXPECT_EQ(d.ip, "192.0.2.1");
-  EXPECT_EQ(d.checked_at, kT0 + absl::Seconds(3));
-  EXPECT_EQ(d.user_agent, "ua");
-  EXPECT_EQ(d.assessment, MakeVerdict("", kT0).assessment);
-
-  query.limit = 2;
-  got = store->History(query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("d", "b"));
-
-  query.ip = "192.0.2.2";
-  got = store->History(query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-
-  query.limit = 0;
-  EXPECT_EQ(store->History(query).status().code(), absl::StatusCode::kInvalidArgument);
-}
-
-TEST_F(SqliteStoreTest, HistorySinceIsInclusiveAndUntilExclusive) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  for (int i = 1; i <= 5; ++i) {
-    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(i), "ua", std::to_string(i)));
-  }
-  HistoryQuery query;
-  query.ip = "192.0.2.1";
-  query.since = kT0 + absl::Seconds(2);
-  query.until = kT0 + absl::Seconds(4);
-  auto got = store->History(query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("3", "2"));
-
-  // Sub-microsecond bounds: stored times are whole microseconds, compared exactly.
-  query.since = kT0 + absl::Seconds(2) + absl::Nanoseconds(1);
-  query.until = kT0 + absl::Seconds(4) + absl::Nanoseconds(1);
-  got = store->History(query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("4", "3"));
-
-  query.since = kT0 + absl::Seconds(4);
-  query.until = kT0 + absl::Seconds(4);
-  got = store->History(query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-
-  query.since = absl::InfinitePast();
-  query.until = absl::InfiniteFuture();
-  got = store->History(query);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Callers(*got), ElementsAre("5", "4", "3", "2", "1"));
-}
-
-TEST_F(SqliteStoreTest, HistoryPagesReturnEachEntryExactlyOnce) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  // Ties straddle the page boundaries (limit 3): c,d,e share a time, and so do f,g.
-  const int seconds[] = {1, 2, 3, 3, 3, 4, 4, 5};
-  for (int i = 0; i < 8; ++i) {
-    Append(*store, MakeVerdict("192.0.2.1", kT0 + absl::Seconds(seconds[i]), "ua",
-                               std::string(1, static_cast<char>('a' + i))));
-  }
-  HistoryQuery query;
-  query.ip = "192.0.2.1";
-  query.since = kT0 + absl::Seconds(2);  // leaves out "a"
-  query.limit = 3;
-  std::vector<std::vector<std::string>> pages;
-  for (int page = 0; page < 10; ++page) {
-    auto got = store->History(query);
-    ASSERT_TRUE(got.ok()) << got.status();
-    if (got->empty()) {
-      break;
-    }
-    pages.push_back(Callers(*got));
-    query.after = HistoryCursor{got->back().verdict.checked_at, got->back().id};
-  }
-  EXPECT_THAT(
-      pages, ElementsAre(ElementsAre("h", "g", "f"), ElementsAre("e", "d", "c"), ElementsAre("b")));
-}
 
 // Every page is a range scan of the (ip, checked_at_us DESC, id DESC) index: no sort, no scan.
 TEST_F(SqliteStoreTest, HistoryQuerySearchesTheIpIndexInOrder) {
@@ -936,15 +561,15 @@ TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
   }
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
-  auto got = store->LatestFor("192.0.2.1", std::nullopt);
+  auto got = LatestForSync(*store, "192.0.2.1", std::nullopt);
   ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
   EXPECT_EQ((*got)->caller, "old");
   EXPECT_EQ((*got)->checked_at, absl::FromUnixMicros(1700000000100000));
   ASSERT_TRUE(AddUsageSync(*store, {{"old", absl::CivilDay(2023, 11, 14), 1, 2}}).ok());
-  auto clicks = store->ClicksSince(absl::InfinitePast());
+  auto clicks = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_THAT(*clicks, ElementsAre(std::pair<std::string, int64_t>("old", 1)));
-  ASSERT_TRUE(store->Secret("k", 8).ok());
+  ASSERT_TRUE(SecretSync(*store, "k", 8).ok());
   store.reset();
 
   RawDb raw(path_);
@@ -1029,25 +654,25 @@ TEST_F(SqliteStoreTest, VersionTwoDatabaseGetsItsClickCountersBackfilled) {
   }
 
   using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto clicks = store->ClicksSince(absl::InfinitePast());
+  auto clicks = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 5}, {"carol", 2}}));
-  clicks = store->ClicksSince(At(absl::CivilSecond(d1)));
+  clicks = ClicksSinceSync(*store, At(absl::CivilSecond(d1)));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 5}}));
   // Inside d1: its rest (the pending click and the last microsecond's error) plus d2.
-  clicks = store->ClicksSince(At(absl::CivilMinute(absl::CivilHour(d1) + 12) + 30));
+  clicks = ClicksSinceSync(*store, At(absl::CivilMinute(absl::CivilHour(d1) + 12) + 30));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 3}}));
   // The ends of the microsecond range (the partial day there is clamped, not overflowed).
-  clicks = store->ClicksSince(absl::InfiniteFuture());
+  clicks = ClicksSinceSync(*store, absl::InfiniteFuture());
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_TRUE(clicks->empty());
-  clicks = store->ClicksSince(absl::FromUnixMicros(std::numeric_limits<int64_t>::min() + 1));
+  clicks = ClicksSinceSync(*store, absl::FromUnixMicros(std::numeric_limits<int64_t>::min() + 1));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 5}, {"carol", 2}}));
 
-  auto usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  auto usage = UsageSync(*store, "", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_THAT(Rows(*usage),
               ElementsAre(IsRow("alice", d1, 4, 2, 3, 10), IsRow("alice", d2, 1, 0, 0, 0),
@@ -1057,116 +682,15 @@ TEST_F(SqliteStoreTest, VersionTwoDatabaseGetsItsClickCountersBackfilled) {
   ClickCompletion not_sent;
   not_sent.outcome = ClickOutcome::kNotSent;
   ASSERT_TRUE(CompleteClickSync(*store, 3, not_sent).ok());
-  clicks = store->ClicksSince(At(absl::CivilSecond(d1)));
+  clicks = ClicksSinceSync(*store, At(absl::CivilSecond(d1)));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 4}}));
-  usage = store->Usage("alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
+  usage = UsageSync(*store, "alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", d1, 3, 2, 3, 10)));
 }
 
 // --- usage -----------------------------------------------------------------------------
-
-TEST_F(SqliteStoreTest, AddUsageAccumulatesAcrossCallsAndRestarts) {
-  const absl::CivilDay day(2024, 3, 1);
-  {
-    std::unique_ptr<VerdictStore> store = Open();
-    ASSERT_NE(store, nullptr);
-    ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 1, 2}, {"bob", day, 0, 1}}).ok());
-    ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 10, 20}, {"alice", day + 1, 0, 5}}).ok());
-  }
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  ASSERT_TRUE(AddUsageSync(*store, {{"alice", day, 100, 200}}).ok());
-  EXPECT_EQ(AddUsageSync(*store, {{"alice", day, 1, 1}, {"alice", day, -1, 0}}).code(),
-            absl::StatusCode::kInvalidArgument);  // and nothing of it applied
-
-  auto got = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
-  ASSERT_TRUE(got.ok()) << got.status();
-  ASSERT_EQ(got->size(), 3u);
-  EXPECT_EQ((*got)[0].caller, "alice");
-  EXPECT_EQ((*got)[0].day, day);
-  EXPECT_EQ((*got)[0].counts.cache_hits, 111);
-  EXPECT_EQ((*got)[0].counts.requests, 222);
-  EXPECT_EQ((*got)[0].counts.clicks, 0);
-  EXPECT_EQ((*got)[1].caller, "alice");
-  EXPECT_EQ((*got)[1].day, day + 1);
-  EXPECT_EQ((*got)[1].counts.requests, 5);
-  EXPECT_EQ((*got)[2].caller, "bob");
-  EXPECT_EQ((*got)[2].counts.requests, 1);
-}
-
-TEST_F(SqliteStoreTest, UsageMergesLedgerClicksWithCountersPerCallerAndDay) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  const absl::CivilDay d0(2024, 2, 29);
-  const absl::CivilDay d1(2024, 3, 1);
-  const absl::CivilDay d2(2024, 3, 2);
-  // The last microsecond of d0 belongs to d0.
-  Click(*store, "alice", At(absl::CivilSecond(d1)) - absl::Microseconds(1), ClickOutcome::kVerdict);
-  Click(*store, "alice", At(absl::CivilSecond(d1)), ClickOutcome::kVerdict);
-  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(5), ClickOutcome::kUpstreamError);
-  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(6), ClickOutcome::kNotSent);
-  Click(*store, "alice", At(absl::CivilSecond(d1)) + absl::Hours(7), ClickOutcome::kPending);
-  Click(*store, "alice", At(absl::CivilSecond(d2)) + absl::Hours(23), ClickOutcome::kVerdict);
-  Click(*store, "bob", At(absl::CivilSecond(d1)) + absl::Hours(1), ClickOutcome::kNotSent);
-  Click(*store, "bob", At(absl::CivilSecond(d2)) + absl::Hours(1), ClickOutcome::kNotSent);
-  ASSERT_TRUE(AddUsageSync(*store, {{"alice", d1, 2, 7}, {"bob", d1, 5, 6}}).ok());
-
-  auto got = store->Usage("", At(absl::CivilSecond(d1)) + absl::Hours(12),
-                          At(absl::CivilSecond(d2)) + absl::Microseconds(1));
-  ASSERT_TRUE(got.ok()) << got.status();
-  // bob's d2 had only a not-sent click: nothing, so no row.
-  EXPECT_THAT(Rows(*got),
-              ElementsAre(IsRow("alice", d1, 3, 1, 2, 7), IsRow("alice", d2, 1, 0, 0, 0),
-                          IsRow("bob", d1, 0, 0, 5, 6)));
-
-  // until is exclusive: midnight ends d1.
-  got = store->Usage("alice", At(absl::CivilSecond(d1)), At(absl::CivilSecond(d2)));
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Rows(*got), ElementsAre(IsRow("alice", d1, 3, 1, 2, 7)));
-
-  got = store->Usage("bob", absl::InfinitePast(), absl::InfiniteFuture());
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Rows(*got), ElementsAre(IsRow("bob", d1, 0, 0, 5, 6)));
-
-  got = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_THAT(Rows(*got),
-              ElementsAre(IsRow("alice", d0, 1, 0, 0, 0), IsRow("alice", d1, 3, 1, 2, 7),
-                          IsRow("alice", d2, 1, 0, 0, 0)));
-
-  got = store->Usage("carol", absl::InfinitePast(), absl::InfiniteFuture());
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-
-  got = store->Usage("", At(absl::CivilSecond(d2)), At(absl::CivilSecond(d1)));  // backwards
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-}
-
-TEST_F(SqliteStoreTest, ClicksSinceCountsBilledClicksPerCaller) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  Click(*store, "alice", kT0 - absl::Microseconds(1), ClickOutcome::kVerdict);  // too early
-  Click(*store, "alice", kT0, ClickOutcome::kVerdict);
-  Click(*store, "alice", kT0 + absl::Seconds(1), ClickOutcome::kUpstreamError);
-  Click(*store, "alice", kT0 + absl::Seconds(2), ClickOutcome::kPending);
-  Click(*store, "alice", kT0 + absl::Seconds(3), ClickOutcome::kNotSent);
-  Click(*store, "bob", kT0 + absl::Seconds(4), ClickOutcome::kNotSent);
-  Click(*store, "carol", kT0 + absl::Seconds(5), ClickOutcome::kPending);
-
-  using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto got = store->ClicksSince(kT0);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(*got, (Counts{{"alice", 3}, {"carol", 1}}));
-  got = store->ClicksSince(absl::InfinitePast());
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(*got, (Counts{{"alice", 4}, {"carol", 1}}));
-  got = store->ClicksSince(kT0 + absl::Hours(1));
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_TRUE(got->empty());
-}
 
 // Usage and ClicksSince read per-day counters that every ledger write keeps up to date: a begun
 // click counts on its requested_at day, also when it is completed on a later one; not sent takes
@@ -1229,13 +753,13 @@ TEST_F(SqliteStoreTest, ClickCountersFollowBeginAndComplete) {
   EXPECT_THAT(counters(), row(3, 1));
 
   using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto clicks = store->ClicksSince(At(absl::CivilSecond(day)));
+  auto clicks = ClicksSinceSync(*store, At(absl::CivilSecond(day)));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 3}}));
-  clicks = store->ClicksSince(At(absl::CivilSecond(day + 1)));
+  clicks = ClicksSinceSync(*store, At(absl::CivilSecond(day + 1)));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_TRUE(clicks->empty());
-  auto usage = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
+  auto usage = UsageSync(*store, "alice", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", day, 3, 1, 0, 0)));
 }
@@ -1296,23 +820,23 @@ TEST_F(SqliteStoreTest, PruneInsideADayKeepsThatDaysClickCounters) {
   EXPECT_EQ(*pruned, 2);  // the 06:00 click and its verdict; the day's counters stay
 
   using Counts = std::vector<std::pair<std::string, int64_t>>;
-  auto usage = store->Usage("alice", midnight, midnight + absl::Hours(24));
+  auto usage = UsageSync(*store, "alice", midnight, midnight + absl::Hours(24));
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_THAT(Rows(*usage), ElementsAre(IsRow("alice", day, 2, 1, 0, 0)));
-  auto clicks = store->ClicksSince(midnight);
+  auto clicks = ClicksSinceSync(*store, midnight);
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 2}}));
-  clicks = store->ClicksSince(midnight + absl::Hours(3));
+  clicks = ClicksSinceSync(*store, midnight + absl::Hours(3));
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_EQ(*clicks, (Counts{{"alice", 1}}));
 
   pruned = PruneSync(*store, midnight + absl::Hours(24), 100);
   ASSERT_TRUE(pruned.ok()) << pruned.status();
   EXPECT_EQ(*pruned, 2);  // the 18:00 click and the day's counters
-  usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  usage = UsageSync(*store, "", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_TRUE(usage->empty());
-  clicks = store->ClicksSince(absl::InfinitePast());
+  clicks = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(clicks.ok()) << clicks.status();
   EXPECT_TRUE(clicks->empty());
 }
@@ -1378,18 +902,6 @@ std::vector<Row> LedgerUsage(RawDb& raw, const BatchedCounters& batched, const s
     rows.push_back(row);
   }
   return rows;
-}
-
-bool operator==(const Row& a, const Row& b) {
-  return a.caller == b.caller && a.day == b.day && a.clicks == b.clicks &&
-         a.upstream_errors == b.upstream_errors && a.cache_hits == b.cache_hits &&
-         a.requests == b.requests;
-}
-
-std::ostream& operator<<(std::ostream& os, const Row& r) {
-  return os << "{" << r.caller << " " << r.day << " clicks=" << r.clicks
-            << " errors=" << r.upstream_errors << " hits=" << r.cache_hits
-            << " requests=" << r.requests << "}";
 }
 
 // 2000 random operations (begin, complete in each way, rejected completions, batched counters,
@@ -1493,7 +1005,7 @@ TEST_F(SqliteStoreTest, ClicksSinceAndUsageAgreeWithTheLedgerOverRandomOperation
     } else {
       ++checks;
       const absl::Time since = pick(10) == 0 ? absl::InfinitePast() : random_time(-1, kDays + 1);
-      auto got = store->ClicksSince(since);
+      auto got = ClicksSinceSync(*store, since);
       ASSERT_TRUE(got.ok()) << got.status();
       ASSERT_EQ(*got, LedgerClicksSince(raw, since)) << "since " << since;
 
@@ -1501,7 +1013,7 @@ TEST_F(SqliteStoreTest, ClicksSinceAndUsageAgreeWithTheLedgerOverRandomOperation
       const absl::Time from = pick(8) == 0 ? absl::InfinitePast() : random_time(-1, kDays + 1);
       const absl::Time until =
           pick(8) == 0 ? absl::InfiniteFuture() : from + absl::Hours(pick(24 * 4));
-      auto usage = store->Usage(caller, from, until);
+      auto usage = UsageSync(*store, caller, from, until);
       ASSERT_TRUE(usage.ok()) << usage.status();
       ASSERT_EQ(Rows(*usage), LedgerUsage(raw, batched, caller, from, until))
           << "caller \"" << caller << "\" from " << from << " until " << until;
@@ -1513,11 +1025,11 @@ TEST_F(SqliteStoreTest, ClicksSinceAndUsageAgreeWithTheLedgerOverRandomOperation
     not_sent.outcome = ClickOutcome::kNotSent;
     ASSERT_TRUE(CompleteClickSync(*store, p.id, not_sent).ok());
   }
-  auto got = store->ClicksSince(absl::InfinitePast());
+  auto got = ClicksSinceSync(*store, absl::InfinitePast());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, LedgerClicksSince(raw, absl::InfinitePast()));
   EXPECT_FALSE(got->empty());
-  auto usage = store->Usage("", absl::InfinitePast(), absl::InfiniteFuture());
+  auto usage = UsageSync(*store, "", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_EQ(Rows(*usage),
             LedgerUsage(raw, batched, "", absl::InfinitePast(), absl::InfiniteFuture()));
@@ -1582,30 +1094,30 @@ TEST_F(SqliteStoreTest, ClicksSinceWithALargeLedgerReadsOnlyCounters) {
   const absl::Time period = At(absl::CivilSecond(absl::CivilDay(2024, 1, 15)));
   const absl::Time inside_a_day = period + absl::Hours(13) + absl::Microseconds(7);
   for (const absl::Time since : {month, period, inside_a_day, absl::InfinitePast()}) {
-    auto got = store->ClicksSince(since);
+    auto got = ClicksSinceSync(*store, since);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(*got, LedgerClicksSince(raw, since)) << since;
     ASSERT_EQ(got->size(), static_cast<size_t>(kCallers));
   }
   const absl::Duration month_time =
-      time_per_call([&] { ASSERT_TRUE(store->ClicksSince(month).ok()); });
+      time_per_call([&] { ASSERT_TRUE(ClicksSinceSync(*store, month).ok()); });
   const absl::Duration inside_time =
-      time_per_call([&] { ASSERT_TRUE(store->ClicksSince(inside_a_day).ok()); });
+      time_per_call([&] { ASSERT_TRUE(ClicksSinceSync(*store, inside_a_day).ok()); });
   const absl::Duration ledger_time =
       time_per_call([&] { ASSERT_FALSE(LedgerClicksSince(raw, month).empty()); }, 3);
   const absl::Time month_end = At(absl::CivilSecond(absl::CivilDay(2024, 3, 1)));
   const absl::Duration usage_all_time = time_per_call([&] {
-    auto usage = store->Usage("", month, month_end);
+    auto usage = UsageSync(*store, "", month, month_end);
     ASSERT_TRUE(usage.ok());
     ASSERT_EQ(usage->size(), static_cast<size_t>(kCallers * 29));
   });
   const absl::Duration usage_one_time = time_per_call([&] {
-    auto usage = store->Usage("caller3", month, month_end);
+    auto usage = UsageSync(*store, "caller3", month, month_end);
     ASSERT_TRUE(usage.ok());
     ASSERT_EQ(usage->size(), 29u);
   });
   const absl::Time check_start = absl::Now();
-  auto usage = store->Usage("", month, month_end);
+  auto usage = UsageSync(*store, "", month, month_end);
   ASSERT_TRUE(usage.ok()) << usage.status();
   EXPECT_EQ(Rows(*usage), LedgerUsage(raw, {}, "", month, month_end));
   std::cout << "[ measured ] filled in " << fill_time << ", checked in "
@@ -1639,7 +1151,7 @@ TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
   EXPECT_EQ(*first, 4);
   HistoryQuery query;
   query.ip = "192.0.2.1";
-  auto history = store->History(query);
+  auto history = HistorySync(*store, query);
   ASSERT_TRUE(history.ok());
   EXPECT_THAT(Callers(*history), ElementsAre("9", "8", "7", "6", "5", "4"));  // oldest went first
 
@@ -1658,10 +1170,10 @@ TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
   EXPECT_EQ(total, 14);
   EXPECT_EQ(batches, 4);
 
-  history = store->History(query);
+  history = HistorySync(*store, query);
   ASSERT_TRUE(history.ok());
   EXPECT_THAT(Callers(*history), ElementsAre("9", "8", "7", "6", "5"));
-  auto usage = store->Usage("alice", absl::InfinitePast(), absl::InfiniteFuture());
+  auto usage = UsageSync(*store, "alice", absl::InfinitePast(), absl::InfiniteFuture());
   ASSERT_TRUE(usage.ok());
   ASSERT_EQ(usage->size(), 1u);  // the leftover click and yesterday's counters are gone
   EXPECT_EQ((*usage)[0].day, today);
@@ -1678,84 +1190,24 @@ TEST_F(SqliteStoreTest, PruneBeforeDeletesOnlyOldRowsInBatches) {
 
 // --- secrets ---------------------------------------------------------------------------
 
-TEST_F(SqliteStoreTest, SecretIsStableAcrossReopenAndHasTheRequestedLength) {
-  std::string first;
-  {
-    std::unique_ptr<VerdictStore> store = Open();
-    ASSERT_NE(store, nullptr);
-    absl::StatusOr<std::string> secret = store->Secret("page_token", 32);
-    ASSERT_TRUE(secret.ok()) << secret.status();
-    EXPECT_EQ(secret->size(), 32u);
-    EXPECT_NE(*secret, std::string(32, '\0'));
-    first = *secret;
-    secret = store->Secret("page_token", 32);
-    ASSERT_TRUE(secret.ok()) << secret.status();
-    EXPECT_EQ(*secret, first);
-
-    absl::StatusOr<std::string> other = store->Secret("other", 32);
-    ASSERT_TRUE(other.ok()) << other.status();
-    EXPECT_NE(*other, first);
-    EXPECT_EQ(store->Secret("page_token", 16).status().code(),
-              absl::StatusCode::kFailedPrecondition);
-    EXPECT_EQ(store->Secret("", 16).status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(store->Secret("zero", 0).status().code(), absl::StatusCode::kInvalidArgument);
-  }
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  absl::StatusOr<std::string> again = store->Secret("page_token", 32);
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(*again, first);
-}
-
-TEST_F(SqliteStoreTest, RacingFirstSecretCallsAgree) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  std::unique_ptr<VerdictStore> second_process = Open();  // another writer on the same file
-  ASSERT_NE(second_process, nullptr);
-  constexpr int kThreads = 6;
-  std::vector<std::string> secrets(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      VerdictStore& s = t % 2 == 0 ? *store : *second_process;
-      absl::StatusOr<std::string> secret = s.Secret("shared", 24);
-      EXPECT_TRUE(secret.ok()) << secret.status();
-      secrets[t] = secret.value_or("");
-    });
-  }
-  for (std::thread& t : threads) {
-    t.join();
-  }
-  EXPECT_EQ(secrets[0].size(), 24u);
-  EXPECT_THAT(secrets, ::testing::Each(secrets[0]));
-}
-
 // --- health ----------------------------------------------------------------------------
-
-TEST_F(SqliteStoreTest, PingIsOkForAHealthyStore) {
-  std::unique_ptr<VerdictStore> store = Open();
-  ASSERT_NE(store, nullptr);
-  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
-  Append(*store, MakeVerdict("192.0.2.1", kT0));
-  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
-}
 
 TEST_F(SqliteStoreTest, PingFailsWhenTheDatabaseFileIsReplacedOrRemoved) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
   Append(*store, MakeVerdict("192.0.2.1", kT0));
-  ASSERT_TRUE(store->Ping().ok());
+  ASSERT_TRUE(PingSync(*store).ok());
 
   const std::string garbage_path = dir_ + "/garbage";
   { std::ofstream(garbage_path, std::ios::binary) << std::string(8192, '\x5a'); }
   ASSERT_EQ(std::rename(garbage_path.c_str(), path_.c_str()), 0);
-  absl::Status status = store->Ping();
+  absl::Status status = PingSync(*store);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("store read failed"));
   EXPECT_THAT(std::string(status.message()), HasSubstr("replaced"));
 
   ASSERT_EQ(std::remove(path_.c_str()), 0);
-  status = store->Ping();
+  status = PingSync(*store);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("store read failed"));
   EXPECT_THAT(std::string(status.message()), HasSubstr(path_));
@@ -1770,7 +1222,7 @@ TEST_F(SqliteStoreTest, PingReportsFailingWritesUntilAWriteSucceeds) {
   options.clock = &clock;
   std::unique_ptr<VerdictStore> store = Open(options);
   ASSERT_NE(store, nullptr);
-  ASSERT_TRUE(store->Ping().ok());
+  ASSERT_TRUE(PingSync(*store).ok());
 
   // Recovery noticed by Ping's own trial write, with no other traffic.
   {
@@ -1778,19 +1230,19 @@ TEST_F(SqliteStoreTest, PingReportsFailingWritesUntilAWriteSucceeds) {
     ASSERT_EQ(locker.Exec("BEGIN EXCLUSIVE"), SQLITE_OK) << sqlite3_errmsg(locker.get());
     ASSERT_FALSE(BeginClickSync(*store, "alice", "192.0.2.2", kT0).ok());
     clock.Advance(absl::Seconds(1));
-    absl::Status status = store->Ping();
+    absl::Status status = PingSync(*store);
     EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
     EXPECT_THAT(std::string(status.message()),
                 HasSubstr("store writes failing since 2023-11-14T22:13:20Z: store write failed: "
                           "database is locked"));
     store->Flush();  // the trial write Ping queued fails too: still locked
-    EXPECT_EQ(store->Ping().code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(PingSync(*store).code(), absl::StatusCode::kUnavailable);
     store->Flush();
     ASSERT_EQ(locker.Exec("COMMIT"), SQLITE_OK);
   }
-  EXPECT_EQ(store->Ping().code(), absl::StatusCode::kUnavailable);  // not known yet...
+  EXPECT_EQ(PingSync(*store).code(), absl::StatusCode::kUnavailable);  // not known yet...
   store->Flush();  // ...until the trial write Ping queued commits
-  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+  EXPECT_TRUE(PingSync(*store).ok()) << PingSync(*store);
 
   // Recovery noticed through an ordinary write.
   {
@@ -1799,12 +1251,12 @@ TEST_F(SqliteStoreTest, PingReportsFailingWritesUntilAWriteSucceeds) {
     ASSERT_FALSE(AddUsageSync(*store, {{"alice", absl::CivilDay(2024, 1, 1), 1, 1}}).ok());
     ASSERT_EQ(locker.Exec("COMMIT"), SQLITE_OK);
   }
-  EXPECT_THAT(std::string(store->Ping().message()), HasSubstr("store writes failing"));
+  EXPECT_THAT(std::string(PingSync(*store).message()), HasSubstr("store writes failing"));
   store->Flush();  // let Ping's trial write finish before the next write, to keep this exact
   ASSERT_TRUE(BeginClickSync(*store, "alice", "192.0.2.3", kT0).ok());
-  EXPECT_TRUE(store->Ping().ok()) << store->Ping();
+  EXPECT_TRUE(PingSync(*store).ok()) << PingSync(*store);
   // Reads kept working throughout.
-  EXPECT_TRUE(store->ClicksSince(absl::InfinitePast()).ok());
+  EXPECT_TRUE(ClicksSinceSync(*store, absl::InfinitePast()).ok());
 }
 
 }  // namespace

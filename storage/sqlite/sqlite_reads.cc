@@ -1,0 +1,388 @@
+// The SQLite store's reads: a queue served by reader threads, each with its own read-only
+// connection, and the queries themselves. Callbacks run on the reader threads.
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/civil_time.h"
+#include "absl/time/time.h"
+#include "common/logging.h"
+#include "storage/sqlite/sqlite_connection.h"
+#include "storage/sqlite/sqlite_schema.h"
+#include "storage/sqlite/sqlite_statement.h"
+#include "storage/sqlite/sqlite_store_impl.h"
+#include "storage/sqlite/sqlite_store_internal.h"
+#include "storage/verdict_store.h"
+
+namespace verdictd {
+namespace sqlite_store_internal {
+
+void SqliteStore::PostRead(ReadTask task) {
+  {
+    absl::MutexLock lock(&reads_mu_);
+    if (!readers_stopping_) {
+      read_queue_.push_back(std::move(task));
+      return;
+    }
+  }
+  Reader reader;
+  task(reader);
+}
+
+void SqliteStore::ReaderLoop() {
+  Reader reader;
+  for (;;) {
+    ReadTask task;
+    {
+      absl::MutexLock lock(&reads_mu_);
+      reads_mu_.Await(absl::Condition(this, &SqliteStore::HasReadOrStopping));
+      if (read_queue_.empty()) {
+        return;  // stopping, and every queued read is answered
+      }
+      task = std::move(read_queue_.front());
+      read_queue_.pop_front();
+    }
+    task(reader);
+  }
+}
+
+template <typename T>
+absl::StatusOr<T> SqliteStore::WithReader(
+    Reader& reader, const std::function<absl::StatusOr<T>(ReadConnection&)>& read) {
+  if (reader == nullptr) {
+    Opener opener(options_);
+    absl::StatusOr<Db> db = opener.OpenConnection(SQLITE_OPEN_READONLY);
+    if (!db.ok()) {
+      return db.status();
+    }
+    absl::StatusOr<std::unique_ptr<ReadConnection>> prepared = PrepareReader(*std::move(db));
+    if (!prepared.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("store read failed: ", prepared.status().message()));
+    }
+    reader = *std::move(prepared);
+  }
+  absl::StatusOr<T> result = read(*reader);
+  if (!result.ok()) {
+    reader.reset();
+  }
+  return result;
+}
+
+void SqliteStore::LatestFor(std::string ip, std::optional<std::string> user_agent,
+                            ReadCallback<std::optional<Verdict>> done) {
+  PostRead([this, ip = std::move(ip), user_agent = std::move(user_agent),
+            done = std::move(done)](Reader& reader) {
+    done(ReadLatestFor(
+        reader, ip,
+        user_agent.has_value() ? std::optional<absl::string_view>(*user_agent) : std::nullopt));
+  });
+}
+
+void SqliteStore::History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) {
+  PostRead([this, query = std::move(query), done = std::move(done)](Reader& reader) {
+    done(ReadHistory(reader, query));
+  });
+}
+
+void SqliteStore::Usage(std::string caller, absl::Time since, absl::Time until,
+                        ReadCallback<std::vector<DailyUsage>> done) {
+  PostRead([this, caller = std::move(caller), since, until, done = std::move(done)](
+               Reader& reader) { done(ReadUsage(reader, caller, since, until)); });
+}
+
+void SqliteStore::ClicksSince(absl::Time since, ReadCallback<ClickCounts> done) {
+  PostRead([this, since, done = std::move(done)](Reader& reader) {
+    done(ReadClicksSince(reader, since));
+  });
+}
+
+void SqliteStore::Ping(DoneCallback done) {
+  PostRead([this, done = std::move(done)](Reader& reader) { done(PingNow(reader)); });
+}
+
+absl::StatusOr<std::optional<Verdict>> SqliteStore::ReadLatestFor(
+    Reader& reader_slot, absl::string_view ip, std::optional<absl::string_view> user_agent) {
+  return WithReader<std::optional<Verdict>>(
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::optional<Verdict>> {
+        sqlite3_stmt* stmt = user_agent.has_value() ? reader.latest_for_ip_and_user_agent.get()
+                                                    : reader.latest_for_ip.get();
+        ScopedReset reset(stmt);
+        BindText(stmt, 1, ip);
+        if (user_agent.has_value()) {
+          BindBytes(stmt, 2, *user_agent);
+        }
+        const int rc = sqlite3_step(stmt);
+        if (rc == SQLITE_DONE) {
+          return std::nullopt;
+        }
+        if (rc == SQLITE_ROW) {
+          return ColumnVerdict(stmt, 0);
+        }
+        return ReadFailed(reader.db.get());
+      });
+}
+
+absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::ReadHistory(Reader& reader_slot,
+                                                                   const HistoryQuery& query) {
+  if (query.limit <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("history limit must be positive, got ", query.limit));
+  }
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  const int64_t since_us = CeilUnixMicros(query.since);
+  int64_t until_us = CeilUnixMicros(query.until);
+  int64_t cursor_us = kMax;
+  int64_t cursor_id = kMax;
+  if (query.after.has_value()) {
+    cursor_us = absl::ToUnixMicros(query.after->checked_at);
+    cursor_id = query.after->id;
+    // Start the index scan at the cursor instead of filtering every newer entry on each page.
+    if (cursor_us < until_us) {
+      until_us = cursor_us + 1;
+    }
+  }
+  if (since_us >= until_us) {
+    return std::vector<HistoryEntry>();
+  }
+  return WithReader<std::vector<HistoryEntry>>(
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::vector<HistoryEntry>> {
+        sqlite3_stmt* stmt = reader.history.get();
+        ScopedReset reset(stmt);
+        BindText(stmt, 1, query.ip);
+        sqlite3_bind_int64(stmt, 2, since_us);
+        sqlite3_bind_int64(stmt, 3, until_us);
+        sqlite3_bind_int64(stmt, 4, cursor_us);
+        sqlite3_bind_int64(stmt, 5, cursor_id);
+        sqlite3_bind_int64(stmt, 6, query.limit);
+        std::vector<HistoryEntry> entries;
+        int rc;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+          HistoryEntry& entry = entries.emplace_back();
+          entry.id = sqlite3_column_int64(stmt, 0);
+          entry.verdict = ColumnVerdict(stmt, 1);
+        }
+        if (rc != SQLITE_DONE) {
+          return ReadFailed(reader.db.get());
+        }
+        return entries;
+      });
+}
+
+absl::StatusOr<std::vector<DailyUsage>> SqliteStore::ReadUsage(Reader& reader_slot,
+                                                               absl::string_view caller,
+                                                               absl::Time since, absl::Time until) {
+  const absl::TimeZone utc = absl::UTCTimeZone();
+  const absl::CivilDay first = std::max(absl::ToCivilDay(since, utc), kEpochDay);
+  const absl::CivilDay last =
+      std::min(absl::ToCivilDay(until - absl::Microseconds(1), utc), kLastDay);
+  if (first > last) {
+    return std::vector<DailyUsage>();
+  }
+  const int64_t first_day = DayNumber(first);
+  const int64_t last_day = DayNumber(last);
+  return WithReader<std::vector<DailyUsage>>(
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::vector<DailyUsage>> {
+        sqlite3_stmt* stmt = caller.empty() ? reader.usage_all.get() : reader.usage_one.get();
+        ScopedReset reset(stmt);
+        sqlite3_bind_int64(stmt, 1, first_day);
+        sqlite3_bind_int64(stmt, 2, last_day);
+        if (!caller.empty()) {
+          BindText(stmt, 3, caller);
+        }
+        std::vector<DailyUsage> days;
+        int rc;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+          // A day whose only clicks were not sent (or whose counters were all zero) is omitted.
+          UsageCounts counts;
+          counts.clicks = sqlite3_column_int64(stmt, 2);
+          counts.upstream_errors = sqlite3_column_int64(stmt, 3);
+          counts.cache_hits = sqlite3_column_int64(stmt, 4);
+          counts.requests = sqlite3_column_int64(stmt, 5);
+          if (counts.clicks == 0 && counts.upstream_errors == 0 && counts.cache_hits == 0 &&
+              counts.requests == 0) {
+            continue;
+          }
+          days.push_back(
+              DailyUsage{ColumnBytes(stmt, 0), kEpochDay + sqlite3_column_int64(stmt, 1), counts});
+        }
+        if (rc != SQLITE_DONE) {
+          return ReadFailed(reader.db.get());
+        }
+        return days;
+      });
+}
+
+absl::StatusOr<VerdictStore::ClickCounts> SqliteStore::ReadClicksSince(Reader& reader_slot,
+                                                                       absl::Time since) {
+  using Result = ClickCounts;
+  const int64_t since_us = CeilUnixMicros(since);
+  // Whole days from the counters; the rest of since's day, if since is not a midnight, from the
+  // ledger: [since_us, partial_last]. Empty (first > last) when since is a midnight, as month and
+  // allowance periods are.
+  const int64_t since_day = DayOfMicros(since_us);
+  int64_t first_whole_day = since_day;
+  int64_t partial_first = 1;
+  int64_t partial_last = 0;
+  const int64_t remainder = since_us % kMicrosPerDay;  // has since_us's sign
+  if (remainder != 0) {
+    first_whole_day = since_day + 1;
+    partial_first = since_us;
+    // Microseconds from since_us to its day's last one; the last day int64 reaches ends past
+    // INT64_MAX.
+    const int64_t to_day_end =
+        kMicrosPerDay - 1 - (remainder < 0 ? remainder + kMicrosPerDay : remainder);
+    partial_last = since_us > std::numeric_limits<int64_t>::max() - to_day_end
+                       ? std::numeric_limits<int64_t>::max()
+                       : since_us + to_day_end;
+  }
+  return WithReader<Result>(reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<Result> {
+    sqlite3_stmt* stmt = reader.clicks_since.get();
+    ScopedReset reset(stmt);
+    sqlite3_bind_int64(stmt, 1, partial_first);
+    sqlite3_bind_int64(stmt, 2, first_whole_day);
+    sqlite3_bind_int64(stmt, 3, partial_last);
+    Result counts;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      counts.emplace_back(ColumnBytes(stmt, 0), sqlite3_column_int64(stmt, 1));
+    }
+    if (rc != SQLITE_DONE) {
+      return ReadFailed(reader.db.get());
+    }
+    return counts;
+  });
+}
+
+absl::StatusOr<std::optional<std::string>> SqliteStore::ReadMeta(Reader& reader_slot,
+                                                                 const std::string& name) {
+  return WithReader<std::optional<std::string>>(
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::optional<std::string>> {
+        sqlite3_stmt* stmt = reader.read_meta.get();
+        ScopedReset reset(stmt);
+        BindText(stmt, 1, name);
+        const int rc = sqlite3_step(stmt);
+        if (rc == SQLITE_DONE) {
+          return std::nullopt;
+        }
+        if (rc == SQLITE_ROW) {
+          return ColumnBytes(stmt, 0);
+        }
+        return ReadFailed(reader.db.get());
+      });
+}
+
+void SqliteStore::Secret(std::string name, size_t bytes, ReadCallback<std::string> done) {
+  PostRead([this, name = std::move(name), bytes, done = std::move(done)](Reader& reader) {
+    if (name.empty()) {
+      done(absl::InvalidArgumentError("secret name is empty"));
+      return;
+    }
+    if (bytes == 0 || bytes > kMaxSecretBytes) {
+      done(absl::InvalidArgumentError(
+          absl::StrCat("secret size must be 1..", kMaxSecretBytes, " bytes, got ", bytes)));
+      return;
+    }
+    std::string key = absl::StrCat("secret:", name);
+    absl::StatusOr<std::optional<std::string>> stored = ReadMeta(reader, key);
+    if (!stored.ok()) {
+      done(stored.status());
+      return;
+    }
+    if (stored->has_value()) {
+      FinishSecret(std::move(stored), name, bytes, done);
+      return;
+    }
+    std::string fresh(bytes, '\0');
+    if (absl::Status status = FillRandom(fresh); !status.ok()) {
+      done(std::move(status));
+      return;
+    }
+    // Whoever inserted first won: once the insert is committed, read what they wrote.
+    Enqueue(PutMetaOp{key, std::move(fresh), [this, name, key, bytes, done](absl::Status status) {
+                        if (!status.ok()) {
+                          done(std::move(status));
+                          return;
+                        }
+                        PostRead([this, name, key, bytes, done](Reader& reader) {
+                          FinishSecret(ReadMeta(reader, key), name, bytes, done);
+                        });
+                      }});
+  });
+}
+
+void SqliteStore::FinishSecret(absl::StatusOr<std::optional<std::string>> stored,
+                               const std::string& name, size_t bytes,
+                               const ReadCallback<std::string>& done) {
+  if (!stored.ok()) {
+    done(stored.status());
+    return;
+  }
+  if (!stored->has_value()) {
+    done(absl::InternalError(absl::StrCat("secret \"", name, "\" vanished after writing it")));
+    return;
+  }
+  if ((*stored)->size() != bytes) {
+    done(absl::FailedPreconditionError(absl::StrCat("stored secret \"", name, "\" has ",
+                                                    (*stored)->size(), " bytes, not ", bytes)));
+    return;
+  }
+  done(**std::move(stored));
+}
+
+absl::Status SqliteStore::PingNow(Reader& reader_slot) {
+  // The writer keeps writing to the file it opened even when the path now names another one
+  // (replaced or deleted): everything it commits would be lost.
+  if (absl::Status same = StillTheOpenedFile(options_.path, file_); !same.ok()) {
+    return same;
+  }
+  absl::StatusOr<bool> read =
+      WithReader<bool>(reader_slot, [](ReadConnection& reader) -> absl::StatusOr<bool> {
+        sqlite3_stmt* stmt = reader.ping.get();
+        ScopedReset reset(stmt);
+        const int rc = sqlite3_step(stmt);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+          return ReadFailed(reader.db.get());
+        }
+        return true;
+      });
+  if (!read.ok()) {
+    return read.status();
+  }
+  absl::Status failing;
+  bool probe = false;
+  {
+    absl::MutexLock lock(&health_mu_);
+    if (write_error_.ok()) {
+      return absl::OkStatus();
+    }
+    failing = absl::UnavailableError(
+        absl::StrCat("store writes failing since ",
+                     absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", write_error_at_, absl::UTCTimeZone()),
+                     ": ", write_error_.message()));
+    // Without traffic nothing else would write, and an unhealthy server may get no traffic.
+    probe = !probe_queued_;
+    probe_queued_ = true;
+  }
+  if (probe) {
+    Enqueue(ProbeOp{absl::ToUnixMicros(options_.clock->Now())});
+  }
+  return failing;
+}
+
+}  // namespace sqlite_store_internal
+}  // namespace verdictd

@@ -1,0 +1,100 @@
+#ifndef VERDICTD_STORAGE_SQLITE_SQLITE_STATEMENT_H_
+#define VERDICTD_STORAGE_SQLITE_SQLITE_STATEMENT_H_
+
+// Statement handling shared by the SQLite store's parts: owning handles, binding and reading
+// values, running statements, and the conversions between stored integers and times.
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/civil_time.h"
+#include "absl/time/time.h"
+#include "common/verdict.h"
+
+namespace verdictd {
+namespace sqlite_store_internal {
+
+constexpr int64_t kMicrosPerDay = int64_t{86'400'000'000};
+constexpr absl::CivilDay kEpochDay(1970, 1, 1);
+// Usage's day range is clamped to these, so that infinite bounds mean every day.
+constexpr absl::CivilDay kLastDay(9999, 12, 31);
+// Secret sizes accepted; a secret is a key, not a payload.
+constexpr size_t kMaxSecretBytes = 1024;
+
+struct StmtDeleter {
+  void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
+};
+using Stmt = std::unique_ptr<sqlite3_stmt, StmtDeleter>;
+
+// sqlite3_close_v2 defers the close until statements still alive are finalized, so members may
+// be destroyed in any order.
+struct DbCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+using Db = std::unique_ptr<sqlite3, DbCloser>;
+
+// Resets a statement and drops its bindings when a use of it ends. Resetting also ends the
+// statement's implicit read transaction, which would otherwise pin an old snapshot.
+class ScopedReset {
+ public:
+  explicit ScopedReset(sqlite3_stmt* stmt) : stmt_(stmt) {}
+  ScopedReset(const ScopedReset&) = delete;
+  ScopedReset& operator=(const ScopedReset&) = delete;
+  ~ScopedReset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+
+ private:
+  sqlite3_stmt* stmt_;
+};
+
+// Bound values are SQLITE_STATIC: every caller keeps them alive until the statement is reset.
+// A null data pointer would bind SQL NULL, hence the "" for empty views.
+int BindText(sqlite3_stmt* stmt, int index, absl::string_view value);
+
+// For bytes that may hold NUL or invalid UTF-8 (user agents, response bodies): a blob keeps them
+// exactly, and an equality test against a blob parameter compares bytes.
+int BindBytes(sqlite3_stmt* stmt, int index, absl::string_view value);
+
+// The column's bytes as stored, whether text or blob.
+std::string ColumnBytes(sqlite3_stmt* stmt, int index);
+
+// The first whole microsecond at or after `t` (ToUnixMicros rounds down), so that "t <= x" and
+// "x < t" hold for stored microseconds exactly when they hold for the times. Saturates for
+// infinite times.
+int64_t CeilUnixMicros(absl::Time t);
+
+int64_t DayNumber(absl::CivilDay day);
+
+// The UTC day number (days since 1970-01-01) of a stored microsecond: floor division, so that
+// times before 1970 fall on their own day rather than on day 0. The migration to version 3
+// computes the same in SQL.
+int64_t DayOfMicros(int64_t us);
+
+// A verdict from the ten columns ip, user_agent, score, proxy, tor, vpn, crawler, bot,
+// checked_at_us, caller starting at column `first`.
+Verdict ColumnVerdict(sqlite3_stmt* stmt, int first);
+
+// Fills `out` from the kernel's CSPRNG (getrandom(2), blocking only until it is seeded at boot).
+absl::Status FillRandom(std::string& out);
+
+absl::Status WriteFailed(sqlite3* db);
+
+absl::Status ReadFailed(sqlite3* db);
+
+absl::StatusOr<Stmt> Prepare(sqlite3* db, const char* sql);
+
+// Runs a statement that returns no rows (anything past the first row is ignored).
+absl::Status Run(sqlite3* db, sqlite3_stmt* stmt);
+
+}  // namespace sqlite_store_internal
+}  // namespace verdictd
+
+#endif  // VERDICTD_STORAGE_SQLITE_SQLITE_STATEMENT_H_
