@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -250,7 +251,12 @@ TEST(HostileConnectionTest, OneConnectionCarriesAtMostMaxConcurrentStreamsCalls)
   std::vector<std::unique_ptr<pb::VerdictService::Stub>> own;
   std::vector<pb::VerdictService::Stub*> stubs;
   for (int i = 0; i < kCalls; ++i) {
-    own.push_back(pb::VerdictService::NewStub(OwnChannel(verdictd.port())));
+    std::shared_ptr<grpc::Channel> own_channel = OwnChannel(verdictd.port());
+    // Connected first, so that the misses start together rather than each after its own
+    // connection set-up on a loaded machine.
+    ASSERT_TRUE(
+        own_channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
+    own.push_back(pb::VerdictService::NewStub(own_channel));
     stubs.push_back(own.back().get());
   }
   misses(stubs, 1 + kCalls);
