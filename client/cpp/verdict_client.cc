@@ -1,32 +1,13 @@
 #include "client/cpp/verdict_client.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 
 namespace verdictd {
 namespace client {
-namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  }
-  return buffer.str();
-}
-
-}  // namespace
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(const ChannelOptions& options) {
   if (options.target.empty()) {
@@ -47,17 +28,17 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(const ChannelOptions& 
     return grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
   }
   grpc::SslCredentialsOptions ssl;
-  absl::StatusOr<std::string> roots = ReadPem(options.tls_ca_file);
+  absl::StatusOr<std::string> roots = ReadFileToString(options.tls_ca_file);
   if (!roots.ok()) {
     return roots.status();
   }
   ssl.pem_root_certs = *std::move(roots);
   if (has_cert) {
-    absl::StatusOr<std::string> chain = ReadPem(options.tls_cert_file);
+    absl::StatusOr<std::string> chain = ReadFileToString(options.tls_cert_file);
     if (!chain.ok()) {
       return chain.status();
     }
-    absl::StatusOr<std::string> key = ReadPem(options.tls_key_file);
+    absl::StatusOr<std::string> key = ReadFileToString(options.tls_key_file);
     if (!key.ok()) {
       return key.status();
     }

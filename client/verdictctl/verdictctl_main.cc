@@ -32,6 +32,7 @@
 #include "client/verdictctl/commands.h"
 #include "client/verdictctl/input.h"
 #include "common/duration.h"
+#include "common/file.h"
 #include "grpcpp/grpcpp.h"
 #include "server/auth/api_keys.h"
 
@@ -172,19 +173,6 @@ std::optional<std::string> CheckFlags(int argc, char** argv) {
     }
   }
   return std::nullopt;
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  }
-  return buffer.str();
 }
 
 std::string ReadStdin() {
@@ -355,7 +343,7 @@ int Main(int argc, char** argv) {
     if (operands[0] == "-") {
       text = ReadStdin();
     } else {
-      absl::StatusOr<std::string> contents = ReadFile(operands[0]);
+      absl::StatusOr<std::string> contents = ReadFileToString(operands[0]);
       if (!contents.ok()) {
         std::cerr << "verdictctl: " << contents.status().message() << '\n';
         return kExitNoInput;
