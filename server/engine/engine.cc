@@ -267,15 +267,34 @@ void Engine::Check(CheckRequest request, Callback done) {
   if (by_user_agent) {
     user_agent = request.user_agent;
   }
+  std::shared_ptr<CallState> call = request.call;
+  bool first = false;
   {
     absl::MutexLock lock(&mu_);
-    auto [it, first] = reads_.try_emplace(key);
+    auto [it, inserted] = reads_.try_emplace(key);
     it->second.push_back(PendingCheck{std::move(request), std::move(done), canonical, is_public});
-    if (!first) {
-      return;
+    first = inserted;
+    if (first) {
+      // Counted until every continuation has run, so that WaitIdle (and so the destructor)
+      // waits.
+      ++store_reads_;
     }
-    // Counted until every continuation has run, so that WaitIdle (and so the destructor) waits.
-    ++store_reads_;
+  }
+  if (call != nullptr) {
+    // As for a flight (see CheckWithLatest): a call cancelled while its check waits for the
+    // read is answered CANCELLED at once, not when the store answers.
+    bool cancelled = false;
+    {
+      absl::MutexLock lock(&call->keys_mu_);
+      call->keys_.push_back(key);
+      cancelled = call->cancelled();
+    }
+    if (cancelled) {
+      DropCancelled(key, call.get());
+    }
+  }
+  if (!first) {
+    return;
   }
   store_.LatestFor(canonical, std::move(user_agent),
                    [this, key = std::move(key)](absl::StatusOr<std::optional<Verdict>> latest) {
@@ -579,27 +598,43 @@ void Engine::DropCancelled(const std::string& key, const CallState* call) {
   Outbox out;
   {
     absl::MutexLock lock(&mu_);
-    auto it = flights_.find(key);
-    if (it == flights_.end()) {
-      return;
-    }
-    Flight& flight = it->second;
-    if (!PruneWaitersLocked(flight, clock_.Now(), call, out) && flight.stage != Stage::kSending) {
-      // Unsent and unwanted: it leaves without a ledger row (its payer was refunded above).
-      if (flight.stage == Stage::kQueued) {
-        // Its queue entry stays behind, dead, and is skipped at its turn: finding it would cost
-        // a scan of the queue per dropped miss, under the lock, in a cancellation storm.
-        --queued_;
-        ++dead_queue_entries_;
-        if (observer_ != nullptr) {
-          observer_->OnQueueDepth(queued_);
-        }
+    if (auto read = reads_.find(key); read != reads_.end()) {
+      // Checks still waiting for the store: answered now. The entry stays until the read
+      // answers, even if empty, so that the read finds it.
+      std::vector<PendingCheck>& checks = read->second;
+      auto gone = std::stable_partition(checks.begin(), checks.end(), [call](const auto& c) {
+        return c.request.call.get() != call;
+      });
+      for (auto c = gone; c != checks.end(); ++c) {
+        out.emplace_back(std::move(c->done), GoneError(*c->request.call));
       }
-      EraseAbandonedLocked(it);
-      CompactQueueLocked();
+      checks.erase(gone, checks.end());
+    }
+    auto it = flights_.find(key);
+    if (it != flights_.end()) {
+      DropCancelledFromFlightLocked(it, call, out);
     }
   }
   Deliver(out);
+}
+
+void Engine::DropCancelledFromFlightLocked(FlightMap::iterator it, const CallState* call,
+                                           Outbox& out) {
+  Flight& flight = it->second;
+  if (!PruneWaitersLocked(flight, clock_.Now(), call, out) && flight.stage != Stage::kSending) {
+    // Unsent and unwanted: it leaves without a ledger row (its payer was refunded above).
+    if (flight.stage == Stage::kQueued) {
+      // Its queue entry stays behind, dead, and is skipped at its turn: finding it would cost
+      // a scan of the queue per dropped miss, under the lock, in a cancellation storm.
+      --queued_;
+      ++dead_queue_entries_;
+      if (observer_ != nullptr) {
+        observer_->OnQueueDepth(queued_);
+      }
+    }
+    EraseAbandonedLocked(it);
+    CompactQueueLocked();
+  }
 }
 
 bool Engine::IsQueuedLocked(const QueueEntry& entry) const {

@@ -312,6 +312,8 @@ class Engine {
   // Removes `call`'s waiters from the flight for `key`, and the flight itself if it has not
   // been sent and nobody else waits.
   void DropCancelled(const std::string& key, const CallState* call);
+  void DropCancelledFromFlightLocked(FlightMap::iterator it, const CallState* call, Outbox& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool SlotFreeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // No flight, no Cancel() under way and no store read outstanding: what WaitIdle waits for.
   bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -230,6 +230,11 @@ Assessment Safe() {
 class EngineTest : public ::testing::Test {
  protected:
   EngineTest() : client_(store_) {}
+  // Answers reads a failed test left deferred: the engine's destructor waits for them.
+  ~EngineTest() override {
+    store_.RunReads();
+    engine_.reset();
+  }
 
   Engine& engine() {
     if (engine_ == nullptr) {
@@ -1209,11 +1214,37 @@ TEST_F(EngineTest, ACheckCancelledDuringItsReadSendsNothing) {
   auto call = request.call;
   auto r = Start(std::move(request));
   engine().Cancel(call);
+  ASSERT_TRUE(r->has_value()) << "answered at once, not when the store answers";
   store_.RunReads();
   ASSERT_TRUE(r->has_value());
   EXPECT_EQ((*r)->status().code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(client_.pending.empty());
   EXPECT_TRUE(store_.clicks.empty());
+}
+
+// Cancelling one call answers only its checks; another call's check of the same key, waiting
+// for the same read, goes on.
+TEST_F(EngineTest, CancellingOneCallDuringASharedReadLeavesTheOthersCheck) {
+  store_.defer_reads = true;
+  CheckRequest request = Request("11.2.5.1");
+  request.call = std::make_shared<CallState>();
+  auto call = request.call;
+  auto r = Start(std::move(request));
+  auto other = Start(Request("11.2.5.1", "team-b"));
+  engine().Cancel(call);
+  ASSERT_TRUE(r->has_value());
+  EXPECT_EQ((*r)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(other->has_value());
+  EXPECT_FALSE(engine().WaitIdleUntil(absl::InfinitePast())) << "the read is still outstanding";
+  store_.RunReads();
+  ASSERT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  ASSERT_TRUE(other->has_value());
+  ASSERT_TRUE((*other)->ok());
+  EXPECT_TRUE((**other)->click_spent);
+  ASSERT_EQ(store_.clicks.size(), 1u);
+  EXPECT_EQ(store_.clicks[0].caller, "team-b");
+  EXPECT_TRUE(engine().WaitIdleUntil(absl::InfinitePast()));
 }
 
 TEST(CircuitBreakerTest, HalfOpenFailureReopens) {
