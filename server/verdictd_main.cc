@@ -684,8 +684,9 @@ int Run() {
   }
   health_watch.Stop();
   scheduler.reset();  // no more background ticks
-  engine->reset();    // writes the batched usage counters
+  // The gauges read the engine (budgets, allowance, breaker): no rendering may outlive it.
   metrics_server.reset();
+  engine->reset();  // writes the batched usage counters
   client->reset();
   sqlite->reset();  // commits what is queued and closes the database
   spdlog::info("verdictd stopped");
