@@ -283,15 +283,7 @@ void Engine::Check(CheckRequest request, Callback done) {
   if (call != nullptr) {
     // As for a flight (see CheckWithLatest): a call cancelled while its check waits for the
     // read is answered CANCELLED at once, not when the store answers.
-    bool cancelled = false;
-    {
-      absl::MutexLock lock(&call->keys_mu_);
-      call->keys_.push_back(key);
-      cancelled = call->cancelled();
-    }
-    if (cancelled) {
-      DropCancelled(key, call.get());
-    }
+    WatchKey(*call, key);
   }
   if (!first) {
     return;
@@ -434,17 +426,7 @@ void Engine::CheckWithLatest(CheckRequest request, Callback done, const std::str
     observer_->OnFlightStarted();
   }
   if (call != nullptr) {
-    // Cancel() reads the keys after setting the flag, and this reads the flag after adding the
-    // key, so one of the two sees the other.
-    bool cancelled = false;
-    {
-      absl::MutexLock lock(&call->keys_mu_);
-      call->keys_.push_back(key);
-      cancelled = call->cancelled();
-    }
-    if (cancelled) {
-      DropCancelled(key, call.get());
-    }
+    WatchKey(*call, key);
   }
   if (send) {
     SendAttempt(std::move(key));
@@ -592,6 +574,20 @@ bool Engine::PruneWaitersLocked(Flight& flight, absl::Time now, const CallState*
     }
   }
   return !flight.waiters.empty();
+}
+
+void Engine::WatchKey(CallState& call, const std::string& key) {
+  // Cancel() reads the keys after setting the flag, and this reads the flag after adding the
+  // key, so one of the two sees the other.
+  bool cancelled = false;
+  {
+    absl::MutexLock lock(&call.keys_mu_);
+    call.keys_.push_back(key);
+    cancelled = call.cancelled();
+  }
+  if (cancelled) {
+    DropCancelled(key, &call);
+  }
 }
 
 void Engine::DropCancelled(const std::string& key, const CallState* call) {

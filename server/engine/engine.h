@@ -137,7 +137,7 @@ class CallState {
   const absl::Time deadline_;
   std::atomic<bool> cancelled_{false};
   absl::Mutex keys_mu_;
-  std::vector<std::string> keys_ ABSL_GUARDED_BY(keys_mu_);  // the flights it waits for
+  std::vector<std::string> keys_ ABSL_GUARDED_BY(keys_mu_);  // the reads and flights it waits for
 };
 
 struct CheckRequest {
@@ -309,6 +309,9 @@ class Engine {
   // waits.
   bool PruneWaitersLocked(Flight& flight, absl::Time now, const CallState* cancelled, Outbox& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records that `call` waits for `key` (a store read or a flight), so that Cancel() finds it;
+  // when the call is already cancelled, drops its checks of `key` at once.
+  void WatchKey(CallState& call, const std::string& key) ABSL_LOCKS_EXCLUDED(mu_);
   // Removes `call`'s waiters from the flight for `key`, and the flight itself if it has not
   // been sent and nobody else waits.
   void DropCancelled(const std::string& key, const CallState* call);
