@@ -4,8 +4,8 @@
 #include <stdlib.h>
 
 #include <chrono>
-#include <utility>
 #include <stdexcept>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -71,6 +71,18 @@ void Simulator::Configure(const nlohmann::json& config) const {
   }
 }
 
+namespace {
+
+std::shared_ptr<grpc::Channel> OwnPlaintextChannel(int port) {
+  grpc::ChannelArguments args;
+  // A separate connection per stub, so concurrent callers really are concurrent.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
+                                   grpc::InsecureChannelCredentials(), args);
+}
+
+}  // namespace
+
 Verdictd::Verdictd(const TempDir& dir, const std::string& upstream_url, const std::string& token,
                    std::vector<std::string> extra_flags)
     : db_path_(dir.File("verdicts.db")), log_path_(dir.File("verdictd.log")) {
@@ -101,17 +113,13 @@ Verdictd::Verdictd(const TempDir& dir, const std::string& upstream_url, const st
                                           ReadFileOrEmpty(log_path_)));
   }
   port_ = *port;
-  stub_ = NewStub();
+  stub_ = verdict::v1::VerdictService::NewStub(OwnPlaintextChannel(port_));
 }
 
 Verdictd::~Verdictd() = default;
 
 std::unique_ptr<verdict::v1::VerdictService::Stub> Verdictd::NewStub() const {
-  grpc::ChannelArguments args;
-  // A separate connection per stub, so concurrent callers really are concurrent.
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::Channel> channel = OwnPlaintextChannel(port_);
   // Connected before it is handed out: channels connect lazily, and a connect attempt that
   // fails on a loaded machine would fail the first calls at once (fail-fast) instead of being
   // retried. Waiting here rides through such a failure with gRPC's reconnect backoff; a server

@@ -57,7 +57,8 @@ class Verdictd {
   const std::string& log_path() const { return log_path_; }
   std::string Log() const { return ReadFileOrEmpty(log_path_); }
   verdict::v1::VerdictService::Stub& stub() { return *stub_; }
-  // A new stub on its own channel (for concurrent callers).
+  // A new stub on its own channel (for concurrent callers), connected before it is returned
+  // (for a plaintext server; against a TLS one it gives up after 10 s and returns the stub).
   std::unique_ptr<verdict::v1::VerdictService::Stub> NewStub() const;
 
   // SIGTERM and wait; the exit code.
@@ -77,7 +78,7 @@ class Verdictd {
   std::string log_path_;
   std::unique_ptr<ChildProcess> process_;
   int port_ = 0;
-  std::unique_ptr<verdict::v1::VerdictService::Stub> stub_;
+  std::unique_ptr<verdict::v1::VerdictService::Stub> stub_;  // connects lazily: TLS servers too
 };
 
 // A client context carrying `caller` as x-caller metadata, with a 30 s deadline.
