@@ -2,7 +2,6 @@
 
 #include <utility>
 
-
 namespace verdictd {
 
 ThreadScheduler::ThreadScheduler(Clock* clock) : clock_(clock) {
