@@ -26,7 +26,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/duration.h"
@@ -485,18 +484,6 @@ class StoreHealthWatch {
   std::shared_ptr<State> state_;
 };
 
-// Start-up only (not a reactor thread): waits for the store's answer.
-absl::StatusOr<std::string> WaitForSecret(VerdictStore& store, std::string name, size_t bytes) {
-  absl::Notification answered;
-  absl::StatusOr<std::string> result;
-  store.Secret(std::move(name), bytes, [&](absl::StatusOr<std::string> secret) {
-    result = std::move(secret);
-    answered.Notify();
-  });
-  answered.WaitForNotification();
-  return result;
-}
-
 int Run() {
   absl::StatusOr<Settings> settings = LoadSettings();
   if (!settings.ok()) {
@@ -548,7 +535,11 @@ int Run() {
     return 1;
   }
   TimedStore store(**sqlite, server_metrics.store_read_latency());
-  absl::StatusOr<std::string> secret = WaitForSecret(store, "page_token_key", 32);
+  // Start-up, not a reactor thread: waiting for the store here is fine.
+  absl::StatusOr<std::string> secret =
+      AwaitRead<std::string>([&store](VerdictStore::ReadCallback<std::string> done) {
+        store.Secret("page_token_key", 32, std::move(done));
+      });
   if (!secret.ok()) {
     spdlog::critical("verdictd cannot start: {}", secret.status().message());
     return 1;

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
@@ -198,6 +199,21 @@ class VerdictStore {
   // REQUIRES: not called from a store callback (it would wait for itself).
   virtual void Flush() = 0;
 };
+
+// Issues a read through `start` (which passes the callback it is given to one VerdictStore
+// call) and blocks until its answer. For start-up and tests only: never on a gRPC reactor
+// thread, and never from a store callback (it would wait for itself).
+template <typename T, typename Start>
+absl::StatusOr<T> AwaitRead(Start start) {
+  absl::Notification answered;
+  absl::StatusOr<T> result;
+  start([&](absl::StatusOr<T> answer) {
+    result = std::move(answer);
+    answered.Notify();
+  });
+  answered.WaitForNotification();
+  return result;
+}
 
 }  // namespace verdictd
 

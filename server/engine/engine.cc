@@ -6,7 +6,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "common/ip.h"
 #include "common/logging.h"
 #include "common/quote.h"
@@ -69,14 +68,10 @@ bool CountsAgainstBreaker(const absl::Status& status) {
 // Start-up only, never on a reactor thread: waits for the store's answer.
 absl::StatusOr<VerdictStore::ClickCounts> WaitForClicksSince(VerdictStore& store,
                                                              absl::Time since) {
-  absl::Notification answered;
-  absl::StatusOr<VerdictStore::ClickCounts> result;
-  store.ClicksSince(since, [&](absl::StatusOr<VerdictStore::ClickCounts> clicks) {
-    result = std::move(clicks);
-    answered.Notify();
-  });
-  answered.WaitForNotification();
-  return result;
+  return AwaitRead<VerdictStore::ClickCounts>(
+      [&](VerdictStore::ReadCallback<VerdictStore::ClickCounts> done) {
+        store.ClicksSince(since, std::move(done));
+      });
 }
 
 absl::flat_hash_map<std::string, int64_t> BudgetByCaller(
