@@ -93,6 +93,56 @@ struct UsageDelta {
   int64_t requests = 0;
 };
 
+// A click to begin under a single-flight claim, with the caller's budget reserved in the same
+// transaction (see VerdictStore::ClaimClick).
+struct ClickClaim {
+  std::string caller;
+  std::string ip;  // canonical form
+  absl::Time requested_at;
+  // What single flight is keyed by (the IP, or the IP and the user agent); opaque bytes. Every
+  // process sharing the store that claims the same key while the claim is held is told
+  // kFlightHeld instead of beginning a click.
+  std::string flight_key;
+  // Who holds the claim (a replica's id), for operators; not used for fencing (the click id is).
+  std::string owner;
+  // How long the claim holds without completion: longer than the whole upstream request (with
+  // its retries), so that a live owner never loses it. After it, the owner is presumed dead and
+  // the next claimant takes over. Measured by the store's time (the database's clock for a
+  // shared database), so the clocks of the processes never matter. REQUIRES: > 0.
+  absl::Duration lease;
+  // The caller's clicks per calendar month (UTC; the month containing requested_at); 0:
+  // unlimited. Checked against the billed clicks of that month (as ClicksSince counts them) by
+  // every process sharing the store, atomically with beginning the click.
+  int64_t monthly_budget = 0;
+};
+
+struct ClaimResult {
+  enum class Kind {
+    kBegun,        // the claim is ours and the pending click is committed: send the request
+    kFlightHeld,   // another claim on the key holds: wait for it (nothing was written)
+    kBudgetSpent,  // monthly_budget clicks are already billed this month (nothing was written)
+  };
+  Kind kind = Kind::kBegun;
+  int64_t click_id = 0;  // kBegun
+  // kFlightHeld: how long the holder's lease has left (by the store's time).
+  absl::Duration lease_left;
+  // kBegun, kBudgetSpent with a monthly_budget: the caller's billed clicks this month, this one
+  // included.
+  int64_t month_clicks = 0;
+};
+
+// Hears, on a store thread, that a claimed flight ended (its click was completed, in this process
+// or, where the backend can hear it, in another one sharing the store). Must not block.
+class FlightListener {
+ public:
+  virtual ~FlightListener() = default;
+  // The claim on `flight_key` was released: its verdict (if any) is durable.
+  virtual void OnFlightEnded(const std::string& flight_key) = 0;
+  // Some endings may have been missed (e.g. a notification connection was re-established):
+  // every waiter should look again.
+  virtual void OnFlightsMayHaveEnded() = 0;
+};
+
 // The persistent verdict history and click ledger.
 //
 // The contract promises only what a networked, shared database can keep (the next backend is a
@@ -128,8 +178,32 @@ class VerdictStore {
   virtual void BeginClick(std::string caller, std::string ip, absl::Time requested_at,
                           ClickCallback done) = 0;
 
+  // Begins a click as BeginClick does, but only if no other live claim holds
+  // `claim.flight_key` and the caller's budget allows one more click: the claim, the budget check
+  // and the pending ledger row are one transaction, so processes sharing the store together send
+  // at most one request per key at a time and never overshoot a budget. The claim is released
+  // by CompleteClick of its click (and only by it: a claim taken over after its lease ran out is
+  // not released by the old owner's completion), or lapses with its lease. Claiming a key whose
+  // lease ran out takes it over; the old owner's pending click stays pending (billed).
+  // INVALID_ARGUMENT for an empty flight_key, a lease <= 0 or a negative budget.
+  virtual void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) = 0;
+
+  // Registers the listener told when claimed flights end (see FlightListener); nullptr
+  // unregisters it. Once this returns no callback of a listener it replaced is running or will
+  // run. At most one listener at a time. REQUIRES: not called from a store callback.
+  virtual void SetFlightListener(FlightListener* listener) = 0;
+
+  // Takes or renews the named lease `name` for `owner` for `lease` (store time), unless another
+  // owner holds it unexpired: true when `owner` holds it now. For chores that must run on one
+  // process at a time among those sharing the store (pruning).
+  // INVALID_ARGUMENT for an empty name or owner or a lease <= 0.
+  virtual void TryLease(std::string name, std::string owner, absl::Duration lease,
+                        ReadCallback<bool> done) = 0;
+
   // Completes a click begun with BeginClick, appending completion.verdict (if any) to the
-  // history in the same transaction.
+  // history in the same transaction. A click begun by ClaimClick releases its claim in that
+  // transaction too (if the claim is still its own), and once committed the flight listeners of
+  // every process sharing the store are told (FlightListener::OnFlightEnded).
   virtual void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) = 0;
 
   // Every stored verdict for query.ip with since <= checked_at < until, newest first (then by id
@@ -173,7 +247,8 @@ class VerdictStore {
   // Deletes at most `max_rows` of the oldest history rows (checked_at < cutoff), then with what
   // is left of the budget ledger rows (requested_at < cutoff, pending ones included: they are
   // left by a crash long ago) and usage counters of days wholly before cutoff, in one short
-  // write transaction; `done` receives the number of rows deleted (0 when nothing is left to
+  // write transaction, and flight claims whose lease ran out (their owners died; see ClaimClick);
+  // `done` receives the number of rows deleted (0 when nothing is left to
   // prune), so call it again until it reports 0. Readers are never blocked.
   // INVALID_ARGUMENT (through `done`) when max_rows <= 0.
   virtual void PruneBefore(absl::Time cutoff, int max_rows,
