@@ -120,7 +120,13 @@ class FakeStore : public VerdictStore {
   }
   void TryLease(std::string name, std::string owner, absl::Duration lease,
                 ReadCallback<bool> done) override {
-    done(true);
+    bool held = false;
+    {
+      absl::MutexLock lock(&mu_);
+      leases_asked.push_back(name + " " + owner);
+      held = lease_held;
+    }
+    done(held);
   }
   // Another process's flight for `key` ended with `verdict` (nullopt: without one).
   void EndRemoteFlight(const std::string& key, std::optional<Verdict> verdict) {
@@ -235,6 +241,8 @@ class FakeStore : public VerdictStore {
   absl::flat_hash_map<std::string, int64_t> cluster_spent;
   std::vector<ClickClaim> claims;
   FlightListener* listener = nullptr;
+  bool lease_held = true;                 // what TryLease answers
+  std::vector<std::string> leases_asked;  // "name owner"
 };
 
 // A client whose requests stay pending until the test answers them.
@@ -1506,6 +1514,40 @@ TEST_F(EngineTest, CancellingOrShuttingDownARemoteWaitSendsNothing) {
   scheduler_.RunDue();
   EXPECT_TRUE(client_.pending.empty());
   EXPECT_TRUE(store_.clicks.empty());
+}
+
+// Only the process holding the retention lease prunes a store shared by several.
+TEST_F(EngineTest, RetentionPrunesOnlyWhileHoldingTheChoreLease) {
+  options_.replica_id = "replica-7";
+  store_.lease_held = false;
+  engine();
+  scheduler_.RunDue();
+  EXPECT_THAT(store_.leases_asked, ElementsAre("retention replica-7"));
+  EXPECT_TRUE(store_.prune_cutoffs.empty()) << "another replica holds the chore";
+  store_.lease_held = true;
+  clock_.Advance(options_.prune_interval);
+  scheduler_.RunDue();
+  EXPECT_EQ(store_.leases_asked.size(), 2u);
+  ASSERT_EQ(store_.prune_cutoffs.size(), 1u);
+}
+
+// GetUsage reports budgets and the allowance as the store counts them (every replica's clicks),
+// not only this process's.
+TEST_F(EngineTest, UsageReportsBudgetsAndTheAllowanceAsTheStoreCountsThem) {
+  options_.monthly_budgets = {{"team-a", 10}};
+  engine();                                                // starts with nothing spent
+  store_.initial_clicks = {{"team-a", 8}, {"team-b", 3}};  // other replicas' clicks since
+  absl::StatusOr<UsageReport> report =
+      UsageOf(engine(), UsageQueryBy("auditor", "", /*auditor=*/true));
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->allowance.clicks_used, 11);
+  ASSERT_EQ(engine().Budgets().size(), 1u);
+  EXPECT_EQ(engine().Budgets()[0].left, 2);
+  report = UsageOf(engine(), UsageQueryBy("team-a", "team-a"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->callers.size(), 1u);
+  ASSERT_TRUE(report->callers[0].budget.has_value());
+  EXPECT_EQ(report->callers[0].budget->left, 2);
 }
 
 }  // namespace
