@@ -7,10 +7,12 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -392,6 +394,48 @@ TEST_F(MigrateTest, UriWithPasswordIsRefused) {
   absl::StatusOr<MigrationReport> report = MigrateSqliteToPostgres(options);
   EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument) << report.status();
   EXPECT_THAT(report.status().message(), ::testing::Not(HasSubstr("Pw_Migrate_1d2e")));
+}
+
+// The password travels to the server (scram-sha-256 for a role of this test's own), and a
+// wrong or missing one fails without a row written or the password in the message.
+TEST_F(MigrateTest, PasswordReachesTheServerAndNoMessage) {
+  ASSERT_NO_FATAL_FAILURE(FillSqlite());
+  const std::string role = absl::StrCat(dbname_, "_pw");
+  const std::string password = "Pw_Scram_Migrate_8f3a";
+  // Fixed test SQL (names and password made here, not taken from outside).
+  ASSERT_TRUE(cluster_
+                  ->Query(dbname_, absl::StrCat("CREATE ROLE ", role, " LOGIN PASSWORD '", password,
+                                                "'; ALTER DATABASE ", dbname_, " OWNER TO ", role))
+                  .ok());
+  {
+    // The first matching line wins: this role must authenticate, every other still trusts.
+    const std::string hba = cluster_->data_dir() + "/pg_hba.conf";
+    std::ifstream in(hba);
+    std::stringstream rest;
+    rest << in.rdbuf();
+    std::ofstream out(hba, std::ios::trunc);
+    out << "local all " << role << " scram-sha-256\n" << rest.str();
+  }
+  ASSERT_TRUE(cluster_->Query("postgres", "SELECT pg_reload_conf()").ok());
+
+  MigrationOptions options = Options();
+  options.postgres_uri =
+      absl::StrCat("postgresql:///", dbname_, "?host=", cluster_->socket_dir(), "&user=", role);
+  options.connect_timeout = absl::Seconds(5);
+  for (const std::string& wrong : {std::string(), std::string("Pw_Wrong_Guess_77")}) {
+    options.password = wrong;
+    absl::StatusOr<MigrationReport> refused = MigrateSqliteToPostgres(options);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+    if (!wrong.empty()) {
+      EXPECT_THAT(refused.status().message(), ::testing::Not(HasSubstr(wrong)));
+    }
+  }
+  EXPECT_EQ(Count("SELECT to_regclass('verdicts') IS NULL"), "t") << "nothing was created";
+
+  options.password = password;
+  absl::StatusOr<MigrationReport> report = MigrateSqliteToPostgres(options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->tables.front().target, 24);
 }
 
 }  // namespace
