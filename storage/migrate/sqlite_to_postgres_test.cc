@@ -1,5 +1,6 @@
 #include "storage/migrate/sqlite_to_postgres.h"
 
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -375,6 +376,31 @@ TEST_F(MigrateTest, TargetWithOnlyUsageIsRefusedAndKeepsItsSecret) {
   ASSERT_TRUE(secret.ok()) << secret.status();
   EXPECT_EQ(*secret, pg_secret);
   EXPECT_NE(*secret, sqlite_.secret);
+}
+
+// A row that cannot be copied, late in the copy (after every verdict went), fails the whole
+// transaction: the target is left empty, and a later migration of the fixed file succeeds.
+TEST_F(MigrateTest, FailureHalfWayLeavesTheTargetEmpty) {
+  ASSERT_NO_FATAL_FAILURE(FillSqlite());
+  auto exec = [this](const char* sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(sqlite_path_.c_str(), &db), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  };
+  // SQLite keeps whatever it is given: text in an integer column.
+  exec("UPDATE clicks SET http_status = 'teapot' WHERE id = 40");
+  absl::StatusOr<MigrationReport> failed = MigrateSqliteToPostgres(Options());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kFailedPrecondition) << failed.status();
+  EXPECT_THAT(failed.status().message(), HasSubstr("clicks row 40"));
+  for (const char* count : {"SELECT count(*) FROM verdicts", "SELECT count(*) FROM clicks",
+                            "SELECT count(*) FROM usage", "SELECT count(*) FROM meta"}) {
+    EXPECT_EQ(Count(count), "0") << count;
+  }
+
+  exec("UPDATE clicks SET http_status = 418 WHERE id = 40");
+  absl::StatusOr<MigrationReport> report = MigrateSqliteToPostgres(Options());
+  ASSERT_TRUE(report.ok()) << report.status();
 }
 
 // A wrong path is found before the target is touched: no schema is created there.
