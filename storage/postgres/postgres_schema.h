@@ -190,11 +190,13 @@ inline constexpr Sql kTakeFlight{
     "VALUES ($1::bytea, $2::text, NULL, now() + $3::int8 * interval '1 microsecond') "
     "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, click_id = NULL, "
     "lease_until = excluded.lease_until WHERE flights.lease_until < now() RETURNING 1"};
-// The holder's lease left, in microseconds (never negative), by the database's clock.
-inline constexpr Sql kFlightLeaseLeft{
-    "flight_lease_left",
-    "SELECT greatest(0, floor(extract(epoch FROM lease_until - now()) * 1000000))::int8 "
-    "FROM flights WHERE key = $1::bytea"};
+// The holder's lease left, in microseconds (never negative), by the database's clock: its
+// current time, not now(), which is the start of our (group's) transaction and may precede the
+// holder's claim.
+inline constexpr Sql kFlightLeaseLeft{"flight_lease_left",
+                                      "SELECT greatest(0, floor(extract(epoch FROM lease_until - "
+                                      "clock_timestamp()) * 1000000))::int8 "
+                                      "FROM flights WHERE key = $1::bytea"};
 inline constexpr Sql kSetFlightClick{
     "set_flight_click", "UPDATE flights SET click_id = $2::int8 WHERE key = $1::bytea"};
 

@@ -121,23 +121,35 @@ void PostgresStore::WriterLoop() {
 void PostgresStore::CommitGroup(std::vector<WriteOp>& group) {
   std::vector<OpResult> results;
   absl::Status status;
+  bool reconnected = false;
   for (int attempt = 0;; ++attempt) {
     results.clear();
-    absl::StatusOr<Connection*> conn = writer_.Get();
+    bool fresh = false;
+    absl::StatusOr<Connection*> conn = writer_.Get(&fresh);
     if (!conn.ok()) {
       status = conn.status();
       break;
     }
-    status = TryGroup(**conn, group, results);
-    if (!status.ok()) {
-      if (!(*conn)->broken() && PQtransactionStatus((*conn)->get()) != PQTRANS_IDLE) {
-        Exec(**conn, "ROLLBACK").IgnoreError();
-      }
-      if ((*conn)->broken() || PQtransactionStatus((*conn)->get()) != PQTRANS_IDLE) {
-        writer_.Drop();
-      } else {
-        writer_.AfterFailure(status);
-      }
+    bool at_commit = false;
+    status = TryGroup(**conn, group, results, at_commit);
+    if (status.ok()) {
+      break;
+    }
+    if (!(*conn)->broken() && PQtransactionStatus((*conn)->get()) != PQTRANS_IDLE) {
+      Exec(**conn, "ROLLBACK").IgnoreError();
+    }
+    const bool lost = (*conn)->broken();
+    if (lost || PQtransactionStatus((*conn)->get()) != PQTRANS_IDLE) {
+      writer_.Drop();
+    } else {
+      writer_.AfterFailure(status);
+    }
+    // A connection that died while idle (the server restarted, an idle timeout) fails the first
+    // statement sent on it; nothing of the group was committed, so run it once more on a fresh
+    // one. Not after a failed COMMIT, whose outcome is unknown.
+    if (lost && !fresh && !at_commit && !reconnected) {
+      reconnected = true;
+      continue;
     }
     if (status.code() != absl::StatusCode::kAborted || attempt + 1 >= kGroupRetries) {
       break;
@@ -167,6 +179,11 @@ void PostgresStore::CommitGroup(std::vector<WriteOp>& group) {
     }
   }
   RecordWriteHealth(health);
+  if (!health.ok()) {
+    // The session may be what refuses writes (e.g. one left read-only on a demoted primary):
+    // the next group starts on a fresh one.
+    writer_.Drop();
+  }
   for (size_t i = 0; i < group.size(); ++i) {
     Deliver(group[i], results[i]);
   }
@@ -182,7 +199,7 @@ void PostgresStore::CommitGroup(std::vector<WriteOp>& group) {
 }
 
 absl::Status PostgresStore::TryGroup(Connection& conn, const std::vector<WriteOp>& group,
-                                     std::vector<OpResult>& results) {
+                                     std::vector<OpResult>& results, bool& at_commit) {
   if (absl::Status s = Exec(conn, "BEGIN"); !s.ok()) {
     return s;
   }
@@ -209,6 +226,7 @@ absl::Status PostgresStore::TryGroup(Connection& conn, const std::vector<WriteOp
   if (PQtransactionStatus(conn.get()) != PQTRANS_INTRANS) {
     return absl::UnavailableError("store write failed: the transaction was aborted");
   }
+  at_commit = true;
   return Exec(conn, "COMMIT");
 }
 
