@@ -269,6 +269,31 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
     return absl::InvalidArgumentError("ClaimClick: monthly_budget must not be negative");
   }
   Outcome outcome;
+  // The holder's lease left, if a live claim holds the key; nullopt if none does.
+  auto live_lease = [&]() -> absl::StatusOr<std::optional<absl::Duration>> {
+    absl::StatusOr<Result> left = Exec(conn, kFlightLeaseLeft, Params().Bytes(claim.flight_key));
+    if (!left.ok()) {
+      return left.status();
+    }
+    if (PQntuples(left->get()) == 0 || GetInt64(left->get(), 0, 0) <= 0) {
+      return std::nullopt;
+    }
+    return absl::Microseconds(GetInt64(left->get(), 0, 0));
+  };
+  auto held = [&](absl::Duration lease_left) {
+    outcome.claim.kind = ClaimResult::Kind::kFlightHeld;
+    outcome.claim.lease_left = lease_left;
+    return outcome;
+  };
+  // A live claim first, as the SQLite store does: whoever holds it is paying, so this caller's
+  // budget does not matter.
+  absl::StatusOr<std::optional<absl::Duration>> holder = live_lease();
+  if (!holder.ok()) {
+    return holder.status();
+  }
+  if (holder->has_value()) {
+    return held(**holder);
+  }
   int64_t month_clicks = 0;
   if (claim.monthly_budget > 0) {
     // Held until the group commits: every process's budget check for this caller waits for
@@ -301,17 +326,13 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
     return taken.status();
   }
   if (PQntuples(taken->get()) == 0) {
-    // The holder's row is locked by the failed upsert until this transaction ends, so it is
-    // still there to read.
-    absl::StatusOr<Result> left = Exec(conn, kFlightLeaseLeft, Params().Bytes(claim.flight_key));
-    if (!left.ok()) {
-      return left.status();
+    // Another process claimed the key since we looked. Its row is locked by the failed upsert
+    // until this transaction ends, so it is still there to read.
+    holder = live_lease();
+    if (!holder.ok()) {
+      return holder.status();
     }
-    outcome.claim.kind = ClaimResult::Kind::kFlightHeld;
-    outcome.claim.lease_left = PQntuples(left->get()) > 0
-                                   ? absl::Microseconds(GetInt64(left->get(), 0, 0))
-                                   : absl::ZeroDuration();
-    return outcome;
+    return held(holder->value_or(absl::ZeroDuration()));
   }
   absl::StatusOr<int64_t> id =
       InsertClick(conn, claim.caller, claim.ip, absl::ToUnixMicros(claim.requested_at));
