@@ -53,8 +53,15 @@ absl::StatusCode CodeOf(absl::string_view state) {
   return absl::StatusCode::kInternal;  // e.g. 42: SQL that does not fit the schema
 }
 
+// libpq's messages span lines ("...\n\tIs the server running ...?\n"): one line for a log.
 std::string Trimmed(const char* message) {
-  return std::string(absl::StripTrailingAsciiWhitespace(message == nullptr ? "" : message));
+  std::string text(absl::StripAsciiWhitespace(message == nullptr ? "" : message));
+  for (char& c : text) {
+    if (c == '\n' || c == '\t' || c == '\r') {
+      c = ' ';
+    }
+  }
+  return text;
 }
 
 }  // namespace

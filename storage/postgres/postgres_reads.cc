@@ -84,13 +84,27 @@ void PostgresStore::ReaderLoop(Slot& slot) {
 template <typename T>
 absl::StatusOr<T> PostgresStore::WithReader(
     Slot& slot, const std::function<absl::StatusOr<T>(Connection&)>& read) {
-  absl::StatusOr<Connection*> conn = slot.Get();
+  bool fresh = false;
+  absl::StatusOr<Connection*> conn = slot.Get(&fresh);
   if (!conn.ok()) {
     return conn.status();
   }
   absl::StatusOr<T> result = read(**conn);
   if (!result.ok()) {
+    const bool lost = (*conn)->broken();
     slot.AfterFailure(result.status());
+    // A connection that died while idle (the server restarted, an idle timeout) fails the
+    // first read on it: reads change nothing, so ask once more on a fresh one.
+    if (lost && !fresh) {
+      conn = slot.Get();
+      if (!conn.ok()) {
+        return conn.status();
+      }
+      result = read(**conn);
+      if (!result.ok()) {
+        slot.AfterFailure(result.status());
+      }
+    }
   }
   return result;
 }

@@ -158,7 +158,10 @@ std::optional<std::string> HexDecode(absl::string_view hex) {
   return bytes;
 }
 
-absl::StatusOr<Connection*> Slot::Get() {
+absl::StatusOr<Connection*> Slot::Get(bool* fresh) {
+  if (fresh != nullptr) {
+    *fresh = conn_ == nullptr;
+  }
   if (conn_ != nullptr) {
     return conn_.get();
   }

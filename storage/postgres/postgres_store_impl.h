@@ -84,7 +84,8 @@ class Slot {
 
   // The connection, opened if needed; the last connect failure while backing off (measured by
   // the real clock: a test's fake clock must not stop reconnection).
-  absl::StatusOr<Connection*> Get();
+  // `fresh` (if given) tells whether the connection was opened by this call.
+  absl::StatusOr<Connection*> Get(bool* fresh = nullptr);
   // Drops the connection if a failure `status` on it may have broken it.
   void AfterFailure(const absl::Status& status);
   void Drop() { conn_.reset(); }
@@ -192,8 +193,9 @@ class PostgresStore final : public VerdictStore {
   void WriterLoop();
   void CommitGroup(std::vector<WriteOp>& group);
   // One attempt at the group's transaction: OK once committed, with one result per operation.
+  // `at_commit` is set once COMMIT was sent (a failure then leaves the outcome unknown).
   absl::Status TryGroup(Connection& conn, const std::vector<WriteOp>& group,
-                        std::vector<OpResult>& results);
+                        std::vector<OpResult>& results, bool& at_commit);
   OpResult Apply(Connection& conn, const BeginClickOp& op);
   OpResult Apply(Connection& conn, const ClaimOp& op);
   OpResult Apply(Connection& conn, const LeaseOp& op);

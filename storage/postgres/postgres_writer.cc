@@ -121,23 +121,35 @@ void PostgresStore::WriterLoop() {
 void PostgresStore::CommitGroup(std::vector<WriteOp>& group) {
   std::vector<OpResult> results;
   absl::Status status;
+  bool reconnected = false;
   for (int attempt = 0;; ++attempt) {
     results.clear();
-    absl::StatusOr<Connection*> conn = writer_.Get();
+    bool fresh = false;
+    absl::StatusOr<Connection*> conn = writer_.Get(&fresh);
     if (!conn.ok()) {
       status = conn.status();
       break;
     }
-    status = TryGroup(**conn, group, results);
-    if (!status.ok()) {
-      if (!(*conn)->broken() && PQtransactionStatus((*conn)->get()) != PQTRANS_IDLE) {
-        Exec(**conn, "ROLLBACK").IgnoreError();
-      }
-      if ((*conn)->broken() || PQtransactionStatus((*conn)->get()) != PQTRANS_IDLE) {
-        writer_.Drop();
-      } else {
-        writer_.AfterFailure(status);
-      }
+    bool at_commit = false;
+    status = TryGroup(**conn, group, results, at_commit);
+    if (status.ok()) {
+      break;
+    }
+    if (!(*conn)->broken() && PQtransactionStatus((*conn)->get()) != PQTRANS_IDLE) {
+      Exec(**conn, "ROLLBACK").IgnoreError();
+    }
+    const bool lost = (*conn)->broken();
+    if (lost || PQtransactionStatus((*conn)->get()) != PQTRANS_IDLE) {
+      writer_.Drop();
+    } else {
+      writer_.AfterFailure(status);
+    }
+    // A connection that died while idle (the server restarted, an idle timeout) fails the first
+    // statement sent on it; nothing of the group was committed, so run it once more on a fresh
+    // one. Not after a failed COMMIT, whose outcome is unknown.
+    if (lost && !fresh && !at_commit && !reconnected) {
+      reconnected = true;
+      continue;
     }
     if (status.code() != absl::StatusCode::kAborted || attempt + 1 >= kGroupRetries) {
       break;
@@ -167,6 +179,11 @@ void PostgresStore::CommitGroup(std::vector<WriteOp>& group) {
     }
   }
   RecordWriteHealth(health);
+  if (!health.ok()) {
+    // The session may be what refuses writes (e.g. one left read-only on a demoted primary):
+    // the next group starts on a fresh one.
+    writer_.Drop();
+  }
   for (size_t i = 0; i < group.size(); ++i) {
     Deliver(group[i], results[i]);
   }
@@ -182,7 +199,7 @@ void PostgresStore::CommitGroup(std::vector<WriteOp>& group) {
 }
 
 absl::Status PostgresStore::TryGroup(Connection& conn, const std::vector<WriteOp>& group,
-                                     std::vector<OpResult>& results) {
+                                     std::vector<OpResult>& results, bool& at_commit) {
   if (absl::Status s = Exec(conn, "BEGIN"); !s.ok()) {
     return s;
   }
@@ -209,6 +226,7 @@ absl::Status PostgresStore::TryGroup(Connection& conn, const std::vector<WriteOp
   if (PQtransactionStatus(conn.get()) != PQTRANS_INTRANS) {
     return absl::UnavailableError("store write failed: the transaction was aborted");
   }
+  at_commit = true;
   return Exec(conn, "COMMIT");
 }
 
@@ -251,6 +269,31 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
     return absl::InvalidArgumentError("ClaimClick: monthly_budget must not be negative");
   }
   Outcome outcome;
+  // The holder's lease left, if a live claim holds the key; nullopt if none does.
+  auto live_lease = [&]() -> absl::StatusOr<std::optional<absl::Duration>> {
+    absl::StatusOr<Result> left = Exec(conn, kFlightLeaseLeft, Params().Bytes(claim.flight_key));
+    if (!left.ok()) {
+      return left.status();
+    }
+    if (PQntuples(left->get()) == 0 || GetInt64(left->get(), 0, 0) <= 0) {
+      return std::nullopt;
+    }
+    return absl::Microseconds(GetInt64(left->get(), 0, 0));
+  };
+  auto held = [&](absl::Duration lease_left) {
+    outcome.claim.kind = ClaimResult::Kind::kFlightHeld;
+    outcome.claim.lease_left = lease_left;
+    return outcome;
+  };
+  // A live claim first, as the SQLite store does: whoever holds it is paying, so this caller's
+  // budget does not matter.
+  absl::StatusOr<std::optional<absl::Duration>> holder = live_lease();
+  if (!holder.ok()) {
+    return holder.status();
+  }
+  if (holder->has_value()) {
+    return held(**holder);
+  }
   int64_t month_clicks = 0;
   if (claim.monthly_budget > 0) {
     // Held until the group commits: every process's budget check for this caller waits for
@@ -283,17 +326,13 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
     return taken.status();
   }
   if (PQntuples(taken->get()) == 0) {
-    // The holder's row is locked by the failed upsert until this transaction ends, so it is
-    // still there to read.
-    absl::StatusOr<Result> left = Exec(conn, kFlightLeaseLeft, Params().Bytes(claim.flight_key));
-    if (!left.ok()) {
-      return left.status();
+    // Another process claimed the key since we looked. Its row is locked by the failed upsert
+    // until this transaction ends, so it is still there to read.
+    holder = live_lease();
+    if (!holder.ok()) {
+      return holder.status();
     }
-    outcome.claim.kind = ClaimResult::Kind::kFlightHeld;
-    outcome.claim.lease_left = PQntuples(left->get()) > 0
-                                   ? absl::Microseconds(GetInt64(left->get(), 0, 0))
-                                   : absl::ZeroDuration();
-    return outcome;
+    return held(holder->value_or(absl::ZeroDuration()));
   }
   absl::StatusOr<int64_t> id =
       InsertClick(conn, claim.caller, claim.ip, absl::ToUnixMicros(claim.requested_at));
