@@ -1199,15 +1199,66 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
 
   std::optional<Verdict> verdict = completion.verdict;
   const bool charged = !not_sent;
-  store_.CompleteClick(click_id, std::move(completion),
-                       [this, key, status, charged, retry, attempts, verdict = std::move(verdict),
-                        next = std::move(next)](absl::Status stored) mutable {
-                         OnCompleted(key, status, charged, retry, attempts, std::move(verdict),
-                                     stored);
-                         if (next.has_value()) {
-                           SendAttempt(*std::move(next));
-                         }
-                       });
+  ClickCompletion kept = completion;  // written again later if this write fails
+  store_.CompleteClick(
+      click_id, std::move(completion),
+      [this, key, click_id, status, charged, retry, attempts, verdict = std::move(verdict),
+       kept = std::move(kept), next = std::move(next)](absl::Status stored) mutable {
+        if (stored.code() == absl::StatusCode::kUnavailable) {
+          RetryCompletionLater(key, click_id, std::move(kept), options_.completion_retry_backoff);
+        }
+        OnCompleted(key, status, charged, retry, attempts, std::move(verdict), stored);
+        if (next.has_value()) {
+          SendAttempt(*std::move(next));
+        }
+      });
+}
+
+void Engine::RetryCompletionLater(std::string key, int64_t click_id, ClickCompletion completion,
+                                  absl::Duration delay) {
+  // The request was answered (or failed after it may have left) but the store could not record
+  // it: the click stays pending (billed) and its claim held until this lands. Written again in
+  // the background until it does, so that the verdict that was paid for is kept and the key's
+  // claim released as soon as the store is back, not when the lease runs out. Bounded: only
+  // requests in flight when the store failed get here (misses send nothing while it is down).
+  spdlog::warn("click {}: completion not written; writing it again in {}", click_id,
+               absl::FormatDuration(delay));
+  scheduler_.RunAfter(delay, [this, life = lifeline_, key = std::move(key), click_id,
+                              completion = std::move(completion), delay]() mutable {
+    {
+      absl::MutexLock lock(&life->mu);
+      if (!life->alive) {
+        spdlog::warn("click {}: completion never written (shutting down); it stays pending",
+                     click_id);
+        return;
+      }
+    }
+    std::optional<Verdict> verdict = completion.verdict;
+    ClickCompletion again = completion;
+    store_.CompleteClick(
+        click_id, std::move(again),
+        [this, life, key = std::move(key), click_id, completion = std::move(completion), delay,
+         verdict = std::move(verdict)](absl::Status stored) mutable {
+          absl::MutexLock lock(&life->mu);
+          if (!life->alive) {
+            return;
+          }
+          if (stored.code() == absl::StatusCode::kUnavailable) {
+            RetryCompletionLater(std::move(key), click_id, std::move(completion),
+                                 std::min(2 * delay, absl::Seconds(30)));
+            return;
+          }
+          if (!stored.ok()) {
+            // e.g. FAILED_PRECONDITION: the first write had committed after all.
+            spdlog::warn("click {}: completion written again: {}", click_id, stored.message());
+            return;
+          }
+          spdlog::info("click {}: completion written after the store came back", click_id);
+          if (verdict.has_value()) {
+            hot_.Put(key, *verdict);
+          }
+        });
+  });
 }
 
 void Engine::OnCompleted(const std::string& key, const absl::Status& status, bool charged,

@@ -92,6 +92,9 @@ struct EngineOptions {
   // the whole upstream request with its retries, so that a live owner never loses it; after it
   // the owner is presumed dead and a waiter on another replica takes over. Default: 2 min.
   absl::Duration flight_lease = absl::Minutes(2);
+  // After a click's completion could not be written (the store failed), how long until it is
+  // written again; doubling, at most 30 s. Default: 1 s.
+  absl::Duration completion_retry_backoff = absl::Seconds(1);
   // How often a miss waiting for another replica's flight looks at the store again when no
   // notification has woken it (notifications can be lost with a connection). Default: 1 s.
   absl::Duration remote_flight_poll = absl::Seconds(1);
@@ -373,6 +376,9 @@ class Engine : private FlightListener {
   void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
   // Once the completion of `key`'s click is committed (`stored`): retries, or resolves the
   // flight with `status` or `verdict`.
+  // Writes `completion` of `click_id` again after `delay`, until the store takes it.
+  void RetryCompletionLater(std::string key, int64_t click_id, ClickCompletion completion,
+                            absl::Duration delay);
   void OnCompleted(const std::string& key, const absl::Status& status, bool charged, bool retry,
                    int attempts, std::optional<Verdict> verdict, const absl::Status& stored);
   // Removes the flight for `key` and answers every waiter. `charged`: a click was spent (the

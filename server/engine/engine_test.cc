@@ -145,6 +145,18 @@ class FakeStore : public VerdictStore {
   }
 
   void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override {
+    absl::Status error;
+    {
+      absl::MutexLock lock(&mu_);
+      error = complete_error;
+      if (!error.ok()) {
+        events.push_back("complete failed " + clicks.at(click_id - 1).ip);
+      }
+    }
+    if (!error.ok()) {
+      done(error);
+      return;
+    }
     {
       absl::MutexLock lock(&mu_);
       events.push_back("complete " + clicks.at(click_id - 1).ip);
@@ -229,6 +241,7 @@ class FakeStore : public VerdictStore {
   std::vector<std::string> events;
   absl::Status read_error;
   absl::Status begin_error;
+  absl::Status complete_error;
   std::vector<UsageDelta> usage;
   std::vector<std::pair<std::string, int64_t>> initial_clicks;
   std::vector<absl::Time> prune_cutoffs;
@@ -1548,6 +1561,36 @@ TEST_F(EngineTest, UsageReportsBudgetsAndTheAllowanceAsTheStoreCountsThem) {
   ASSERT_EQ(report->callers.size(), 1u);
   ASSERT_TRUE(report->callers[0].budget.has_value());
   EXPECT_EQ(report->callers[0].budget->left, 2);
+}
+
+// A completion the store could not write (it went away mid-request) is written again once it is
+// back: the verdict that was paid for is kept and the key's claim released, not left to its
+// lease.
+TEST_F(EngineTest, ACompletionTheStoreRefusedIsWrittenAgainOnceItIsBack) {
+  store_.complete_error = absl::UnavailableError("connection to the database lost");
+  auto first = Start(Request("8.8.8.8", "team-a"));
+  client_.Answer(Fake());
+  ASSERT_TRUE(first->has_value());
+  EXPECT_EQ((*first)->status().code(), absl::StatusCode::kUnavailable)
+      << "a verdict is served only once durable";
+  clock_.Advance(options_.completion_retry_backoff);
+  scheduler_.RunDue();  // still down: tried again, and again later (backoff doubles)
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kPending);
+  store_.complete_error = absl::OkStatus();
+  clock_.Advance(options_.completion_retry_backoff);
+  scheduler_.RunDue();
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kPending) << "not before the doubled backoff";
+  clock_.Advance(options_.completion_retry_backoff);
+  scheduler_.RunDue();
+  EXPECT_EQ(store_.clicks[0].outcome, ClickOutcome::kVerdict);
+  ASSERT_EQ(store_.history.size(), 1u);
+  EXPECT_THAT(store_.events,
+              ElementsAre("begin 8.8.8.8", "fetch 8.8.8.8", "complete failed 8.8.8.8",
+                          "complete failed 8.8.8.8", "complete 8.8.8.8"));
+  auto hit = Start(Request("8.8.8.8", "team-b"));
+  ASSERT_TRUE((*hit)->ok());
+  EXPECT_EQ((**hit)->source, Source::kCache);
+  EXPECT_TRUE(client_.pending.empty());
 }
 
 }  // namespace
