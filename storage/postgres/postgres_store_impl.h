@@ -56,8 +56,9 @@ constexpr absl::Duration kReconnectBackoff = absl::Milliseconds(200);
 // Leases (of claims and named leases) are clamped to this, which keeps now() + lease inside
 // timestamptz's range.
 constexpr absl::Duration kMaxLease = absl::Hours(24 * 365 * 100);
-// A group whose transaction a deadlock or a serialization failure aborted is run again this many
-// times (two replicas' groups can lock the same usage and flight rows in opposite orders).
+// A group whose transaction a deadlock or a serialization failure aborted is run again, up to
+// this many attempts in all (two replicas' groups can lock the same usage rows, flight rows and
+// budget locks in opposite orders; PostgreSQL aborts one of them after deadlock_timeout).
 constexpr int kGroupRetries = 3;
 
 // The smallest whole microsecond not before t.
