@@ -48,8 +48,11 @@ bool PostgresRequired();
 class PostgresCluster {
  public:
   enum class StopMode {
-    kFast,       // SIGINT: clients are disconnected, the server shuts down cleanly
-    kImmediate,  // SIGQUIT: like a crash (recovery runs at the next start)
+    kFast,  // SIGINT: clients are disconnected, the server shuts down cleanly
+    // SIGQUIT: like a crash (recovery runs at the next start). The server runs with
+    // synchronous_commit=off, so commits of the last ~200 ms are lost: a crash test that needs
+    // them durable runs `ALTER DATABASE <db> SET synchronous_commit = on` first.
+    kImmediate,
   };
 
   // initdb into a fresh temp dir, then Start(). `start_timeout` bounds each start and stop.
