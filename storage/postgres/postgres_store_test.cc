@@ -3,6 +3,8 @@
 // contract is in postgres_contract_test.cc.
 #include "storage/postgres/postgres_store.h"
 
+#include <libpq-fe.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -22,6 +24,8 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "storage/postgres/postgres_schema.h"
+#include "storage/postgres/postgres_store_impl.h"
 #include "storage/verdict_store.h"
 #include "storage/verdict_store_contract_test.h"
 #include "tests/support/postgres_cluster.h"
@@ -183,7 +187,10 @@ class PostgresStoreClusterTest : public ::testing::Test {
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = *cluster;
     const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    database_ = absl::AsciiStrToLower(absl::StrCat("t_", info->name()));
+    // Unique in the process also under --gtest_repeat; at most 63 bytes, PostgreSQL's limit.
+    static int databases = 0;
+    database_ = absl::AsciiStrToLower(absl::StrCat("t", ++databases, "_", info->name()));
+    database_.resize(std::min<size_t>(database_.size(), 63));
     ASSERT_TRUE(cluster_->CreateDatabase(database_).ok());
   }
 
@@ -342,6 +349,133 @@ TEST_F(PostgresStoreClusterTest, ConcurrentClaimsFromTwoReplicasNeverOvershootAB
   }
 }
 
+TEST_F(PostgresStoreClusterTest, AClaimFailingInTheDatabaseSpoilsNoOtherWriteOfItsGroup) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  // Queued at once (nothing here blocks), so the writer commits them in a few groups; every
+  // other claim has an owner that is not UTF-8, which the database itself refuses (owner is
+  // text), after the claim's earlier statements ran in the same transaction.
+  constexpr int kClaims = 40;
+  absl::Mutex mu;
+  std::vector<std::pair<int, absl::StatusOr<ClaimResult>>> results;
+  absl::BlockingCounter answered(kClaims);
+  for (int i = 0; i < kClaims; ++i) {
+    const bool bad = i % 2 == 1;
+    store->ClaimClick(Claim(absl::StrCat("192.0.2.", i), bad ? "replica-\xff" : "replica-a"),
+                      [&, i](absl::StatusOr<ClaimResult> r) {
+                        {
+                          absl::MutexLock lock(&mu);
+                          results.emplace_back(i, std::move(r));
+                        }
+                        answered.DecrementCount();
+                      });
+  }
+  answered.Wait();
+  absl::MutexLock lock(&mu);
+  for (const auto& [i, result] : results) {
+    SCOPED_TRACE(i);
+    if (i % 2 == 1) {
+      EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+    } else {
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_EQ(result->kind, ClaimResult::Kind::kBegun);
+    }
+  }
+  // The refused claims left nothing behind: no claim, no ledger row.
+  EXPECT_EQ(cluster_->Query(database_, "SELECT count(*) FROM flights").value_or(""),
+            absl::StrCat(kClaims / 2));
+  EXPECT_EQ(cluster_->Query(database_, "SELECT count(*) FROM clicks").value_or(""),
+            absl::StrCat(kClaims / 2));
+  // A refused write is the request's fault, not the store's: writes are healthy.
+  EXPECT_TRUE(PingSync(*store).ok());
+}
+
+// A session of the test's own, standing in for another replica's writer in the middle of its
+// group transaction.
+class RawSession {
+ public:
+  explicit RawSession(const std::string& uri) : conn_(PQconnectdb(uri.c_str())) {}
+  ~RawSession() { PQfinish(conn_); }
+  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  // Runs fixed test SQL (text parameters); "" on success, else the error.
+  std::string Run(const char* sql, std::vector<std::string> params = {}) {
+    std::vector<const char*> values;
+    for (const std::string& p : params) {
+      values.push_back(p.c_str());
+    }
+    PGresult* result = PQexecParams(conn_, sql, static_cast<int>(values.size()), nullptr,
+                                    values.data(), nullptr, nullptr, 0);
+    const ExecStatusType status = PQresultStatus(result);
+    std::string error =
+        status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK ? "" : PQerrorMessage(conn_);
+    PQclear(result);
+    return error;
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+TEST_F(PostgresStoreClusterTest, AGroupADeadlockAbortedIsRunAgain) {
+  // Deadlocks found fast in the store's sessions, never first in the test's (see below).
+  ASSERT_TRUE(cluster_
+                  ->Query("postgres", absl::StrCat("ALTER DATABASE ", database_,
+                                                   " SET deadlock_timeout = '200ms'"))
+                  .ok());
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  // The usage rows the sessions lock.
+  ASSERT_TRUE(BeginClickSync(*store, "zed", "192.0.2.1", kT0).ok());
+  ASSERT_TRUE(BeginClickSync(*store, "xavier", "192.0.2.1", kT0).ok());
+  RawSession first(cluster_->Uri(database_));
+  RawSession second(cluster_->Uri(database_));
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_EQ(second.Run("SET deadlock_timeout = '60s'"), "");
+  ASSERT_EQ(first.Run("BEGIN"), "");
+  ASSERT_EQ(first.Run("UPDATE usage SET requests = requests WHERE caller = 'zed'::bytea"), "");
+  ASSERT_EQ(second.Run("BEGIN"), "");
+  ASSERT_EQ(second.Run("UPDATE usage SET requests = requests WHERE caller = 'xavier'::bytea"), "");
+  auto lock_waiters = [&] {
+    return cluster_
+        ->Query("postgres", absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE datname = '",
+                                         database_, "' AND wait_event_type = 'Lock'"))
+        .value_or("?");
+  };
+
+  // The writer's first group waits for `first`; the next two writes queue up behind it and so
+  // make one group: a budgeted claim (taking yolanda's budget lock), then a click of xavier's
+  // (waiting for `second`).
+  Waiter<absl::StatusOr<int64_t>> zed;
+  store->BeginClick("zed", "192.0.2.1", kT0, zed.Callback());
+  ASSERT_TRUE(WaitUntil(
+      "the writer to wait for zed's row", lock_waiters,
+      [](const std::string& n) { return n == "1"; }, kPatience));
+  ClickClaim claim = Claim("192.0.2.77", "replica-a", "yolanda");
+  claim.monthly_budget = 5;
+  Waiter<absl::StatusOr<ClaimResult>> claimed;
+  store->ClaimClick(claim, claimed.Callback());
+  Waiter<absl::StatusOr<int64_t>> xavier;
+  store->BeginClick("xavier", "192.0.2.1", kT0, xavier.Callback());
+  ASSERT_EQ(first.Run("COMMIT"), "");
+  ASSERT_TRUE(zed.Wait().ok());
+  ASSERT_TRUE(WaitUntil(
+      "the group to wait for xavier's row", lock_waiters,
+      [](const std::string& n) { return n == "1"; }, kPatience));
+  // `second` now asks for the budget lock the group holds: a deadlock, which the store's session
+  // (waiting longer, with the shorter timeout) detects, aborting its group; once that rolled
+  // back, `second` gets the lock and commits, and the group, run again, goes through.
+  ASSERT_EQ(second.Run("SELECT pg_advisory_xact_lock($1::int4, $2::int4)",
+                       {absl::StrCat(postgres_store_internal::kBudgetLockClass),
+                        absl::StrCat(postgres_store_internal::BudgetLockKey("yolanda"))}),
+            "");
+  ASSERT_EQ(second.Run("COMMIT"), "");
+  absl::StatusOr<ClaimResult> claim_result = claimed.Wait();
+  ASSERT_TRUE(claim_result.ok()) << claim_result.status();
+  EXPECT_EQ(claim_result->kind, ClaimResult::Kind::kBegun);
+  absl::StatusOr<int64_t> xavier_result = xavier.Wait();
+  EXPECT_TRUE(xavier_result.ok()) << xavier_result.status();
+}
+
 TEST_F(PostgresStoreClusterTest, AClaimTakenOverIsNotReleasedByTheOldOwner) {
   std::unique_ptr<VerdictStore> a = Open();
   std::unique_ptr<VerdictStore> b = Open();
@@ -420,6 +554,9 @@ TEST(PostgresStoreFaultTest, AStoreRidesOutAServerRestart) {
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   PostgresCluster& pg = **cluster;
   ASSERT_TRUE(pg.CreateDatabase("restart").ok());
+  // Commits durable before they are acknowledged, as on a production server: the test server's
+  // default (synchronous_commit=off) would lose the last ones to the crash below.
+  ASSERT_TRUE(pg.Query("postgres", "ALTER DATABASE restart SET synchronous_commit = on").ok());
   PostgresStoreOptions options;
   options.uri = pg.Uri("restart");
   options.readers = 2;
@@ -430,42 +567,53 @@ TEST(PostgresStoreFaultTest, AStoreRidesOutAServerRestart) {
   RecordingListener heard;
   store.SetFlightListener(&heard);
 
-  absl::StatusOr<int64_t> click = BeginClickSync(store, "alice", "192.0.2.33", kT0);
-  ASSERT_TRUE(click.ok()) << click.status();
-  ASSERT_TRUE(PingSync(store).ok());
+  // A clean shutdown (sessions terminated), then a crash (connections reset, recovery at start).
+  int round = 0;
+  for (PostgresCluster::StopMode mode :
+       {PostgresCluster::StopMode::kFast, PostgresCluster::StopMode::kImmediate}) {
+    SCOPED_TRACE(round);
+    ++round;
+    const std::string ip = absl::StrCat("192.0.2.", 30 + round);
+    const std::string other_ip = absl::StrCat("192.0.2.", 40 + round);
+    absl::StatusOr<int64_t> click = BeginClickSync(store, "alice", ip, kT0);
+    ASSERT_TRUE(click.ok()) << click.status();
+    ASSERT_TRUE(PingSync(store).ok());
 
-  ASSERT_TRUE(pg.Stop().ok());
-  // Down: Ping says so, and writes fail (fast) rather than hang, leaving nothing half-written.
-  EXPECT_TRUE(WaitUntil(
-      "Ping to report the server gone",
-      [&] { return PingSync(store).code() == absl::StatusCode::kUnavailable; }, kPatience));
-  const absl::Time start = absl::Now();
-  absl::Status completed = CompleteClickSync(store, *click, VerdictCompletion("192.0.2.33"));
-  EXPECT_EQ(completed.code(), absl::StatusCode::kUnavailable) << completed;
-  EXPECT_EQ(BeginClickSync(store, "alice", "192.0.2.34", kT0).status().code(),
-            absl::StatusCode::kUnavailable);
-  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
-  absl::Status down = PingSync(store);
-  EXPECT_EQ(down.code(), absl::StatusCode::kUnavailable);
+    ASSERT_TRUE(pg.Stop(mode).ok());
+    // Down: Ping says so, and writes fail (fast) rather than hang, leaving nothing half-written.
+    EXPECT_TRUE(WaitUntil(
+        "Ping to report the server gone",
+        [&] { return PingSync(store).code() == absl::StatusCode::kUnavailable; }, kPatience));
+    const absl::Time start = absl::Now();
+    absl::Status completed = CompleteClickSync(store, *click, VerdictCompletion(ip));
+    EXPECT_EQ(completed.code(), absl::StatusCode::kUnavailable) << completed;
+    EXPECT_EQ(BeginClickSync(store, "alice", other_ip, kT0).status().code(),
+              absl::StatusCode::kUnavailable);
+    EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+    absl::Status down = PingSync(store);
+    EXPECT_EQ(down.code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(down.message(), HasSubstr("store read failed"));
 
-  ASSERT_TRUE(pg.Start().ok()) << pg.ServerLog();
-  // Back without reopening: Ping recovers (its trial write clears the write failure), the
-  // failed completion left the click pending and wrote no verdict, and the listener is told to
-  // look again once it listens again.
-  EXPECT_TRUE(WaitUntil(
-      "Ping to recover", [&] { return PingSync(store); },
-      [](const absl::Status& s) { return s.ok(); }, kPatience));
-  EXPECT_TRUE(WaitUntil(
-      "the listener to hear that flights may have ended", [&] { return heard.may_have_ended(); },
-      [](int n) { return n >= 1; }, kPatience));
-  absl::StatusOr<std::optional<Verdict>> latest = LatestForSync(store, "192.0.2.33", std::nullopt);
-  ASSERT_TRUE(latest.ok()) << latest.status();
-  EXPECT_FALSE(latest->has_value());
-  EXPECT_TRUE(CompleteClickSync(store, *click, VerdictCompletion("192.0.2.33")).ok());
-  latest = LatestForSync(store, "192.0.2.33", std::nullopt);
-  ASSERT_TRUE(latest.ok()) << latest.status();
-  EXPECT_TRUE(latest->has_value());
-  EXPECT_TRUE(BeginClickSync(store, "alice", "192.0.2.34", kT0).ok());
+    ASSERT_TRUE(pg.Start().ok()) << pg.ServerLog();
+    // Back without reopening: Ping recovers (its trial write clears the write failure), the
+    // failed completion left the click pending and wrote no verdict, and the listener is told
+    // to look again once it listens again.
+    EXPECT_TRUE(WaitUntil(
+        "Ping to recover", [&] { return PingSync(store); },
+        [](const absl::Status& s) { return s.ok(); }, kPatience));
+    EXPECT_TRUE(WaitUntil(
+        "the listener to hear that flights may have ended", [&] { return heard.may_have_ended(); },
+        [&](int n) { return n >= round; }, kPatience));
+    absl::StatusOr<std::optional<Verdict>> latest = LatestForSync(store, ip, std::nullopt);
+    ASSERT_TRUE(latest.ok()) << latest.status();
+    EXPECT_FALSE(latest->has_value());
+    absl::Status again = CompleteClickSync(store, *click, VerdictCompletion(ip));
+    EXPECT_TRUE(again.ok()) << again;
+    latest = LatestForSync(store, ip, std::nullopt);
+    ASSERT_TRUE(latest.ok()) << latest.status();
+    EXPECT_TRUE(latest->has_value());
+    EXPECT_TRUE(BeginClickSync(store, "alice", other_ip, kT0).ok());
+  }
   store.SetFlightListener(nullptr);
 }
 
