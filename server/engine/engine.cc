@@ -274,7 +274,12 @@ void Engine::Check(CheckRequest request, Callback done) {
 
   const bool is_public = ip->IsPublic();
   std::optional<Verdict> cached = hot_.Get(key);
-  if (cached.has_value()) {
+  // Only a fresh enough entry answers from memory. One that is too old sends the check to the
+  // store, which may hold a newer verdict (another replica's): a replica never pays for what
+  // another already knows.
+  if (cached.has_value() &&
+      IsFresh(clock_.Now(), cached->checked_at,
+              options_.freshness.LimitFor(cached->assessment.score, request.max_age))) {
     CheckWithLatest(std::move(request), std::move(done), canonical, is_public, std::move(key),
                     std::move(cached));
     return;

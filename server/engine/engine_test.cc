@@ -1593,5 +1593,25 @@ TEST_F(EngineTest, ACompletionTheStoreRefusedIsWrittenAgainOnceItIsBack) {
   EXPECT_TRUE(client_.pending.empty());
 }
 
+// This process's hot-cache entry has aged, but another replica has stored a newer verdict: the
+// store is read before anything is claimed, and nobody pays again.
+TEST_F(EngineTest, AnAgedHotCacheEntryIsCheckedAgainstTheStoreBeforeClaiming) {
+  Start(Request("8.8.8.8", "team-a"));
+  client_.Answer(Safe());  // in the hot cache now
+  clock_.Advance(absl::Hours(25));
+  {
+    absl::MutexLock lock(&store_.mu_);
+    store_.history.push_back(RemoteVerdict("8.8.8.8", clock_.Now() - absl::Minutes(5)));
+  }
+  const size_t claims = store_.claims.size();
+  auto checked = Start(Request("8.8.8.8", "team-b"));
+  ASSERT_TRUE(checked->has_value());
+  ASSERT_TRUE((*checked)->ok());
+  EXPECT_EQ((**checked)->source, Source::kCache);
+  EXPECT_EQ((**checked)->verdict.caller, "other-replica");
+  EXPECT_EQ(store_.claims.size(), claims);
+  EXPECT_TRUE(client_.pending.empty());
+}
+
 }  // namespace
 }  // namespace verdictd
