@@ -6,7 +6,8 @@
 # address: everything built with ASan + UBSan (g++, VERDICTD_SANITIZE=address) in build-asan/,
 #          then every ctest test (unit and end-to-end), with LeakSanitizer on.
 # thread:  everything built with TSan (VERDICTD_SANITIZE=thread) in build-tsan/, then the tests
-#          where threads meet: the unit tests of common (scheduler), engine, storage, upstream
+#          where threads meet: the unit tests of common (scheduler), engine, storage (SQLite and
+#          PostgreSQL), upstream
 #          (the curl client) and metrics, and the end-to-end tests that race calls, coalesce misses,
 #          spend budgets or shut down under load (TSAN_E2E_REGEX). Not every end-to-end test:
 #          under TSan the whole e2e suite takes over 15 minutes, and gRPC's and OpenSSL's
@@ -107,7 +108,8 @@ for mode in "${modes[@]}"; do
       configure_and_build thread "$dir"
       logs="$root/$dir/sanitizer-logs"
       rm -rf "$logs" && mkdir -p "$logs"
-      unit=$(suites_of "$dir" common_test engine_test storage_test upstream_test metrics_test)
+      unit=$(suites_of "$dir" common_test engine_test storage_test postgres_store_test upstream_test \
+        metrics_test)
       [ -n "$unit" ] || exit 1
       e2e=${TSAN_E2E_REGEX:-'(Coalesc|Budget|Concurren|Parallel|Shutdown|BatchOfDistinctMisses|MissThenHit)'}
       regex="^(($unit)\\.|[A-Za-z]*Test\\.[A-Za-z0-9_]*$e2e)"
