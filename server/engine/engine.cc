@@ -985,15 +985,26 @@ void Engine::ScheduleRemotePoll(const std::string& key, uint64_t id, absl::Durat
   const absl::Duration delay =
       std::min(options_.remote_flight_poll,
                std::max(lease_left, absl::ZeroDuration()) + absl::Milliseconds(10));
-  scheduler_.RunAfter(delay, [this, life = lifeline_, key, id] {
+  // Only the newest poll of a flight counts: every refused claim schedules one, and extra
+  // wake-ups (notifications) must not leave chains of polls behind, each a claim per interval.
+  uint64_t poll = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    if (it == flights_.end() || it->second.id != id) {
+      return;
+    }
+    poll = ++it->second.poll;
+  }
+  scheduler_.RunAfter(delay, [this, life = lifeline_, key, id, poll] {
     absl::MutexLock lock(&life->mu);
     if (life->alive) {
-      RemoteWake(key, id);
+      RemoteWake(key, id, poll);
     }
   });
 }
 
-void Engine::RemoteWake(const std::string& key, uint64_t id) {
+void Engine::RemoteWake(const std::string& key, uint64_t id, std::optional<uint64_t> poll) {
   Outbox out;
   std::string ip;
   std::optional<std::string> user_agent;
@@ -1004,6 +1015,9 @@ void Engine::RemoteWake(const std::string& key, uint64_t id) {
       return;  // answered, dropped, or claiming again already
     }
     Flight& flight = it->second;
+    if (poll.has_value() && *poll != flight.poll) {
+      return;  // a later poll replaced this one
+    }
     if (flight.rechecking) {
       flight.recheck_again = true;
       return;
@@ -1228,7 +1242,10 @@ void Engine::RetryCompletionLater(std::string key, int64_t click_id, ClickComple
   // requests in flight when the store failed get here (misses send nothing while it is down).
   spdlog::warn("click {}: completion not written; writing it again in {}", click_id,
                absl::FormatDuration(delay));
-  scheduler_.RunAfter(delay, [this, life = lifeline_, key = std::move(key), click_id,
+  // The store outlives the engine: the task may reach it after the engine is gone, and then
+  // only finds out, under the lifeline's lock, that it has nothing more to do.
+  VerdictStore* store = &store_;
+  scheduler_.RunAfter(delay, [this, life = lifeline_, store, key = std::move(key), click_id,
                               completion = std::move(completion), delay]() mutable {
     {
       absl::MutexLock lock(&life->mu);
@@ -1240,7 +1257,7 @@ void Engine::RetryCompletionLater(std::string key, int64_t click_id, ClickComple
     }
     std::optional<Verdict> verdict = completion.verdict;
     ClickCompletion again = completion;
-    store_.CompleteClick(
+    store->CompleteClick(
         click_id, std::move(again),
         [this, life, key = std::move(key), click_id, completion = std::move(completion), delay,
          verdict = std::move(verdict)](absl::Status stored) mutable {

@@ -288,6 +288,7 @@ class Engine : private FlightListener {
     bool ended_seen = false;
     bool rechecking = false;     // kRemote: a store read for the other process's verdict is out
     bool recheck_again = false;  // woken again meanwhile
+    uint64_t poll = 0;           // the newest poll scheduled for it
   };
   struct QueueEntry {
     std::string key;
@@ -389,7 +390,9 @@ class Engine : private FlightListener {
   // or the payer's budget is spent across every process sharing the store.
   void OnClaimRefused(const std::string& key, const ClaimResult& claim);
   // A kRemote flight looks at the store again (woken by a notification or its poll).
-  void RemoteWake(const std::string& key, uint64_t id);
+  // `poll`: the poll that woke it (ignored unless it is the flight's newest); nullopt for a
+  // notification.
+  void RemoteWake(const std::string& key, uint64_t id, std::optional<uint64_t> poll = std::nullopt);
   void OnRemoteChecked(const std::string& key, uint64_t id,
                        absl::StatusOr<std::optional<Verdict>> latest);
   void ScheduleRemotePoll(const std::string& key, uint64_t id, absl::Duration lease_left);

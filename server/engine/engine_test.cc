@@ -1613,5 +1613,23 @@ TEST_F(EngineTest, AnAgedHotCacheEntryIsCheckedAgainstTheStoreBeforeClaiming) {
   EXPECT_TRUE(client_.pending.empty());
 }
 
+// Extra wake-ups (a listener reconnect) do not leave extra chains of polls behind: while
+// another process holds the key, this one claims once per poll interval, however often it was
+// woken.
+TEST_F(EngineTest, AWaitingMissPollsOncePerIntervalHoweverOftenItWasWoken) {
+  store_.held["8.8.8.8"] = absl::Seconds(30);
+  Start(Request("8.8.8.8", "team-a"));
+  ASSERT_EQ(store_.claims.size(), 1u);
+  store_.listener->OnFlightsMayHaveEnded();  // looks again at once: still held
+  store_.listener->OnFlightsMayHaveEnded();
+  ASSERT_EQ(store_.claims.size(), 3u);
+  for (size_t round = 1; round <= 3; ++round) {
+    clock_.Advance(options_.remote_flight_poll);
+    scheduler_.RunDue();
+    EXPECT_EQ(store_.claims.size(), 3u + round);
+  }
+  store_.EndRemoteFlight("8.8.8.8", RemoteVerdict("8.8.8.8", clock_.Now()));
+}
+
 }  // namespace
 }  // namespace verdictd
