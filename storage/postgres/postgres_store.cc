@@ -281,12 +281,23 @@ absl::Status CheckPostgresUri(absl::string_view uri) {
         "https://www.postgresql.org/docs/15/libpq-connect.html#LIBPQ-CONNSTRING)");
   }
   bool has_password = false;
+  bool has_key_passphrase = false;
   for (const PQconninfoOption* option = parsed; option->keyword != nullptr; ++option) {
-    if (absl::string_view(option->keyword) == "password" && option->val != nullptr) {
-      has_password = true;
+    const absl::string_view keyword = option->keyword;
+    if (option->val == nullptr) {
+      continue;
     }
+    has_password = has_password || keyword == "password";
+    // The passphrase of the client certificate's key is as secret as a password.
+    has_key_passphrase = has_key_passphrase || keyword == "sslpassword";
   }
   PQconninfoFree(parsed);
+  if (has_key_passphrase) {
+    return absl::InvalidArgumentError(
+        "the PostgreSQL URI carries sslpassword= (the client key's passphrase), where command "
+        "lines and logs would show it: remove it and use a key file without a passphrase, "
+        "readable only by verdictd");
+  }
   if (has_password) {
     return absl::InvalidArgumentError(
         "the PostgreSQL URI carries a password (in its user-info part or as a password= "

@@ -138,6 +138,12 @@ TEST(PostgresUriTest, AUriCarryingAPasswordIsRefusedWithoutRepeatingIt) {
     EXPECT_EQ(store.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(store.status().message(), Not(HasSubstr("Tr0ub4dor")));
   }
+  // The client key's passphrase is a secret too.
+  absl::Status passphrase =
+      CheckPostgresUri("postgresql:///verdicts?sslcert=/c.pem&sslkey=/k.pem&sslpassword=Tr0ub4dor");
+  EXPECT_EQ(passphrase.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(passphrase.message(), HasSubstr("sslpassword"));
+  EXPECT_THAT(passphrase.message(), Not(HasSubstr("Tr0ub4dor")));
   EXPECT_EQ(CheckPostgresUri("/var/lib/verdictd/verdicts.db").code(),
             absl::StatusCode::kInvalidArgument);
   // A URI libpq cannot parse is refused without quoting it (it might hold a password).
