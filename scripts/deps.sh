@@ -8,6 +8,7 @@ PACKAGES=(
   libcurl4-openssl-dev libsqlite3-dev libgtest-dev libgmock-dev
   libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev
   libssl-dev python3-grpcio python3-protobuf sqlite3 openssl
+  libpq-dev postgresql-15
 )
 
 # Extra packages for optional checks, named by argument. `deps.sh fuzz` (fuzz/run.sh): clang with

@@ -2,14 +2,22 @@
 // asking ClickPatrol (one paid click per request) only for misses.
 //
 // The only place that reads flags and the environment. The ClickPatrol token comes from
-// $CLICKPATROL_TOKEN or --token_file, never from a flag.
+// $CLICKPATROL_TOKEN or --token_file, never from a flag; so does a PostgreSQL password
+// (--db_password_file, or libpq's own PGPASSWORD / PGPASSFILE / ~/.pgpass).
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -24,6 +32,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -44,6 +54,7 @@
 #include "server/service/timed_store.h"
 #include "server/upstream/clickpatrol_client.h"
 #include "server/upstream/curl_client.h"
+#include "storage/postgres/postgres_store.h"
 #include "storage/sqlite/sqlite_store.h"
 #include "storage/verdict_store.h"
 
@@ -61,11 +72,33 @@ ABSL_FLAG(std::string, handshake_timeout, "10s",
 ABSL_FLAG(int, max_concurrent_streams, 100,
           "Most calls in flight at once on one gRPC connection (HTTP/2 "
           "SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait in its own queue");
-ABSL_FLAG(std::string, db, "./verdicts.db", "SQLite file holding the verdict history and ledger");
+ABSL_FLAG(std::string, db, "./verdicts.db",
+          "Where the verdict history and ledger live: a SQLite file path, or a PostgreSQL "
+          "libpq URI (postgresql://USER@HOST:PORT/DBNAME or postgres://..., query parameters "
+          "such as ?host=/run/postgresql allowed) that several replicas can share. A URI must "
+          "not carry a password: use --db_password_file, PGPASSWORD or PGPASSFILE");
+ABSL_FLAG(std::string, db_password_file, "",
+          "PostgreSQL only: file holding the database password (one trailing newline is "
+          "stripped; keep it mode 0600). Unset: libpq looks for one itself (PGPASSWORD, "
+          "PGPASSFILE, ~/.pgpass)");
+ABSL_FLAG(std::string, db_connect_wait, "30s",
+          "PostgreSQL only: how long start-up keeps retrying (about once a second, logging a "
+          "failure at most every 5s) while the database server cannot be reached, before "
+          "exiting with an error (status 1); 0: one attempt. A server that answers and refuses "
+          "(authentication, missing database) fails at once");
+ABSL_FLAG(std::string, replica_id, "",
+          "This process's name in single-flight claims and leases in a shared database, for "
+          "operators (default: HOSTNAME:PID:4 random hex digits, unique per start)");
+ABSL_FLAG(std::string, flight_lease, "",
+          "How long a single-flight claim holds before another replica may take it over "
+          "(presuming this one dead). Must exceed the longest upstream request with its "
+          "retries; default and minimum: (--upstream_connect_timeout + --upstream_timeout) x "
+          "--upstream_attempts + the retry backoffs + 5s");
 ABSL_FLAG(bool, db_sync_full, false,
-          "SQLite synchronous=FULL: durable against power loss, not only process crashes");
+          "SQLite only: synchronous=FULL, durable against power loss, not only process crashes");
 ABSL_FLAG(std::string, db_busy_timeout, "5s",
-          "How long a write waits for another process's lock on the database before failing");
+          "SQLite only: how long a write waits for another process's lock on the database "
+          "before failing");
 ABSL_FLAG(std::string, upstream_url, "https://trck-003.clckptrl.com/", "ClickPatrol API base URL");
 ABSL_FLAG(std::string, upstream_ca_file, "",
           "PEM file of CAs to trust for the upstream's TLS certificate (default: system store)");
@@ -121,7 +154,11 @@ namespace {
 struct Settings {
   std::string listen;
   std::string port_file;
+  bool postgres = false;  // --db is a PostgreSQL URI: `pg` applies, else `store`
   SqliteStoreOptions store;
+  PostgresStoreOptions pg;
+  std::string db_password_source;  // where the PostgreSQL password comes from, for the log
+  absl::Duration db_connect_wait;
   CurlClientOptions upstream;
   EngineOptions engine;
   ServiceOptions service;
@@ -195,20 +232,163 @@ absl::StatusOr<std::string> ReadToken(std::string* source) {
   return token;
 }
 
+// The PostgreSQL password from --db_password_file: the file's contents without one trailing
+// newline ("\n" or "\r\n"; anything else is part of the password). Never logged, never in an
+// error message. A file others may read is used (as --token_file is) but warned about.
+absl::StatusOr<std::string> ReadDbPassword(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot read --db_password_file ", file));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  std::string password = buffer.str();
+  if (absl::EndsWith(password, "\n")) {
+    password.pop_back();
+    if (absl::EndsWith(password, "\r")) {
+      password.pop_back();
+    }
+  }
+  if (password.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("--db_password_file ", file, " is empty"));
+  }
+  if (password.find('\n') != std::string::npos || password.find('\0') != std::string::npos) {
+    // libpq would cut the password at a NUL; a second line is almost surely a mistake.
+    return absl::FailedPreconditionError(
+        absl::StrCat("--db_password_file ", file, " holds more than one line (or a NUL byte)"));
+  }
+  struct stat st;
+  if (stat(file.c_str(), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+    spdlog::warn("--db_password_file {} can be read by others (mode {:o}): chmod 600 it", file,
+                 st.st_mode & 0777);
+  }
+  return password;
+}
+
+// HOSTNAME:PID:XXXX, unique per start even when a container's hostname and pid repeat.
+std::string DefaultReplicaId() {
+  char host[HOST_NAME_MAX + 1] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') {
+    std::snprintf(host, sizeof(host), "unknown-host");
+  }
+  std::random_device random;
+  return absl::StrFormat("%s:%d:%04x", host, static_cast<int>(getpid()), random() & 0xffff);
+}
+
+// The shortest claim lease that outlasts one miss's whole upstream exchange: every attempt may
+// take its connect timeout plus its request timeout, and between attempts the engine waits
+// retry_backoff, doubling each time. 5 s on top covers the store's commits either side of the
+// request and scheduling delays. A lease shorter than this would let another replica presume a
+// live owner dead and pay for the same IP twice.
+absl::Duration MinimumFlightLease(const CurlClientOptions& upstream, const EngineOptions& engine) {
+  absl::Duration backoffs;
+  for (int retry = 1; retry < engine.max_attempts; ++retry) {
+    backoffs += engine.retry_backoff * (1 << (retry - 1));
+  }
+  return (upstream.connect_timeout + upstream.request_timeout) * engine.max_attempts + backoffs +
+         absl::Seconds(5);
+}
+
+absl::Status LoadDbSettings(Settings& s) {
+  const std::string db = absl::GetFlag(FLAGS_db);
+  if (db.empty()) {
+    return absl::InvalidArgumentError("--db must name a SQLite file or a PostgreSQL URI");
+  }
+  const std::string password_file = absl::GetFlag(FLAGS_db_password_file);
+  absl::StatusOr<absl::Duration> wait =
+      DurationFlag("db_connect_wait", absl::GetFlag(FLAGS_db_connect_wait));
+  if (!wait.ok()) return wait.status();
+  if (*wait < absl::ZeroDuration() || *wait > absl::Hours(24)) {
+    return absl::InvalidArgumentError("--db_connect_wait must be between 0 and 24h");
+  }
+  s.db_connect_wait = *wait;
+  absl::StatusOr<absl::Duration> busy =
+      DurationFlag("db_busy_timeout", absl::GetFlag(FLAGS_db_busy_timeout));
+  if (!busy.ok()) return busy.status();
+
+  s.postgres = IsPostgresUri(db);
+  if (!s.postgres) {
+    if (!password_file.empty()) {
+      return absl::InvalidArgumentError(
+          "--db_password_file applies only when --db is a PostgreSQL URI (postgresql://...)");
+    }
+    s.store.path = db;
+    s.store.synchronous_full = absl::GetFlag(FLAGS_db_sync_full);
+    s.store.busy_timeout = *busy;
+    return absl::OkStatus();
+  }
+  // The message says where a password goes instead, and never repeats the URI's.
+  if (absl::Status uri = CheckPostgresUri(db); !uri.ok()) {
+    return Prefix("db", uri);
+  }
+  s.pg.uri = db;
+  if (!password_file.empty()) {
+    absl::StatusOr<std::string> password = ReadDbPassword(password_file);
+    if (!password.ok()) return password.status();
+    s.pg.password = *std::move(password);
+    s.db_password_source = absl::StrCat("file ", password_file);
+  } else if (std::getenv("PGPASSWORD") != nullptr) {
+    s.db_password_source = "environment variable PGPASSWORD";
+  } else if (const char* passfile = std::getenv("PGPASSFILE"); passfile != nullptr) {
+    s.db_password_source = absl::StrCat("PGPASSFILE ", passfile);
+  } else {
+    s.db_password_source = "libpq's default (~/.pgpass, or none)";
+  }
+  // Each connection attempt gives up within this, so the whole wait stays near
+  // --db_connect_wait; libpq counts whole seconds, and takes less than 2 as 2.
+  s.pg.connect_timeout =
+      std::clamp(absl::Ceil(*wait, absl::Seconds(1)), absl::Seconds(2), absl::Seconds(5));
+  if (absl::GetFlag(FLAGS_db_sync_full)) {
+    spdlog::warn(
+        "--db_sync_full is a SQLite setting: ignored for PostgreSQL (the server's "
+        "synchronous_commit decides)");
+  }
+  return absl::OkStatus();
+}
+
+// --replica_id and --flight_lease; after the upstream flags, which the lease must outlast.
+absl::Status LoadFlightSettings(Settings& s) {
+  std::string replica_id = absl::GetFlag(FLAGS_replica_id);
+  if (replica_id.empty()) {
+    replica_id = DefaultReplicaId();
+  }
+  if (replica_id.size() > 200) {
+    return absl::InvalidArgumentError("--replica_id must be at most 200 bytes");
+  }
+  for (char c : replica_id) {
+    if (!absl::ascii_isgraph(static_cast<unsigned char>(c))) {
+      return absl::InvalidArgumentError(
+          "--replica_id must be printable ASCII without spaces or control characters");
+    }
+  }
+  s.engine.replica_id = std::move(replica_id);
+
+  const absl::Duration minimum = MinimumFlightLease(s.upstream, s.engine);
+  absl::StatusOr<std::optional<absl::Duration>> lease =
+      OptionalDurationFlag("flight_lease", absl::GetFlag(FLAGS_flight_lease));
+  if (!lease.ok()) return lease.status();
+  if (!lease->has_value()) {
+    s.engine.flight_lease = minimum;
+  } else if (**lease <= minimum) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--flight_lease ", DurationToString(**lease), " must be above ", DurationToString(minimum),
+        ", the longest upstream exchange ((--upstream_connect_timeout + --upstream_timeout) x "
+        "--upstream_attempts + retry backoffs + 5s): a shorter lease lets another replica pay "
+        "for the same IP while this one is still waiting for ClickPatrol"));
+  } else {
+    s.engine.flight_lease = **lease;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Settings> LoadSettings() {
   Settings s;
   s.listen = absl::GetFlag(FLAGS_listen);
   s.port_file = absl::GetFlag(FLAGS_port_file);
 
-  s.store.path = absl::GetFlag(FLAGS_db);
-  if (s.store.path.empty()) {
-    return absl::InvalidArgumentError("--db must name a file");
+  if (absl::Status db = LoadDbSettings(s); !db.ok()) {
+    return db;
   }
-  s.store.synchronous_full = absl::GetFlag(FLAGS_db_sync_full);
-  absl::StatusOr<absl::Duration> busy =
-      DurationFlag("db_busy_timeout", absl::GetFlag(FLAGS_db_busy_timeout));
-  if (!busy.ok()) return busy.status();
-  s.store.busy_timeout = *busy;
 
   s.upstream.base_url = absl::GetFlag(FLAGS_upstream_url);
   if (!absl::StartsWith(s.upstream.base_url, "https://") &&
@@ -295,6 +475,9 @@ absl::StatusOr<Settings> LoadSettings() {
   if (s.engine.max_attempts < 1 || s.engine.max_attempts > 10) {
     return absl::InvalidArgumentError("--upstream_attempts must be between 1 and 10");
   }
+  if (absl::Status flights = LoadFlightSettings(s); !flights.ok()) {
+    return flights;
+  }
   s.api_keys_file = absl::GetFlag(FLAGS_api_keys_file);
   s.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   s.tls_key = absl::GetFlag(FLAGS_tls_key);
@@ -377,21 +560,86 @@ void LogConfiguration(const Settings& s) {
       "stale_if_error={} cache_key={} allow_non_public={} max_batch={} db_sync_full={} "
       "api_keys_file={} monthly_allowance={} allowance_reset_day={} history_retention={} "
       "breaker_failures={} breaker_open_for={} tls={} mtls={} metrics_listen={} "
-      "shutdown_grace={} max_connection_idle={} handshake_timeout={} max_concurrent_streams={}",
-      s.listen, s.store.path, s.upstream.base_url, s.token_source, s.upstream.max_concurrency,
-      s.engine.max_queued_misses, DurationToString(s.upstream.connect_timeout),
-      DurationToString(s.upstream.request_timeout), s.engine.max_attempts,
-      DurationToString(f.default_max_age), opt(f.max_age_safe), opt(f.max_age_suspicious),
-      opt(f.max_age_fake), DurationToString(f.stale_if_error), s.service.cache_key_name,
-      s.engine.allow_non_public, s.service.max_batch, s.store.synchronous_full,
-      s.api_keys_file.empty() ? "(open mode)" : s.api_keys_file,
+      "shutdown_grace={} max_connection_idle={} handshake_timeout={} max_concurrent_streams={} "
+      "replica_id={} flight_lease={}",
+      // A URI carrying a password was refused by LoadSettings, so the URI is safe to show.
+      s.listen, s.postgres ? s.pg.uri : s.store.path, s.upstream.base_url, s.token_source,
+      s.upstream.max_concurrency, s.engine.max_queued_misses,
+      DurationToString(s.upstream.connect_timeout), DurationToString(s.upstream.request_timeout),
+      s.engine.max_attempts, DurationToString(f.default_max_age), opt(f.max_age_safe),
+      opt(f.max_age_suspicious), opt(f.max_age_fake), DurationToString(f.stale_if_error),
+      s.service.cache_key_name, s.engine.allow_non_public, s.service.max_batch,
+      s.store.synchronous_full, s.api_keys_file.empty() ? "(open mode)" : s.api_keys_file,
       s.engine.allowance.monthly_allowance, s.engine.allowance.reset_day,
       DurationToString(s.engine.history_retention), s.engine.breaker.failure_threshold,
       DurationToString(s.engine.breaker.open_for), !s.tls_cert.empty(), !s.tls_client_ca.empty(),
       s.metrics_listen.empty() ? "(off)" : s.metrics_listen, DurationToString(s.shutdown_grace),
       s.max_connection_idle == absl::ZeroDuration() ? std::string("0 (never)")
                                                     : DurationToString(s.max_connection_idle),
-      DurationToString(s.handshake_timeout), s.max_concurrent_streams);
+      DurationToString(s.handshake_timeout), s.max_concurrent_streams, s.engine.replica_id,
+      DurationToString(s.engine.flight_lease));
+  if (s.postgres) {
+    spdlog::info("database: PostgreSQL, password=<redacted, from {}> db_connect_wait={}",
+                 s.db_password_source, DurationToString(s.db_connect_wait));
+  }
+}
+
+// `message` with every occurrence of `secret` replaced. The store promises never to repeat the
+// password; this is a second lock on that door, for messages that come from libpq.
+std::string Redacted(absl::string_view message, const std::string& secret) {
+  if (secret.empty()) {
+    return std::string(message);
+  }
+  return absl::StrReplaceAll(message, {{secret, "<redacted>"}});
+}
+
+// Opens the PostgreSQL store, waiting up to s.db_connect_wait for a server that cannot be
+// reached yet (one starting alongside verdictd, or restarting): UNAVAILABLE attempts are retried
+// about once a second and logged at most every 5 s; any other failure (authentication, a missing
+// database, a schema from a newer build) is final at once, since waiting would not change it.
+// SIGTERM/SIGINT end the wait (nullptr and OK: stop quietly).
+absl::StatusOr<std::unique_ptr<VerdictStore>> OpenPostgresWithWait(const Settings& s,
+                                                                   const sigset_t& signals) {
+  const absl::Time start = absl::Now();
+  const absl::Time give_up = start + s.db_connect_wait;
+  absl::Time next_log = absl::InfinitePast();
+  int attempts = 0;
+  while (true) {
+    ++attempts;
+    absl::StatusOr<std::unique_ptr<VerdictStore>> store = OpenPostgresStore(s.pg);
+    if (store.ok()) {
+      if (attempts > 1) {
+        spdlog::info("PostgreSQL reachable after {} attempts ({})", attempts,
+                     DurationToString(absl::Trunc(absl::Now() - start, absl::Milliseconds(1))));
+      }
+      return store;
+    }
+    const std::string error = Redacted(store.status().message(), s.pg.password);
+    if (!absl::IsUnavailable(store.status())) {
+      return absl::Status(store.status().code(), error);
+    }
+    const absl::Time now = absl::Now();
+    if (now >= give_up) {
+      return absl::UnavailableError(
+          absl::StrCat("PostgreSQL unreachable (", attempts, " attempt", attempts == 1 ? "" : "s",
+                       " over ", DurationToString(absl::Trunc(now - start, absl::Seconds(1))),
+                       ", --db_connect_wait=", DurationToString(s.db_connect_wait), "): ", error));
+    }
+    if (now >= next_log) {
+      spdlog::warn("PostgreSQL not reachable yet, retrying for up to {} more: {}",
+                   DurationToString(absl::Trunc(give_up - now, absl::Seconds(1))), error);
+      next_log = now + absl::Seconds(5);
+    }
+    // The pause is a wait for the stop signals, so that an orchestrator giving up on a replica
+    // that cannot reach its database is obeyed at once rather than after the whole wait.
+    const absl::Duration pause = std::min(absl::Seconds(1), give_up - now);
+    const timespec timeout = absl::ToTimespec(pause);
+    const int signal_number = sigtimedwait(&signals, nullptr, &timeout);
+    if (signal_number > 0) {
+      spdlog::info("received signal {} while waiting for PostgreSQL: stopping", signal_number);
+      return std::unique_ptr<VerdictStore>();
+    }
+  }
 }
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view flag) {
@@ -529,12 +777,25 @@ int Run() {
   metrics::Registry registry;
   ServerMetrics server_metrics(registry);
 
-  absl::StatusOr<std::unique_ptr<VerdictStore>> sqlite = OpenSqliteStore(s.store);
-  if (!sqlite.ok()) {
-    spdlog::critical("verdictd cannot start: {}", sqlite.status().message());
+  // Signals were blocked in main() before any thread started; the PostgreSQL wait and the
+  // serving loop below take them with sigtimedwait/sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+
+  absl::StatusOr<std::unique_ptr<VerdictStore>> backing =
+      s.postgres ? OpenPostgresWithWait(s, signals) : OpenSqliteStore(s.store);
+  if (!backing.ok()) {
+    spdlog::critical("verdictd cannot start: {}", backing.status().message());
     return 1;
   }
-  TimedStore store(**sqlite, server_metrics.store_read_latency());
+  if (*backing == nullptr) {
+    spdlog::info("verdictd stopped");
+    return 0;
+  }
+  spdlog::info("verdict store: {}", s.postgres ? "PostgreSQL" : "SQLite");
+  TimedStore store(**backing, server_metrics.store_read_latency());
   // Start-up, not a reactor thread: waiting for the store here is fine.
   absl::StatusOr<std::string> secret =
       AwaitRead<std::string>([&store](VerdictStore::ReadCallback<std::string> done) {
@@ -645,10 +906,6 @@ int Run() {
   }
 
   // Signals were blocked in main() before any thread started, so only this sigwait sees them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   spdlog::info("received signal {}: draining in-flight calls (grace {})", signal_number,
@@ -679,7 +936,7 @@ int Run() {
   metrics_server.reset();
   engine->reset();  // writes the batched usage counters
   client->reset();
-  sqlite->reset();  // commits what is queued and closes the database
+  backing->reset();  // commits what is queued and closes the database
   spdlog::info("verdictd stopped");
   return 0;
 }

@@ -31,10 +31,12 @@
 #include "client/cpp/verdict_client.h"
 #include "client/verdictctl/commands.h"
 #include "client/verdictctl/input.h"
+#include "client/verdictctl/migrate.h"
 #include "common/duration.h"
 #include "common/file.h"
 #include "grpcpp/grpcpp.h"
 #include "server/auth/api_keys.h"
+#include "storage/postgres/postgres_store.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "verdictd address");
 ABSL_FLAG(std::string, api_key, "",
@@ -60,6 +62,11 @@ ABSL_FLAG(
     int32_t, page_size, 0,
     "history: rows asked per ListVerdictHistory call (0: the server's default, at most 1000)");
 ABSL_FLAG(bool, days, false, "usage: also print the per-day rows");
+ABSL_FLAG(std::string, from, "", "migrate: the SQLite store to copy (opened read-only)");
+ABSL_FLAG(std::string, to, "",
+          "migrate: the empty PostgreSQL database, as a libpq URI without a password");
+ABSL_FLAG(std::string, db_password_file, "",
+          "migrate: file holding the PostgreSQL password (else libpq's PGPASSWORD, PGPASSFILE)");
 
 namespace verdictd::cli {
 namespace {
@@ -71,6 +78,7 @@ constexpr char kShortUsage[] = R"(usage: verdictctl [FLAGS] SUBCOMMAND [OPERANDS
   usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
   health [SERVICE]
   hash-key < KEY
+  migrate --from=SQLITE_FILE --to=POSTGRESQL_URI [--db_password_file=FILE]
 `verdictctl --help` describes the flags and the exit codes (64: usage error).
 )";
 
@@ -95,6 +103,13 @@ subcommands:
   hash-key
       Reads an API key from stdin (one trailing newline is stripped) and prints the SHA-256
       hex that the server's keys file holds. Needs no server.
+  migrate --from=SQLITE_FILE --to=POSTGRESQL_URI [--db_password_file=FILE]
+      Copies a SQLite store (history, ledger, usage counters, secrets) into an EMPTY
+      PostgreSQL database in one transaction, keeping ids, pending clicks and page tokens
+      valid; checks row counts and usage totals before committing and prints them. Stop
+      verdictd first. The URI must not carry a password: --db_password_file (one trailing
+      newline stripped), or libpq's PGPASSWORD / PGPASSFILE. Needs no server. Progress bar
+      on stderr when it is a terminal, else a line every few seconds.
 
 flags for every subcommand:
   --server=HOST:PORT   verdictd address (default 127.0.0.1:50051)
@@ -122,6 +137,9 @@ exit status:
           hash-key: the key on stdin is empty
   66      an input file (batch FILE, --tls_*) cannot be read
   69      health: the server answered, and is not SERVING
+  migrate: 9 the target is not empty (nothing written) or the file's schema is unknown,
+          14 PostgreSQL unreachable, 13 the counts did not match (rolled back), 66 the SQLite
+          file cannot be opened
 )";
 
 int UsageError(absl::string_view message) {
@@ -189,6 +207,38 @@ int HashKey() {
   return 0;
 }
 
+int Migrate() {
+  MigrateCommand command;
+  command.from = absl::GetFlag(FLAGS_from);
+  command.to = absl::GetFlag(FLAGS_to);
+  if (command.from.empty() || command.to.empty()) {
+    return UsageError("migrate needs --from=SQLITE_FILE and --to=POSTGRESQL_URI");
+  }
+  if (!IsPostgresUri(command.to)) {
+    return UsageError(
+        "migrate: --to must be a PostgreSQL URI (postgresql://... or postgres://...)");
+  }
+  // Says where a password goes instead; never repeats the URI's.
+  if (absl::Status uri = CheckPostgresUri(command.to); !uri.ok()) {
+    return UsageError(absl::StrCat("--to: ", uri.message()));
+  }
+  if (const std::string file = absl::GetFlag(FLAGS_db_password_file); !file.empty()) {
+    absl::StatusOr<std::string> contents = ReadFileToString(file);
+    if (!contents.ok()) {
+      std::cerr << "verdictctl: " << contents.status().message() << '\n';
+      return kExitNoInput;
+    }
+    command.password = StripOneNewline(*std::move(contents));
+    if (command.password.empty()) {
+      std::cerr << "verdictctl: --db_password_file " << file << " is empty\n";
+      return kExitNoInput;
+    }
+  }
+  command.json = absl::GetFlag(FLAGS_json);
+  command.tty = isatty(STDERR_FILENO) == 1;
+  return RunMigrate(command);
+}
+
 // Flags that only some subcommands read; setting one elsewhere is a usage error rather than
 // silently ignored.
 std::optional<std::string> MisplacedFlag(const std::string& command) {
@@ -206,6 +256,9 @@ std::optional<std::string> MisplacedFlag(const std::string& command) {
       {"limit", absl::GetFlag(FLAGS_limit) != 0, {"history"}},
       {"page_size", absl::GetFlag(FLAGS_page_size) != 0, {"history"}},
       {"days", absl::GetFlag(FLAGS_days), {"usage"}},
+      {"from", !absl::GetFlag(FLAGS_from).empty(), {"migrate"}},
+      {"to", !absl::GetFlag(FLAGS_to).empty(), {"migrate"}},
+      {"db_password_file", !absl::GetFlag(FLAGS_db_password_file).empty(), {"migrate"}},
   };
   for (const Specific& s : specific) {
     if (s.set && std::find(s.commands.begin(), s.commands.end(), command) == s.commands.end()) {
@@ -286,9 +339,10 @@ int Main(int argc, char** argv) {
   }
   const std::string command = operands[0];
   operands.erase(operands.begin());
-  const size_t want_operands = (command == "usage" || command == "hash-key") ? 0 : 1;
+  const size_t want_operands =
+      (command == "usage" || command == "hash-key" || command == "migrate") ? 0 : 1;
   if (command != "check" && command != "batch" && command != "history" && command != "usage" &&
-      command != "hash-key" && command != "health") {
+      command != "hash-key" && command != "health" && command != "migrate") {
     return UsageError(absl::StrCat("unknown subcommand \"", command, "\""));
   }
   if (command == "health" ? operands.size() > 1 : operands.size() != want_operands) {
@@ -303,6 +357,9 @@ int Main(int argc, char** argv) {
   }
   if (command == "hash-key") {
     return HashKey();
+  }
+  if (command == "migrate") {
+    return Migrate();
   }
 
   absl::StatusOr<absl::Duration> timeout = ParseDuration(absl::GetFlag(FLAGS_timeout));

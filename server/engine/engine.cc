@@ -127,10 +127,13 @@ Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& cl
   if (options_.history_retention > absl::ZeroDuration()) {
     SchedulePrune(absl::ZeroDuration());
   }
+  store_.SetFlightListener(this);
 }
 
 Engine::~Engine() {
   WaitIdle();
+  // No flight is left for a notification to wake; once this returns none is being delivered.
+  store_.SetFlightListener(nullptr);
   {
     absl::MutexLock lock(&lifeline_->mu);
     lifeline_->alive = false;
@@ -399,6 +402,7 @@ void Engine::CheckWithLatest(CheckRequest request, Callback done, const std::str
         flight.ip = canonical;
         flight.user_agent = request.user_agent;
         flight.caller = request.caller;
+        flight.monthly_budget = request.monthly_budget;
         flight.stale_candidate = latest;
         flight.waiters.push_back(Waiter{std::move(done), std::move(request.call),
                                         std::move(request.caller), request.monthly_budget});
@@ -555,20 +559,26 @@ bool Engine::PruneWaitersLocked(Flight& flight, absl::Time now, const CallState*
       // Nothing was sent: the payer who left gets its click back, and the next waiter who can
       // pay leads (it alone would otherwise get an answer nobody paid for).
       spend_.Refund(flight.caller);
-      while (!flight.waiters.empty()) {
-        Waiter& next = flight.waiters.front();
-        if (spend_.TryReserve(next.caller, next.monthly_budget)) {
-          flight.caller = next.caller;
-          flight.payer_waiting = true;
-          break;
-        }
-        FailOrStaleLater(flight.stale_candidate, BudgetSpentError(next.caller, next.monthly_budget),
-                         std::move(next.done), out);
-        flight.waiters.erase(flight.waiters.begin());
-      }
+      ElectPayerLocked(flight, out);
     }
   }
   return !flight.waiters.empty();
+}
+
+bool Engine::ElectPayerLocked(Flight& flight, Outbox& out) {
+  while (!flight.waiters.empty()) {
+    Waiter& next = flight.waiters.front();
+    if (spend_.TryReserve(next.caller, next.monthly_budget)) {
+      flight.caller = next.caller;
+      flight.monthly_budget = next.monthly_budget;
+      flight.payer_waiting = true;
+      return true;
+    }
+    FailOrStaleLater(flight.stale_candidate, BudgetSpentError(next.caller, next.monthly_budget),
+                     std::move(next.done), out);
+    flight.waiters.erase(flight.waiters.begin());
+  }
+  return false;
 }
 
 void Engine::WatchKey(CallState& call, const std::string& key) {
@@ -786,18 +796,30 @@ void Engine::Retry(const std::string& key, uint64_t id) {
 }
 
 void Engine::SendAttempt(std::string key) {
-  std::string ip;
-  std::string caller;
+  ClickClaim claim;
   {
     absl::MutexLock lock(&mu_);
     Flight& flight = flights_.at(key);
     ++flight.attempts;
-    ip = flight.ip;
-    caller = flight.caller;
+    flight.ended_seen = false;
+    claim.caller = flight.caller;
+    claim.ip = flight.ip;
+    claim.monthly_budget = flight.monthly_budget;
   }
+  claim.requested_at = clock_.Now();
+  claim.flight_key = key;
+  claim.owner = options_.replica_id;
+  claim.lease = options_.flight_lease;
   // The ledger row is durable before the request leaves: a crash after this point still
-  // counts the click as spent.
-  store_.BeginClick(caller, ip, clock_.Now(), [this, key](absl::StatusOr<int64_t> click_id) {
+  // counts the click as spent. The claim makes the flight single across every process sharing
+  // the store, and the budget hold across them.
+  store_.ClaimClick(std::move(claim), [this, key](absl::StatusOr<ClaimResult> claimed) {
+    if (claimed.ok() && claimed->kind != ClaimResult::Kind::kBegun) {
+      OnClaimRefused(key, *claimed);
+      return;
+    }
+    absl::StatusOr<int64_t> click_id =
+        claimed.ok() ? absl::StatusOr<int64_t>(claimed->click_id) : claimed.status();
     Outbox out;
     std::optional<std::string> next;
     std::string caller;
@@ -808,6 +830,9 @@ void Engine::SendAttempt(std::string key) {
       absl::MutexLock lock(&mu_);
       Flight& flight = flights_.at(key);
       caller = flight.caller;
+      if (claimed.ok() && claimed->month_clicks > 0) {
+        spend_.Observe(caller, claimed->month_clicks);
+      }
       if (!click_id.ok()) {
         drop = absl::UnavailableError(absl::StrCat("cannot record the click, so nothing was sent: ",
                                                    click_id.status().message()));
@@ -861,6 +886,209 @@ void Engine::SendAttempt(std::string key) {
                            }
                          });
   });
+}
+
+void Engine::OnClaimRefused(const std::string& key, const ClaimResult& claim) {
+  // Nothing was written and nothing leaves: the breaker's admission is handed back and the slot
+  // passes on.
+  breaker_.Cancel();
+  Outbox out;
+  std::optional<std::string> next;
+  uint64_t id = 0;
+  bool look_now = false;
+  bool retry = false;
+  bool stopping = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    Flight& flight = it->second;
+    --flight.attempts;  // not an attempt: nothing was sent
+    id = flight.id;
+    next = PassSlotLocked(out);
+    stopping = shutting_down_;
+    if (stopping) {
+      // Shutdown passed over this flight while it was claiming: nothing was sent, so it ends
+      // now rather than waiting for another process.
+      RefuseLocked(it, ShuttingDownError(), "shutdown", out);
+    } else if (claim.kind == ClaimResult::Kind::kFlightHeld) {
+      // The payer keeps its reservation while it waits, as a queued miss does.
+      flight.stage = Stage::kRemote;
+      look_now = flight.ended_seen;
+      flight.ended_seen = false;
+    } else {
+      // Spent across the cluster, though not by this process's count: this process learns the
+      // count, the payer is refused, and the next waiter who can pay leads.
+      spend_.Refund(flight.caller);
+      spend_.Observe(flight.caller, claim.month_clicks);
+      if (flight.payer_waiting && !flight.waiters.empty()) {
+        FailOrStaleLater(flight.stale_candidate,
+                         BudgetSpentError(flight.caller, flight.monthly_budget),
+                         std::move(flight.waiters.front().done), out);
+        flight.waiters.erase(flight.waiters.begin());
+      }
+      flight.payer_waiting = false;
+      if (ElectPayerLocked(flight, out)) {
+        flight.stage = Stage::kBackoff;  // Retry places it again
+        retry = true;
+      } else {
+        flights_.erase(it);
+        if (observer_ != nullptr) {
+          observer_->OnNotSent("refused");
+          observer_->OnFlightEnded();
+        }
+      }
+    }
+  }
+  Deliver(out);
+  if (next.has_value()) {
+    SendAttempt(*std::move(next));
+  }
+  if (retry) {
+    Retry(key, id);
+  } else if (claim.kind == ClaimResult::Kind::kFlightHeld && !stopping) {
+    ScheduleRemotePoll(key, id, claim.lease_left);
+    if (look_now) {
+      RemoteWake(key, id);
+    }
+  }
+}
+
+void Engine::ScheduleRemotePoll(const std::string& key, uint64_t id, absl::Duration lease_left) {
+  // At the poll interval, and just after the lease runs out (the holder died: take over).
+  const absl::Duration delay =
+      std::min(options_.remote_flight_poll,
+               std::max(lease_left, absl::ZeroDuration()) + absl::Milliseconds(10));
+  scheduler_.RunAfter(delay, [this, life = lifeline_, key, id] {
+    absl::MutexLock lock(&life->mu);
+    if (life->alive) {
+      RemoteWake(key, id);
+    }
+  });
+}
+
+void Engine::RemoteWake(const std::string& key, uint64_t id) {
+  Outbox out;
+  std::string ip;
+  std::optional<std::string> user_agent;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    if (it == flights_.end() || it->second.id != id || it->second.stage != Stage::kRemote) {
+      return;  // answered, dropped, or claiming again already
+    }
+    Flight& flight = it->second;
+    if (flight.rechecking) {
+      flight.recheck_again = true;
+      return;
+    }
+    if (!PruneWaitersLocked(flight, clock_.Now(), nullptr, out)) {
+      EraseAbandonedLocked(it);
+    } else {
+      flight.rechecking = true;
+      ip = flight.ip;
+      if (options_.cache_key == CacheKeyMode::kIpUserAgent) {
+        user_agent = flight.user_agent;
+      }
+    }
+  }
+  Deliver(out);
+  if (ip.empty()) {
+    return;
+  }
+  BeginStoreRead();
+  store_.LatestFor(std::move(ip), std::move(user_agent),
+                   [this, key, id](absl::StatusOr<std::optional<Verdict>> latest) {
+                     OnRemoteChecked(key, id, std::move(latest));
+                     EndStoreRead();
+                   });
+}
+
+void Engine::OnRemoteChecked(const std::string& key, uint64_t id,
+                             absl::StatusOr<std::optional<Verdict>> latest) {
+  Outbox out;
+  std::optional<Verdict> landed;
+  bool again = false;
+  bool send = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(key);
+    if (it == flights_.end() || it->second.id != id || it->second.stage != Stage::kRemote) {
+      return;
+    }
+    Flight& flight = it->second;
+    flight.rechecking = false;
+    const absl::Time now = clock_.Now();
+    const std::optional<Verdict>& before = flight.stale_candidate;
+    if (latest.ok() && latest->has_value() &&
+        (!before.has_value() || (*latest)->checked_at > before->checked_at) &&
+        IsFresh(now, (*latest)->checked_at,
+                options_.freshness.LimitFor((*latest)->assessment.score, std::nullopt))) {
+      // The other process's verdict: everyone here is answered from the store, nobody paid.
+      landed = **latest;
+      if (flight.payer_waiting) {
+        spend_.Refund(flight.caller);
+      }
+    } else if (flight.recheck_again) {
+      flight.recheck_again = false;
+      again = true;
+    } else if (!latest.ok()) {
+      // Nothing can be claimed through a failing store either: wait for the next poll.
+      again = false;
+    } else if (shutting_down_) {
+      RefuseLocked(it, ShuttingDownError(), "shutdown", out);
+    } else if (!SlotFreeLocked()) {
+      // No verdict landed: the holder failed, died or is still at it; claiming again tells.
+      PlaceLocked(key, flight, /*take_slot=*/false);
+    } else if (absl::Status admitted = AdmitToSend(now); !admitted.ok()) {
+      RefuseLocked(it, std::move(admitted), "refused", out);
+    } else {
+      PlaceLocked(key, flight, /*take_slot=*/true);
+      send = true;
+    }
+  }
+  Deliver(out);
+  if (landed.has_value()) {
+    hot_.Put(key, *landed);
+    Resolve(key, *std::move(landed), /*charged=*/false, Source::kCache);
+  } else if (again) {
+    RemoteWake(key, id);
+  } else if (!latest.ok()) {
+    ScheduleRemotePoll(key, id, options_.remote_flight_poll);
+  } else if (send) {
+    SendAttempt(key);
+  }
+}
+
+void Engine::OnFlightEnded(const std::string& flight_key) {
+  uint64_t id = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = flights_.find(flight_key);
+    if (it == flights_.end()) {
+      return;
+    }
+    if (it->second.stage != Stage::kRemote) {
+      it->second.ended_seen = true;
+      return;
+    }
+    id = it->second.id;
+  }
+  RemoteWake(flight_key, id);
+}
+
+void Engine::OnFlightsMayHaveEnded() {
+  std::vector<std::pair<std::string, uint64_t>> remote;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, flight] : flights_) {
+      if (flight.stage == Stage::kRemote) {
+        remote.emplace_back(key, flight.id);
+      }
+    }
+  }
+  for (const auto& [key, id] : remote) {
+    RemoteWake(key, id);
+  }
 }
 
 void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome) {
@@ -1008,7 +1236,8 @@ void Engine::OnCompleted(const std::string& key, const absl::Status& status, boo
   Resolve(key, std::move(*verdict), charged);
 }
 
-void Engine::Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged) {
+void Engine::Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged,
+                     Source source) {
   Flight flight;
   {
     absl::MutexLock lock(&mu_);
@@ -1023,7 +1252,7 @@ void Engine::Resolve(const std::string& key, absl::StatusOr<Verdict> result, boo
   auto spent = [&](size_t i) { return charged && i == 0 && flight.payer_waiting; };
   if (result.ok()) {
     for (size_t i = 0; i < flight.waiters.size(); ++i) {
-      Answer(flight.waiters[i].done, CheckResult{*result, Source::kUpstream, spent(i)});
+      Answer(flight.waiters[i].done, CheckResult{*result, source, spent(i)});
     }
     return;
   }

@@ -85,6 +85,16 @@ struct EngineOptions {
   // twice: the last one counts), for the budgets reported by Usage and Budgets. 0: unlimited.
   // Checks carry their own (CheckRequest::monthly_budget). Default: none.
   std::vector<std::pair<std::string, int64_t>> monthly_budgets;
+  // This process among those sharing the store (written into its flight claims, for operators).
+  // Default: "verdictd".
+  std::string replica_id = "verdictd";
+  // How long a flight's claim holds without completion (VerdictStore::ClaimClick): must exceed
+  // the whole upstream request with its retries, so that a live owner never loses it; after it
+  // the owner is presumed dead and a waiter on another replica takes over. Default: 2 min.
+  absl::Duration flight_lease = absl::Minutes(2);
+  // How often a miss waiting for another replica's flight looks at the store again when no
+  // notification has woken it (notifications can be lost with a connection). Default: 1 s.
+  absl::Duration remote_flight_poll = absl::Seconds(1);
 };
 
 // A GetUsage request, decoded.
@@ -181,7 +191,7 @@ class EngineObserver {
 // gRPC or SQL.
 //
 // Thread-safe. Never blocks on the network.
-class Engine {
+class Engine : private FlightListener {
  public:
   using Callback = std::function<void(absl::StatusOr<CheckResult>)>;
   using HistoryCallback = std::function<void(absl::StatusOr<std::vector<HistoryEntry>>)>;
@@ -253,19 +263,28 @@ class Engine {
     kQueued,   // waiting for an upstream slot (in slot_queue_), nothing written yet
     kSending,  // holds a slot: ledger row being written, request on the wire, or completing
     kBackoff,  // a request that provably never left, waiting to be retried
+    // Another process sharing the store holds the key's claim: waiting for its verdict (a
+    // notification or a poll), then looking at the store again. Holds no slot.
+    kRemote,
   };
   // One upstream request and everyone waiting for it.
   struct Flight {
     uint64_t id = 0;  // tells a flight from a later one for the same key
     std::string ip;
     std::string user_agent;
-    std::string caller;  // who pays: the caller in the ledger row
+    std::string caller;          // who pays: the caller in the ledger row
+    int64_t monthly_budget = 0;  // the payer's
     // waiters.front() is the payer, who gets click_spent, until it goes away.
     bool payer_waiting = true;
     std::optional<Verdict> stale_candidate;  // newest stored verdict when the flight began
     std::vector<Waiter> waiters;
     Stage stage = Stage::kQueued;
     int attempts = 0;
+    // The store said a claim on this key ended while this flight was claiming it (the claim may
+    // yet come back as held by the one that just ended): look again at once if it does.
+    bool ended_seen = false;
+    bool rechecking = false;     // kRemote: a store read for the other process's verdict is out
+    bool recheck_again = false;  // woken again meanwhile
   };
   struct QueueEntry {
     std::string key;
@@ -358,7 +377,22 @@ class Engine {
                    int attempts, std::optional<Verdict> verdict, const absl::Status& stored);
   // Removes the flight for `key` and answers every waiter. `charged`: a click was spent (the
   // payer's) whatever the result.
-  void Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged);
+  void Resolve(const std::string& key, absl::StatusOr<Verdict> result, bool charged,
+               Source source = Source::kUpstream);
+  // The claim for `key`'s flight was not granted: another process holds the key (wait for it),
+  // or the payer's budget is spent across every process sharing the store.
+  void OnClaimRefused(const std::string& key, const ClaimResult& claim);
+  // A kRemote flight looks at the store again (woken by a notification or its poll).
+  void RemoteWake(const std::string& key, uint64_t id);
+  void OnRemoteChecked(const std::string& key, uint64_t id,
+                       absl::StatusOr<std::optional<Verdict>> latest);
+  void ScheduleRemotePoll(const std::string& key, uint64_t id, absl::Duration lease_left);
+  // The payer left or cannot pay: the next waiter who can pay leads, the ones who cannot are
+  // answered RESOURCE_EXHAUSTED. Whether anyone still waits.
+  bool ElectPayerLocked(Flight& flight, Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // FlightListener, on store threads.
+  void OnFlightEnded(const std::string& flight_key) override;
+  void OnFlightsMayHaveEnded() override;
   void Answer(Callback& done, absl::StatusOr<CheckResult> result);
   void SchedulePrune(absl::Duration delay);
   // `caller`'s budget, if it has one.

@@ -82,6 +82,62 @@ class FakeStore : public VerdictStore {
     done(id);
   }
 
+  // As BeginClick, unless the key is in `held` (another process's flight: kFlightHeld) or the
+  // caller is in `cluster_spent` (its budget spent elsewhere: kBudgetSpent with that count).
+  void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) override {
+    ClaimResult result;
+    {
+      absl::MutexLock lock(&mu_);
+      claims.push_back(claim);
+      if (auto held_it = held.find(claim.flight_key); held_it != held.end()) {
+        events.push_back("held " + claim.ip);
+        result.kind = ClaimResult::Kind::kFlightHeld;
+        result.lease_left = held_it->second;
+      } else if (auto spent = cluster_spent.find(claim.caller); spent != cluster_spent.end()) {
+        events.push_back("spent " + claim.ip);
+        result.kind = ClaimResult::Kind::kBudgetSpent;
+        result.month_clicks = spent->second;
+      }
+    }
+    if (result.kind != ClaimResult::Kind::kBegun) {
+      done(result);
+      return;
+    }
+    BeginClick(claim.caller, claim.ip, claim.requested_at,
+               [done = std::move(done)](absl::StatusOr<int64_t> id) {
+                 if (!id.ok()) {
+                   done(id.status());
+                   return;
+                 }
+                 ClaimResult begun;
+                 begun.click_id = *id;
+                 done(begun);
+               });
+  }
+  void SetFlightListener(FlightListener* l) override {
+    absl::MutexLock lock(&mu_);
+    listener = l;
+  }
+  void TryLease(std::string name, std::string owner, absl::Duration lease,
+                ReadCallback<bool> done) override {
+    done(true);
+  }
+  // Another process's flight for `key` ended with `verdict` (nullopt: without one).
+  void EndRemoteFlight(const std::string& key, std::optional<Verdict> verdict) {
+    FlightListener* l = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      held.erase(key);
+      if (verdict.has_value()) {
+        history.push_back(*verdict);
+      }
+      l = listener;
+    }
+    if (l != nullptr) {
+      l->OnFlightEnded(key);
+    }
+  }
+
   void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override {
     {
       absl::MutexLock lock(&mu_);
@@ -175,6 +231,10 @@ class FakeStore : public VerdictStore {
   int reads = 0;
   std::vector<DailyUsage> daily_usage;  // what Usage answers
   std::vector<UsageRead> usage_reads;
+  absl::flat_hash_map<std::string, absl::Duration> held;  // flight key -> lease left
+  absl::flat_hash_map<std::string, int64_t> cluster_spent;
+  std::vector<ClickClaim> claims;
+  FlightListener* listener = nullptr;
 };
 
 // A client whose requests stay pending until the test answers them.

@@ -85,6 +85,16 @@ int64_t SpendTracker::SpentThisMonth(const std::string& caller) {
   return it->second.spent;
 }
 
+void SpendTracker::Observe(const std::string& caller, int64_t month_clicks) {
+  const absl::CivilMonth month = MonthOf(clock_.Now());
+  absl::MutexLock lock(&mu_);
+  CallerMonth& entry = callers_[caller];
+  if (entry.month != month) {
+    entry = CallerMonth{month, 0};
+  }
+  entry.spent = std::max(entry.spent, month_clicks);
+}
+
 void SpendTracker::MarkUpstreamExhausted() {
   const absl::Time now = clock_.Now();
   absl::MutexLock lock(&mu_);

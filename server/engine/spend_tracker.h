@@ -56,6 +56,9 @@ class SpendTracker {
   // Returns a reservation whose request never left.
   void Refund(const std::string& caller);
   int64_t SpentThisMonth(const std::string& caller);
+  // The store counted `month_clicks` billed clicks for `caller` this month across every process
+  // sharing it: the count never goes below that.
+  void Observe(const std::string& caller, int64_t month_clicks);
 
   // ClickPatrol said the allowance is exhausted: refuse misses until the period ends.
   void MarkUpstreamExhausted();

@@ -52,6 +52,11 @@ class UsageOnlyStore : public VerdictStore {
   void BeginClick(std::string, std::string, absl::Time, ClickCallback done) override {
     done(Unused());
   }
+  void ClaimClick(ClickClaim, ReadCallback<ClaimResult> done) override { done(Unused()); }
+  void SetFlightListener(FlightListener*) override {}
+  void TryLease(std::string, std::string, absl::Duration, ReadCallback<bool> done) override {
+    done(Unused());
+  }
   void CompleteClick(int64_t, ClickCompletion, DoneCallback done) override { done(Unused()); }
   void History(HistoryQuery, ReadCallback<std::vector<HistoryEntry>> done) override {
     done(Unused());

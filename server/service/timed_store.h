@@ -35,6 +35,14 @@ class TimedStore : public VerdictStore {
                   ClickCallback done) override {
     inner_.BeginClick(std::move(caller), std::move(ip), requested_at, std::move(done));
   }
+  void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) override {
+    inner_.ClaimClick(std::move(claim), std::move(done));
+  }
+  void SetFlightListener(FlightListener* listener) override { inner_.SetFlightListener(listener); }
+  void TryLease(std::string name, std::string owner, absl::Duration lease,
+                ReadCallback<bool> done) override {
+    inner_.TryLease(std::move(name), std::move(owner), lease, std::move(done));
+  }
   void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override {
     inner_.CompleteClick(click_id, std::move(completion), std::move(done));
   }

@@ -134,6 +134,13 @@ absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db) {
       {&conn->prune_usage, kPruneUsageSql},
       {&conn->insert_meta, kInsertMetaSql},
       {&conn->write_probe, kWriteProbeSql},
+      {&conn->claim_flight, kClaimFlightSql},
+      {&conn->flight_lease, kFlightLeaseSql},
+      {&conn->set_flight_click, kSetFlightClickSql},
+      {&conn->release_flight, kReleaseFlightSql},
+      {&conn->month_clicks, kMonthClicksSql},
+      {&conn->prune_flights, kPruneFlightsSql},
+      {&conn->try_lease, kTryLeaseSql},
   };
   absl::Status status = PrepareAll(conn->db.get(), std::begin(statements), std::end(statements));
   if (!status.ok()) {

@@ -100,6 +100,13 @@ struct WriteConnection {
   Stmt prune_usage;
   Stmt insert_meta;
   Stmt write_probe;
+  Stmt claim_flight;
+  Stmt flight_lease;
+  Stmt set_flight_click;
+  Stmt release_flight;
+  Stmt month_clicks;
+  Stmt prune_flights;
+  Stmt try_lease;
 };
 
 absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db);

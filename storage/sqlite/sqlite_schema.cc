@@ -59,6 +59,12 @@ absl::Status Migrate(const Opener& opener, sqlite3* db) {
   }
   status = MigrateInTransaction(opener, db);
   if (status.ok()) {
+    // A SQLite file serves one verdictd at a time (several replicas share PostgreSQL), so a
+    // claim found at open was left by a process that died: released now rather than making the
+    // restarted one wait out its lease. Its pending click stays pending (billed).
+    status = opener.Exec(db, "DELETE FROM flights");
+  }
+  if (status.ok()) {
     status = opener.Exec(db, "COMMIT");
   }
   if (!status.ok() && sqlite3_get_autocommit(db) == 0) {

@@ -82,6 +82,21 @@ inline constexpr const char* kMigrations[] = {
         ON CONFLICT(caller, day) DO UPDATE SET clicks = excluded.clicks,
                                                upstream_errors = excluded.upstream_errors;
     )sql",
+    // 4: single-flight claims (one row per key in flight, released by the click's completion,
+    // found by its click id) and named leases for chores. Times in microseconds of the store's
+    // clock.
+    R"sql(
+      CREATE TABLE flights(
+        key BLOB PRIMARY KEY,
+        owner TEXT NOT NULL,
+        click_id INTEGER NOT NULL,
+        lease_until_us INTEGER NOT NULL) WITHOUT ROWID;
+      CREATE INDEX flights_by_click ON flights(click_id);
+      CREATE TABLE leases(
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        lease_until_us INTEGER NOT NULL) WITHOUT ROWID;
+    )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion,
               "kSchemaVersion must equal the number of migrations");
@@ -127,6 +142,28 @@ inline constexpr char kInsertMetaSql[] = "INSERT OR IGNORE INTO meta(name, value
 // recovery the way an empty transaction would be.
 inline constexpr char kWriteProbeSql[] =
     "INSERT OR REPLACE INTO meta(name, value) VALUES ('write_probe', ?1)";
+
+// Claims. A claim whose lease ran out (?4 is now) is taken over; a live one is left alone and
+// returns no row. click_id is 0 until the claim's click is inserted, in the same savepoint.
+inline constexpr char kClaimFlightSql[] =
+    "INSERT INTO flights(key, owner, click_id, lease_until_us) VALUES (?1, ?2, 0, ?3) "
+    "ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, click_id = 0, "
+    "lease_until_us = excluded.lease_until_us WHERE flights.lease_until_us <= ?4 RETURNING 1";
+inline constexpr char kFlightLeaseSql[] = "SELECT lease_until_us FROM flights WHERE key = ?1";
+inline constexpr char kSetFlightClickSql[] = "UPDATE flights SET click_id = ?2 WHERE key = ?1";
+// Released only by its own click: a claim taken over after its lease ran out has another click.
+inline constexpr char kReleaseFlightSql[] = "DELETE FROM flights WHERE click_id = ?1 RETURNING key";
+// The caller's billed clicks on days [?2, ?3), as ClicksSince counts them.
+inline constexpr char kMonthClicksSql[] =
+    "SELECT coalesce(sum(clicks), 0) FROM usage WHERE caller = ?1 AND day >= ?2 AND day < ?3";
+inline constexpr char kPruneFlightsSql[] =
+    "DELETE FROM flights WHERE key IN "
+    "(SELECT key FROM flights WHERE lease_until_us < ?1 LIMIT ?2)";
+inline constexpr char kTryLeaseSql[] =
+    "INSERT INTO leases(name, owner, lease_until_us) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+    "lease_until_us = excluded.lease_until_us "
+    "WHERE leases.owner = excluded.owner OR leases.lease_until_us <= ?4 RETURNING 1";
 
 // Reads (the others are in sqlite_store_internal.h, whose plans the tests check).
 inline constexpr char kReadMetaSql[] = "SELECT value FROM meta WHERE name = ?1";

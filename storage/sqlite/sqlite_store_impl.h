@@ -86,6 +86,10 @@ class SqliteStore final : public VerdictStore {
   void Secret(std::string name, size_t bytes, ReadCallback<std::string> done) override;
   void Ping(DoneCallback done) override;
   void Flush() override;
+  void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) override;
+  void SetFlightListener(FlightListener* listener) override;
+  void TryLease(std::string name, std::string owner, absl::Duration lease,
+                ReadCallback<bool> done) override;
 
  private:
   struct BeginClickOp {
@@ -94,11 +98,23 @@ class SqliteStore final : public VerdictStore {
     int64_t requested_at_us;
     ClickCallback done;
   };
+  struct ClaimClickOp {
+    ClickClaim claim;
+    ReadCallback<ClaimResult> done;
+    ClaimResult result;  // set by Apply
+  };
   struct CompleteClickOp {
     int64_t click_id;
     ClickCompletion completion;
     int64_t completed_at_us;
     DoneCallback done;
+    std::optional<std::string> released_key;  // set by Apply: the claim it released
+  };
+  struct TryLeaseOp {
+    std::string name;
+    std::string owner;
+    absl::Duration lease;
+    ReadCallback<bool> done;
   };
   struct AddUsageOp {
     std::vector<UsageDelta> deltas;
@@ -118,8 +134,8 @@ class SqliteStore final : public VerdictStore {
   struct ProbeOp {
     int64_t now_us;
   };
-  using WriteOp =
-      std::variant<BeginClickOp, CompleteClickOp, AddUsageOp, PruneOp, PutMetaOp, ProbeOp>;
+  using WriteOp = std::variant<BeginClickOp, ClaimClickOp, CompleteClickOp, AddUsageOp, PruneOp,
+                               PutMetaOp, ProbeOp, TryLeaseOp>;
 
   // The result of one operation inside a group, and whether the group's transaction survived it.
   struct Applied {
@@ -135,6 +151,11 @@ class SqliteStore final : public VerdictStore {
   void CommitGroup(std::vector<WriteOp>& group);
   Applied ApplyInSavepoint(WriteOp& op);
   absl::StatusOr<int64_t> Apply(BeginClickOp& op);
+  // Inserts the pending ledger row and counts it; the click's id.
+  absl::StatusOr<int64_t> InsertClick(const std::string& caller, const std::string& ip,
+                                      int64_t requested_at_us);
+  absl::StatusOr<int64_t> Apply(ClaimClickOp& op);
+  absl::StatusOr<int64_t> Apply(TryLeaseOp& op);
   absl::StatusOr<int64_t> Apply(CompleteClickOp& op);
   absl::StatusOr<int64_t> Apply(AddUsageOp& op);
   absl::StatusOr<int64_t> Apply(PruneOp& op);
@@ -197,6 +218,10 @@ class SqliteStore final : public VerdictStore {
   absl::Status write_error_ ABSL_GUARDED_BY(health_mu_);
   absl::Time write_error_at_ ABSL_GUARDED_BY(health_mu_);
   bool probe_queued_ ABSL_GUARDED_BY(health_mu_) = false;
+
+  // Held while a flight listener runs, so that SetFlightListener can wait for it.
+  absl::Mutex listener_mu_;
+  FlightListener* listener_ ABSL_GUARDED_BY(listener_mu_) = nullptr;
 
   std::thread writer_thread_;
   std::vector<std::thread> reader_threads_;

@@ -8,7 +8,7 @@ namespace sqlite_store_internal {
 
 // The schema version this build writes (PRAGMA user_version). A file with a higher version was
 // written by a newer build and is refused rather than misread.
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 // LatestFor's lookups. Each must be answered by a LIMIT 1 walk over an index whose order matches
 // the ORDER BY, so it costs the same however long the history grows (a test checks the plan).

@@ -575,7 +575,7 @@ TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
   RawDb raw(path_);
   EXPECT_THAT(raw.Query("PRAGMA user_version"),
               ElementsAre(ElementsAre(std::to_string(sqlite_store_internal::kSchemaVersion))));
-  EXPECT_EQ(sqlite_store_internal::kSchemaVersion, 3);
+  EXPECT_EQ(sqlite_store_internal::kSchemaVersion, 4);
   EXPECT_THAT(raw.Query("SELECT name FROM sqlite_schema WHERE name IN "
                         "('usage', 'meta', 'verdicts_by_time', 'usage_by_day') ORDER BY name"),
               ElementsAre(ElementsAre("meta"), ElementsAre("usage"), ElementsAre("usage_by_day"),
@@ -640,7 +640,8 @@ TEST_F(SqliteStoreTest, VersionTwoDatabaseGetsItsClickCountersBackfilled) {
   ASSERT_NE(store, nullptr);
   {
     RawDb raw(path_);
-    EXPECT_THAT(raw.Query("PRAGMA user_version"), ElementsAre(ElementsAre("3")));
+    EXPECT_THAT(raw.Query("PRAGMA user_version"),
+                ElementsAre(ElementsAre(std::to_string(sqlite_store_internal::kSchemaVersion))));
     // (caller, day, cache_hits, requests, clicks, upstream_errors). carol's first click was
     // on 1969-12-31, day -1 (not 0: the day is rounded down).
     EXPECT_THAT(raw.Query("SELECT caller, day, cache_hits, requests, clicks, upstream_errors "

@@ -39,6 +39,20 @@ void SqliteStore::BeginClick(std::string caller, std::string ip, absl::Time requ
                        std::move(done)});
 }
 
+void SqliteStore::ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) {
+  Enqueue(ClaimClickOp{std::move(claim), std::move(done), ClaimResult{}});
+}
+
+void SqliteStore::TryLease(std::string name, std::string owner, absl::Duration lease,
+                           ReadCallback<bool> done) {
+  Enqueue(TryLeaseOp{std::move(name), std::move(owner), lease, std::move(done)});
+}
+
+void SqliteStore::SetFlightListener(FlightListener* listener) {
+  absl::MutexLock lock(&listener_mu_);
+  listener_ = listener;
+}
+
 void SqliteStore::CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) {
   // Stamped now: the click ended when its outcome was known, not when the group commits.
   const int64_t completed_at_us = absl::ToUnixMicros(options_.clock->Now());
@@ -139,6 +153,18 @@ void SqliteStore::CommitGroup(std::vector<WriteOp>& group) {
   for (size_t i = 0; i < group.size(); ++i) {
     Deliver(group[i], results[i]);
   }
+  // After the callbacks: a waiter woken by the listener reads a store whose writer has reported
+  // this group (the reads see the commit either way).
+  absl::MutexLock lock(&listener_mu_);
+  if (listener_ == nullptr) {
+    return;
+  }
+  for (size_t i = 0; i < group.size(); ++i) {
+    if (auto* complete = std::get_if<CompleteClickOp>(&group[i]);
+        complete != nullptr && results[i].ok() && complete->released_key.has_value()) {
+      listener_->OnFlightEnded(*complete->released_key);
+    }
+  }
 }
 
 SqliteStore::Applied SqliteStore::ApplyInSavepoint(WriteOp& op) {
@@ -168,11 +194,16 @@ SqliteStore::Applied SqliteStore::ApplyInSavepoint(WriteOp& op) {
 }
 
 absl::StatusOr<int64_t> SqliteStore::Apply(BeginClickOp& op) {
+  return InsertClick(op.caller, op.ip, op.requested_at_us);
+}
+
+absl::StatusOr<int64_t> SqliteStore::InsertClick(const std::string& caller, const std::string& ip,
+                                                 int64_t requested_at_us) {
   sqlite3* db = writer_->db.get();
   sqlite3_stmt* stmt = writer_->insert_click.get();
-  BindText(stmt, 1, op.caller);
-  BindText(stmt, 2, op.ip);
-  sqlite3_bind_int64(stmt, 3, op.requested_at_us);
+  BindText(stmt, 1, caller);
+  BindText(stmt, 2, ip);
+  sqlite3_bind_int64(stmt, 3, requested_at_us);
   absl::Status status = Run(db, stmt);
   if (!status.ok()) {
     return status;
@@ -180,13 +211,117 @@ absl::StatusOr<int64_t> SqliteStore::Apply(BeginClickOp& op) {
   const int64_t id = sqlite3_last_insert_rowid(db);
   // In the same savepoint: the counters never disagree with the ledger, even after a crash.
   sqlite3_stmt* count = writer_->count_click.get();
-  BindText(count, 1, op.caller);
-  sqlite3_bind_int64(count, 2, DayOfMicros(op.requested_at_us));
+  BindText(count, 1, caller);
+  sqlite3_bind_int64(count, 2, DayOfMicros(requested_at_us));
   status = Run(db, count);
   if (!status.ok()) {
     return status;
   }
   return id;
+}
+
+// One writer applies every claim, so checking and then writing inside its savepoint is atomic:
+// no other process writes between the two (SQLite's write lock is held from BEGIN IMMEDIATE).
+absl::StatusOr<int64_t> SqliteStore::Apply(ClaimClickOp& op) {
+  const ClickClaim& c = op.claim;
+  if (c.flight_key.empty() || c.lease <= absl::ZeroDuration() || c.monthly_budget < 0) {
+    return absl::InvalidArgumentError(
+        "ClaimClick needs a flight key, a positive lease and a budget >= 0");
+  }
+  sqlite3* db = writer_->db.get();
+  const int64_t now_us = absl::ToUnixMicros(options_.clock->Now());
+  const int64_t requested_at_us = absl::ToUnixMicros(c.requested_at);
+
+  // A live claim first: whoever holds it is paying, so this caller's budget does not matter.
+  {
+    sqlite3_stmt* lease = writer_->flight_lease.get();
+    ScopedReset reset(lease);
+    BindBytes(lease, 1, c.flight_key);
+    const int rc = sqlite3_step(lease);
+    if (rc == SQLITE_ROW) {
+      const int64_t until_us = sqlite3_column_int64(lease, 0);
+      if (until_us > now_us) {
+        op.result.kind = ClaimResult::Kind::kFlightHeld;
+        op.result.lease_left = absl::Microseconds(until_us - now_us);
+        return 0;
+      }
+    } else if (rc != SQLITE_DONE) {
+      return WriteFailed(db);
+    }
+  }
+  if (c.monthly_budget > 0) {
+    const absl::CivilMonth month = absl::ToCivilMonth(c.requested_at, absl::UTCTimeZone());
+    sqlite3_stmt* spent = writer_->month_clicks.get();
+    ScopedReset reset(spent);
+    BindText(spent, 1, c.caller);
+    sqlite3_bind_int64(spent, 2, DayNumber(absl::CivilDay(month)));
+    sqlite3_bind_int64(spent, 3, DayNumber(absl::CivilDay(month + 1)));
+    if (sqlite3_step(spent) != SQLITE_ROW) {
+      return WriteFailed(db);
+    }
+    op.result.month_clicks = sqlite3_column_int64(spent, 0);
+    if (op.result.month_clicks >= c.monthly_budget) {
+      op.result.kind = ClaimResult::Kind::kBudgetSpent;
+      return 0;
+    }
+  }
+  {
+    sqlite3_stmt* claim = writer_->claim_flight.get();
+    ScopedReset reset(claim);
+    BindBytes(claim, 1, c.flight_key);
+    BindText(claim, 2, c.owner);
+    sqlite3_bind_int64(claim, 3, now_us + absl::ToInt64Microseconds(c.lease));
+    sqlite3_bind_int64(claim, 4, now_us);
+    int rc = sqlite3_step(claim);
+    if (rc != SQLITE_ROW) {
+      // The lease was checked above under the same write lock, so the row must come back.
+      return rc == SQLITE_DONE ? absl::InternalError("flight claim vanished") : WriteFailed(db);
+    }
+    rc = sqlite3_step(claim);
+    if (rc != SQLITE_DONE) {
+      return WriteFailed(db);
+    }
+  }
+  absl::StatusOr<int64_t> id = InsertClick(c.caller, c.ip, requested_at_us);
+  if (!id.ok()) {
+    return id.status();
+  }
+  sqlite3_stmt* set = writer_->set_flight_click.get();
+  BindBytes(set, 1, c.flight_key);
+  sqlite3_bind_int64(set, 2, *id);
+  absl::Status status = Run(db, set);
+  if (!status.ok()) {
+    return status;
+  }
+  op.result.kind = ClaimResult::Kind::kBegun;
+  op.result.click_id = *id;
+  if (c.monthly_budget > 0) {
+    ++op.result.month_clicks;
+  }
+  return 0;
+}
+
+absl::StatusOr<int64_t> SqliteStore::Apply(TryLeaseOp& op) {
+  if (op.name.empty() || op.owner.empty() || op.lease <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("TryLease needs a name, an owner and a positive lease");
+  }
+  sqlite3* db = writer_->db.get();
+  const int64_t now_us = absl::ToUnixMicros(options_.clock->Now());
+  sqlite3_stmt* stmt = writer_->try_lease.get();
+  ScopedReset reset(stmt);
+  BindText(stmt, 1, op.name);
+  BindText(stmt, 2, op.owner);
+  sqlite3_bind_int64(stmt, 3, now_us + absl::ToInt64Microseconds(op.lease));
+  sqlite3_bind_int64(stmt, 4, now_us);
+  int rc = sqlite3_step(stmt);
+  const bool held = rc == SQLITE_ROW;
+  if (held) {
+    rc = sqlite3_step(stmt);
+  }
+  if (rc != SQLITE_DONE) {
+    return WriteFailed(db);
+  }
+  return held ? 1 : 0;
 }
 
 absl::StatusOr<int64_t> SqliteStore::Apply(CompleteClickOp& op) {
@@ -262,6 +397,20 @@ absl::StatusOr<int64_t> SqliteStore::Apply(CompleteClickOp& op) {
     }
   }
 
+  {
+    sqlite3_stmt* release = writer_->release_flight.get();
+    ScopedReset reset(release);
+    sqlite3_bind_int64(release, 1, op.click_id);
+    int rc = sqlite3_step(release);
+    if (rc == SQLITE_ROW) {
+      op.released_key = ColumnBytes(release, 0);
+      rc = sqlite3_step(release);
+    }
+    if (rc != SQLITE_DONE) {
+      return WriteFailed(db);
+    }
+  }
+
   if (c.verdict.has_value()) {
     const Verdict& v = *c.verdict;
     sqlite3_stmt* insert = writer_->insert_verdict.get();
@@ -322,6 +471,8 @@ absl::StatusOr<int64_t> SqliteStore::Apply(PruneOp& op) {
       {writer_->prune_verdicts.get(), op.cutoff_us},
       {writer_->prune_clicks.get(), op.cutoff_us},
       {writer_->prune_usage.get(), cutoff_day},
+      // Claims whose owner died (their lease ran out, by the store's clock, not the cutoff).
+      {writer_->prune_flights.get(), absl::ToUnixMicros(options_.clock->Now())},
   };
   int64_t deleted = 0;
   for (const auto& [stmt, bound] : steps) {
@@ -385,6 +536,18 @@ void SqliteStore::Deliver(WriteOp& op, const absl::StatusOr<int64_t>& result) {
         } else if constexpr (std::is_same_v<Op, BeginClickOp> || std::is_same_v<Op, PruneOp>) {
           if (o.done) {
             o.done(result);
+          }
+        } else if constexpr (std::is_same_v<Op, ClaimClickOp>) {
+          if (result.ok()) {
+            o.done(o.result);
+          } else {
+            o.done(result.status());
+          }
+        } else if constexpr (std::is_same_v<Op, TryLeaseOp>) {
+          if (result.ok()) {
+            o.done(*result == 1);
+          } else {
+            o.done(result.status());
           }
         } else {
           if (o.done) {

@@ -4,8 +4,10 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -17,6 +19,7 @@
 namespace verdictd::testing::ops {
 namespace {
 
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -85,6 +88,41 @@ TEST_F(OpsTest, ConfigFileErrorsAreFatalAndNamed) {
     EXPECT_THAT(r->log, Not(HasSubstr("listening on")));
     EXPECT_THAT(r->log, Not(HasSubstr(kToken)));
   }
+}
+
+// --- single flight across replicas: --replica_id and --flight_lease --------------------------
+
+// The lease defaults to the longest upstream exchange, computed from the upstream flags:
+// (1s + 3s) x 2 attempts + 100ms backoff + 5s margin.
+TEST_F(OpsTest, FlightLeaseOutlastsTheUpstreamExchangeAndReplicaIdIsUnique) {
+  const std::vector<std::string> upstream = {"--upstream_connect_timeout=1s",
+                                             "--upstream_timeout=3s", "--upstream_attempts=2"};
+  StartVerdictd(upstream);
+  const std::string first = verdictd_->Log();
+  EXPECT_THAT(first, HasSubstr("flight_lease=13.1s"));
+  // HOSTNAME:PID:XXXX, this process's own pid in it.
+  EXPECT_THAT(first, ContainsRegex(absl::StrCat("replica_id=[^ :]+:", verdictd_->pid(),
+                                                ":[0-9a-f][0-9a-f][0-9a-f][0-9a-f] ")));
+
+  std::vector<std::string> flags = upstream;
+  flags.push_back("--replica_id=web-1");
+  flags.push_back("--flight_lease=20s");
+  StartVerdictd(flags);
+  EXPECT_THAT(verdictd_->Log(), HasSubstr("replica_id=web-1 flight_lease=20s"));
+}
+
+TEST_F(OpsTest, FlightLeaseNotAboveTheUpstreamExchangeIsRefused) {
+  // Exactly the minimum is refused too: the lease must exceed the exchange.
+  StartupResult at_minimum =
+      StartWithConfig(dir_, R"({"upstream_connect_timeout": "1s", "upstream_timeout": "3s",
+                                "upstream_attempts": 2, "flight_lease": "13.1s"})");
+  EXPECT_EQ(at_minimum.exit_code, 2);
+  EXPECT_THAT(at_minimum.log, HasSubstr("--flight_lease 13.1s must be above 13.1s"));
+  EXPECT_THAT(at_minimum.log, Not(HasSubstr("listening on")));
+
+  StartupResult bad_id = StartWithConfig(dir_, R"({"replica_id": "web 1"})");
+  EXPECT_EQ(bad_id.exit_code, 2);
+  EXPECT_THAT(bad_id.log, HasSubstr("--replica_id must be printable"));
 }
 
 // --- JSON logs -----------------------------------------------------------------------------

@@ -1,0 +1,368 @@
+// The contract suite, continued: single-flight claims, budgets reserved with them, the flight
+// listener and named leases (VerdictStore::ClaimClick, SetFlightListener, TryLease). Leases run
+// on the store's time: the test's FakeClock for an embedded store, the database's clock for a
+// shared one, so a test that waits for a lease to run out both advances the fake clock and
+// lets real time pass.
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/verdict_store.h"
+#include "storage/verdict_store_contract_test.h"
+
+namespace verdictd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::Pair;
+using namespace std::string_literals;
+using namespace store_test;
+
+using Kind = ClaimResult::Kind;
+
+ClickClaim MakeClaim(std::string key, std::string caller = "alice", std::string owner = "r1",
+                     absl::Duration lease = absl::Minutes(1), int64_t budget = 0) {
+  ClickClaim c;
+  c.caller = std::move(caller);
+  c.ip = "192.0.2.10";
+  c.requested_at = kT0;
+  c.flight_key = std::move(key);
+  c.owner = std::move(owner);
+  c.lease = lease;
+  c.monthly_budget = budget;
+  return c;
+}
+
+absl::StatusOr<ClaimResult> ClaimSync(VerdictStore& store, ClickClaim claim) {
+  Waiter<absl::StatusOr<ClaimResult>> waiter;
+  store.ClaimClick(std::move(claim), waiter.Callback());
+  return waiter.Wait();
+}
+
+absl::StatusOr<bool> TryLeaseSync(VerdictStore& store, std::string name, std::string owner,
+                                  absl::Duration lease) {
+  Waiter<absl::StatusOr<bool>> waiter;
+  store.TryLease(std::move(name), std::move(owner), lease, waiter.Callback());
+  return waiter.Wait();
+}
+
+ClickCompletion Completed(ClickOutcome outcome) {
+  ClickCompletion c;
+  c.outcome = outcome;
+  c.http_status = outcome == ClickOutcome::kVerdict ? 200 : 0;
+  if (outcome == ClickOutcome::kVerdict) {
+    c.verdict = MakeVerdict("192.0.2.10", kT0 + absl::Milliseconds(3));
+  }
+  return c;
+}
+
+// Records the flight endings a store reports.
+class RecordingListener : public FlightListener {
+ public:
+  void OnFlightEnded(const std::string& key) override {
+    absl::MutexLock lock(&mu_);
+    ended_.push_back(key);
+  }
+  void OnFlightsMayHaveEnded() override {}
+
+  // Waits (real time: the store's threads deliver) until `key` was reported.
+  bool WaitFor(const std::string& key, absl::Duration timeout = absl::Seconds(10)) {
+    auto seen = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      for (const std::string& k : ended_) {
+        if (k == key) {
+          return true;
+        }
+      }
+      return false;
+    };
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&seen), timeout);
+  }
+  std::vector<std::string> ended() {
+    absl::MutexLock lock(&mu_);
+    return ended_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> ended_ ABSL_GUARDED_BY(mu_);
+};
+
+// Claims `claim` until it is granted, moving `clock` past the lease each time (and letting real
+// time pass, for a store on the database's clock), for at most 10 s.
+absl::StatusOr<ClaimResult> ClaimOnceLeaseRunsOut(VerdictStore& store, FakeClock& clock,
+                                                  const ClickClaim& claim) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  for (;;) {
+    absl::StatusOr<ClaimResult> result = ClaimSync(store, claim);
+    if (!result.ok() || result->kind != Kind::kFlightHeld || absl::Now() > give_up) {
+      return result;
+    }
+    clock.Advance(result->lease_left + absl::Milliseconds(1));
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+TEST_P(VerdictStoreContractTest, ClaimBeginsABilledClickAndHoldsItsKey) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<ClaimResult> first = ClaimSync(*store, MakeClaim("k1"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->kind, Kind::kBegun);
+  EXPECT_GT(first->click_id, 0);
+
+  // Another owner (or the same one) asking for the key while the claim holds is told to wait,
+  // and nothing is written for it.
+  for (const char* owner : {"r2", "r1"}) {
+    absl::StatusOr<ClaimResult> second = ClaimSync(*store, MakeClaim("k1", "bob", owner));
+    ASSERT_TRUE(second.ok()) << second.status();
+    EXPECT_EQ(second->kind, Kind::kFlightHeld);
+    EXPECT_GT(second->lease_left, absl::ZeroDuration());
+    EXPECT_LE(second->lease_left, absl::Minutes(1));
+  }
+  // Another key is another flight.
+  absl::StatusOr<ClaimResult> other = ClaimSync(*store, MakeClaim("k2", "bob"));
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(other->kind, Kind::kBegun);
+  EXPECT_NE(other->click_id, first->click_id);
+
+  absl::StatusOr<VerdictStore::ClickCounts> clicks = ClicksSinceSync(*store, kT0 - absl::Hours(1));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_THAT(*clicks, ElementsAre(Pair("alice", 1), Pair("bob", 1)));
+}
+
+TEST_P(VerdictStoreContractTest, CompletionReleasesTheClaimAndTellsTheListener) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  RecordingListener listener;
+  store->SetFlightListener(&listener);
+  // Keys are bytes: an IP with a user agent may hold anything.
+  const std::string key = "198.51.100.7\0ua\xff\n"s;
+  for (ClickOutcome outcome :
+       {ClickOutcome::kVerdict, ClickOutcome::kUpstreamError, ClickOutcome::kNotSent}) {
+    absl::StatusOr<ClaimResult> claim = ClaimSync(*store, MakeClaim(key));
+    ASSERT_TRUE(claim.ok()) << claim.status();
+    ASSERT_EQ(claim->kind, Kind::kBegun) << static_cast<int>(outcome);
+    ASSERT_TRUE(CompleteClickSync(*store, claim->click_id, Completed(outcome)).ok());
+    EXPECT_TRUE(listener.WaitFor(key)) << static_cast<int>(outcome);
+  }
+  // Released every time: the next claim was granted each round, and is now.
+  absl::StatusOr<ClaimResult> again = ClaimSync(*store, MakeClaim(key, "bob", "r2"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->kind, Kind::kBegun);
+  // A click begun without a claim releases nothing.
+  absl::StatusOr<int64_t> plain = BeginClickSync(*store, "carol", "192.0.2.10", kT0);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  ASSERT_TRUE(CompleteClickSync(*store, *plain, Completed(ClickOutcome::kUpstreamError)).ok());
+  absl::StatusOr<ClaimResult> still = ClaimSync(*store, MakeClaim(key, "carol", "r3"));
+  ASSERT_TRUE(still.ok()) << still.status();
+  EXPECT_EQ(still->kind, Kind::kFlightHeld);
+  store->SetFlightListener(nullptr);
+}
+
+TEST_P(VerdictStoreContractTest, AnExpiredClaimIsTakenOverAndTheOldOwnerCannotReleaseIt) {
+  FakeClock clock(kT0);
+  std::unique_ptr<VerdictStore> store = Open(&clock);
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<ClaimResult> dead =
+      ClaimSync(*store, MakeClaim("k", "alice", "dead", absl::Milliseconds(300)));
+  ASSERT_TRUE(dead.ok()) << dead.status();
+  ASSERT_EQ(dead->kind, Kind::kBegun);
+
+  absl::StatusOr<ClaimResult> heir =
+      ClaimOnceLeaseRunsOut(*store, clock, MakeClaim("k", "bob", "heir", absl::Minutes(1)));
+  ASSERT_TRUE(heir.ok()) << heir.status();
+  ASSERT_EQ(heir->kind, Kind::kBegun);
+  EXPECT_NE(heir->click_id, dead->click_id);
+
+  // The presumed-dead owner comes back and completes: its ledger row is completed, but the
+  // claim is the heir's and stays.
+  ASSERT_TRUE(CompleteClickSync(*store, dead->click_id, Completed(ClickOutcome::kVerdict)).ok());
+  absl::StatusOr<ClaimResult> third = ClaimSync(*store, MakeClaim("k", "carol", "third"));
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(third->kind, Kind::kFlightHeld);
+  // Both clicks are billed: nobody knows whether the first request reached ClickPatrol.
+  absl::StatusOr<VerdictStore::ClickCounts> clicks = ClicksSinceSync(*store, kT0 - absl::Hours(1));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_THAT(*clicks, ElementsAre(Pair("alice", 1), Pair("bob", 1)));
+}
+
+TEST_P(VerdictStoreContractTest, ConcurrentClaimsOfOneKeyGrantExactlyOne) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();  // a second process on the same data
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  constexpr int kClaimants = 24;
+  std::atomic<int> begun{0};
+  std::atomic<int> held{0};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClaimants; ++i) {
+    threads.emplace_back([&, i] {
+      absl::StatusOr<ClaimResult> r = ClaimSync(
+          i % 2 == 0 ? *a : *b, MakeClaim("one key", absl::StrCat("c", i), absl::StrCat("r", i)));
+      if (!r.ok()) {
+        ++failed;
+      } else if (r->kind == Kind::kBegun) {
+        ++begun;
+      } else if (r->kind == Kind::kFlightHeld) {
+        ++held;
+      }
+    });
+  }
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(begun.load(), 1);
+  EXPECT_EQ(held.load(), kClaimants - 1);
+  absl::StatusOr<VerdictStore::ClickCounts> clicks = ClicksSinceSync(*a, kT0 - absl::Hours(1));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(clicks->size(), 1u);
+}
+
+TEST_P(VerdictStoreContractTest, BudgetIsReservedWithTheClaimAndNeverOvershot) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  // A click of last month does not count against this month's budget.
+  const absl::Time last_month = kT0 - absl::Hours(24 * 40);
+  ClickClaim old = MakeClaim("old", "alice", "r1", absl::Minutes(1), 10);
+  old.requested_at = last_month;
+  absl::StatusOr<ClaimResult> old_claim = ClaimSync(*a, old);
+  ASSERT_TRUE(old_claim.ok()) << old_claim.status();
+  ASSERT_EQ(old_claim->kind, Kind::kBegun);
+
+  constexpr int kClaims = 30;
+  constexpr int64_t kBudget = 7;
+  std::atomic<int> begun{0};
+  std::atomic<int> spent{0};
+  std::atomic<int> other{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClaims; ++i) {
+    threads.emplace_back([&, i] {
+      absl::StatusOr<ClaimResult> r =
+          ClaimSync(i % 2 == 0 ? *a : *b,
+                    MakeClaim(absl::StrCat("key", i), "alice", "r", absl::Minutes(1), kBudget));
+      if (r.ok() && r->kind == Kind::kBegun) {
+        ++begun;
+        EXPECT_GE(r->month_clicks, 1);
+        EXPECT_LE(r->month_clicks, kBudget);
+      } else if (r.ok() && r->kind == Kind::kBudgetSpent) {
+        ++spent;
+        EXPECT_EQ(r->month_clicks, kBudget);
+      } else {
+        ++other;
+      }
+    });
+  }
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(begun.load(), kBudget);
+  EXPECT_EQ(spent.load(), kClaims - kBudget);
+  EXPECT_EQ(other.load(), 0);
+
+  // Another caller has its own budget; no budget means no limit.
+  absl::StatusOr<ClaimResult> bob =
+      ClaimSync(*a, MakeClaim("bob key", "bob", "r", absl::Minutes(1), 1));
+  ASSERT_TRUE(bob.ok()) << bob.status();
+  EXPECT_EQ(bob->kind, Kind::kBegun);
+  EXPECT_EQ(bob->month_clicks, 1);
+  absl::StatusOr<ClaimResult> unlimited = ClaimSync(*a, MakeClaim("free key", "alice"));
+  ASSERT_TRUE(unlimited.ok()) << unlimited.status();
+  EXPECT_EQ(unlimited->kind, Kind::kBegun);
+}
+
+TEST_P(VerdictStoreContractTest, ANotSentClickGivesItsBudgetBack) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<ClaimResult> first =
+      ClaimSync(*store, MakeClaim("k1", "alice", "r", absl::Minutes(1), 1));
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->kind, Kind::kBegun);
+  absl::StatusOr<ClaimResult> refused =
+      ClaimSync(*store, MakeClaim("k2", "alice", "r", absl::Minutes(1), 1));
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_EQ(refused->kind, Kind::kBudgetSpent);
+  EXPECT_EQ(refused->month_clicks, 1);
+  ASSERT_TRUE(CompleteClickSync(*store, first->click_id, Completed(ClickOutcome::kNotSent)).ok());
+  absl::StatusOr<ClaimResult> after =
+      ClaimSync(*store, MakeClaim("k2", "alice", "r", absl::Minutes(1), 1));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->kind, Kind::kBegun);
+}
+
+TEST_P(VerdictStoreContractTest, AHeldFlightIsReportedBeforeASpentBudget) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<ClaimResult> spend =
+      ClaimSync(*store, MakeClaim("mine", "alice", "r", absl::Minutes(1), 1));
+  ASSERT_TRUE(spend.ok() && spend->kind == Kind::kBegun);
+  absl::StatusOr<ClaimResult> bobs = ClaimSync(*store, MakeClaim("shared", "bob"));
+  ASSERT_TRUE(bobs.ok() && bobs->kind == Kind::kBegun);
+  // alice could not pay, but she need not: bob's flight will answer her.
+  absl::StatusOr<ClaimResult> join =
+      ClaimSync(*store, MakeClaim("shared", "alice", "r2", absl::Minutes(1), 1));
+  ASSERT_TRUE(join.ok()) << join.status();
+  EXPECT_EQ(join->kind, Kind::kFlightHeld);
+}
+
+TEST_P(VerdictStoreContractTest, InvalidClaimsAndLeasesAreAnsweredThroughTheCallback) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(ClaimSync(*store, MakeClaim("")).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ClaimSync(*store, MakeClaim("k", "alice", "r", absl::ZeroDuration())).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ClaimSync(*store, MakeClaim("k", "alice", "r", absl::Minutes(1), -1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TryLeaseSync(*store, "", "r", absl::Minutes(1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TryLeaseSync(*store, "prune", "", absl::Minutes(1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TryLeaseSync(*store, "prune", "r", absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Nothing was written for them: the key is free.
+  absl::StatusOr<ClaimResult> ok = ClaimSync(*store, MakeClaim("k"));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->kind, Kind::kBegun);
+}
+
+TEST_P(VerdictStoreContractTest, ANamedLeaseHasOneHolderUntilItRunsOut) {
+  FakeClock clock(kT0);
+  std::unique_ptr<VerdictStore> a = Open(&clock);
+  ASSERT_NE(a, nullptr);
+  EXPECT_THAT(TryLeaseSync(*a, "prune", "r1", absl::Milliseconds(300)), true);
+  EXPECT_THAT(TryLeaseSync(*a, "prune", "r1", absl::Milliseconds(300)), true);  // renewed
+  EXPECT_THAT(TryLeaseSync(*a, "prune", "r2", absl::Minutes(1)), false);
+  EXPECT_THAT(TryLeaseSync(*a, "other chore", "r2", absl::Minutes(1)), true);
+  // Once r1 stops renewing, r2 gets it, and r1 no longer does.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  absl::StatusOr<bool> taken = false;
+  while (taken.ok() && !*taken && absl::Now() < give_up) {
+    clock.Advance(absl::Milliseconds(301));
+    absl::SleepFor(absl::Milliseconds(20));
+    taken = TryLeaseSync(*a, "prune", "r2", absl::Minutes(1));
+  }
+  EXPECT_THAT(taken, true);
+  EXPECT_THAT(TryLeaseSync(*a, "prune", "r1", absl::Minutes(1)), false);
+}
+
+}  // namespace
+}  // namespace verdictd
