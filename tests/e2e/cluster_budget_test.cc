@@ -82,7 +82,8 @@ TEST_F(ClusterTest, BudgetIsSharedByEveryReplica) {
   EXPECT_EQ(exhausted, kMisses - kBudget);
   EXPECT_EQ(sim().Requests(), kBudget);
   EXPECT_GT(sim().Stats().at("max_in_flight").get<int64_t>(), 1) << "the misses did not overlap";
-  EXPECT_EQ(SqlInt("SELECT count(*) FROM clicks WHERE caller = 'capped' AND outcome != 3"),
+  EXPECT_EQ(SqlInt("SELECT count(*) FROM clicks WHERE convert_from(caller, 'UTF8') = 'capped' AND "
+                   "outcome != 3"),
             kBudget);
   EXPECT_EQ(SqlInt("SELECT count(*) FROM clicks"), kBudget) << "a refused miss left a ledger row";
   ExpectLedgerConsistent();

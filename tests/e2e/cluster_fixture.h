@@ -6,8 +6,8 @@
 // and the helpers the tests assert with: SQL run with psql over the cluster's unix socket,
 // callers that start together, usage asked of every replica, verdicts compared field by field.
 //
-// Every replica listens on loopback, the database on a unix socket in a temp dir; nothing leaves
-// the machine.
+// Every replica listens on loopback, the database on a unix socket in a temp dir (no TCP
+// listener); nothing leaves the machine.
 
 #include <algorithm>
 #include <cmath>
@@ -137,40 +137,19 @@ inline pb::CallerUsage Totals(const pb::GetUsageResponse& usage) {
   return total;
 }
 
-inline std::string PsqlBinary() {
-  const std::string on_path = ops::FindOnPath("psql");
-  return on_path.empty() ? "/usr/bin/psql" : on_path;
-}
-
-// Runs `sql` with psql against the database at `uri` (a unix socket: loopback only); the
-// unaligned, tuples-only output without its trailing newline.
-inline absl::StatusOr<std::string> Psql(const std::string& uri, const std::string& sql) {
-  absl::StatusOr<CommandResult> result = RunCommand(
-      {PsqlBinary(), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", uri, "-c", sql}, "",
-      {{"PGCONNECT_TIMEOUT", "5"}}, absl::Seconds(30));
-  if (!result.ok()) {
-    return result.status();
-  }
-  if (result->exit_code != 0) {
-    return absl::InternalError(
-        absl::StrCat("psql exited ", result->exit_code, " for \"", sql, "\": ", result->err));
-  }
-  return std::string(absl::StripSuffix(result->out, "\n"));
-}
-
 class ClusterTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    // One throwaway PostgreSQL per test: a test that stops it (or fails half-way) cannot leave
-    // the next one a database in an unknown state. Under CI=true a missing PostgreSQL fails
-    // here; elsewhere the test is skipped with a message (the cluster helper decides).
-    ASSERT_NO_FATAL_FAILURE(pg_ = PostgresCluster::StartOrSkip(pg_dir_));
-    if (pg_ == nullptr) {
-      GTEST_SKIP() << "no PostgreSQL to test against";
-    }
-    absl::StatusOr<std::string> uri = pg_->CreateDatabase("verdicts");
-    ASSERT_TRUE(uri.ok()) << uri.status();
-    db_uri_ = *uri;
+    // Without PostgreSQL's binaries: skipped with a message, or failed under CI=true.
+    VERDICTD_REQUIRE_POSTGRES();
+    // One throwaway server per test: a test that stops it (or fails half-way) cannot leave the
+    // next one a server in an unknown state.
+    absl::StatusOr<std::unique_ptr<PostgresCluster>> cluster = PostgresCluster::Create();
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    pg_ = *std::move(cluster);
+    const absl::Status created = pg_->CreateDatabase(kDatabase);
+    ASSERT_TRUE(created.ok()) << created;
+    db_uri_ = pg_->Uri(kDatabase);
   }
 
   void TearDown() override {
@@ -247,10 +226,11 @@ class ClusterTest : public ::testing::Test {
   int replica_count() const { return static_cast<int>(replicas_.size()); }
   const TempDir& replica_dir(int i) const { return *replica_dirs_[i]; }
 
-  // The query's single value; a test failure (and "") if psql fails.
+  // The first value of the query's first row, over the cluster's unix socket; a test failure
+  // (and "") if the query fails.
   std::string SqlText(const std::string& sql) const {
-    absl::StatusOr<std::string> out = Psql(db_uri_, sql);
-    EXPECT_TRUE(out.ok()) << out.status();
+    absl::StatusOr<std::string> out = pg_->Query(kDatabase, sql);
+    EXPECT_TRUE(out.ok()) << sql << ": " << out.status();
     return out.ok() ? *out : std::string();
   }
   int64_t SqlInt(const std::string& sql) const {
@@ -277,11 +257,13 @@ class ClusterTest : public ::testing::Test {
               0)
         << "a click completed with a verdict that is not in the history";
     EXPECT_EQ(SqlInt("SELECT count(*) FROM flights WHERE lease_until > now()"), 0)
-        << "a claim with a live lease outlived its flight: " +
-               SqlText("SELECT string_agg(key || ' by ' || owner, ', ') FROM flights");
+        << "a claim with a live lease outlived its flight: "
+        << SqlText(
+               "SELECT string_agg(encode(key, 'escape') || ' by ' || owner, ', ') FROM flights");
   }
 
-  TempDir pg_dir_;
+  static constexpr char kDatabase[] = "verdicts";
+
   TempDir sim_dir_;
   std::unique_ptr<PostgresCluster> pg_;
   std::string db_uri_;
