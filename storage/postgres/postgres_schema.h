@@ -20,7 +20,7 @@
 //     SELECT setval(pg_get_serial_sequence('verdicts', 'id'), max(id)) FROM verdicts;  (same for
 //     clicks).
 // - Only here: flights (single-flight claims across replicas) and leases (named chore leases),
-//   whose times are the database's (timestamptz, compared with now()); and schema_version, the
+//   whose times are the database's (timestamptz); and schema_version, the
 //   version this schema is at (SQLite keeps it in PRAGMA user_version).
 
 #include <cstdint>
@@ -107,6 +107,11 @@ inline constexpr const char* kMigrations[] = {
 static_assert(std::size(kMigrations) == kSchemaVersion,
               "kSchemaVersion must equal the number of migrations");
 
+// Lease times are the database's current time, clock_timestamp(), in every statement, never
+// now(): that is the start of the transaction, and a group's transaction may have waited for a
+// lock meanwhile (or begun before the holder's claim). A lease ends when lease_until <= the
+// time, as in the SQLite store.
+
 // A prepared statement: its name on the connection and its text.
 struct Sql {
   const char* name;
@@ -187,14 +192,15 @@ inline constexpr Sql kMonthClicks{
 inline constexpr Sql kTakeFlight{
     "take_flight",
     "INSERT INTO flights(key, owner, click_id, lease_until) "
-    "VALUES ($1::bytea, $2::text, NULL, now() + $3::int8 * interval '1 microsecond') "
+    "VALUES ($1::bytea, $2::text, NULL, clock_timestamp() + $3::int8 * interval '1 microsecond') "
     "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, click_id = NULL, "
-    "lease_until = excluded.lease_until WHERE flights.lease_until < now() RETURNING 1"};
-// The holder's lease left, in microseconds (never negative), by the database's clock.
-inline constexpr Sql kFlightLeaseLeft{
-    "flight_lease_left",
-    "SELECT greatest(0, floor(extract(epoch FROM lease_until - now()) * 1000000))::int8 "
-    "FROM flights WHERE key = $1::bytea"};
+    "lease_until = excluded.lease_until WHERE flights.lease_until <= clock_timestamp() RETURNING "
+    "1"};
+// The holder's lease left, in microseconds (0 when it ran out), by the database's clock.
+inline constexpr Sql kFlightLeaseLeft{"flight_lease_left",
+                                      "SELECT greatest(0, floor(extract(epoch FROM lease_until - "
+                                      "clock_timestamp()) * 1000000))::int8 "
+                                      "FROM flights WHERE key = $1::bytea"};
 inline constexpr Sql kSetFlightClick{
     "set_flight_click", "UPDATE flights SET click_id = $2::int8 WHERE key = $1::bytea"};
 
@@ -202,9 +208,9 @@ inline constexpr Sql kSetFlightClick{
 inline constexpr Sql kTakeLease{
     "take_lease",
     "INSERT INTO leases(name, owner, lease_until) "
-    "VALUES ($1::text, $2::text, now() + $3::int8 * interval '1 microsecond') "
+    "VALUES ($1::text, $2::text, clock_timestamp() + $3::int8 * interval '1 microsecond') "
     "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until "
-    "WHERE leases.lease_until < now() OR leases.owner = excluded.owner RETURNING 1"};
+    "WHERE leases.lease_until <= clock_timestamp() OR leases.owner = excluded.owner RETURNING 1"};
 
 // Pruning deletes the oldest rows first (walking the time indexes), $2 at most. Pending clicks
 // that old are deleted too: they are left by a crash long ago and are history like the rest.
@@ -223,10 +229,10 @@ inline constexpr Sql kPruneUsage{
     "(SELECT caller, day FROM usage WHERE day < $1::int8 LIMIT $2::int8)"};
 // Claims whose lease ran out: their owners died (a live owner completes its click first).
 // $1 is the limit.
-inline constexpr Sql kPruneFlights{
-    "prune_flights",
-    "DELETE FROM flights WHERE key IN (SELECT key FROM flights WHERE lease_until < now() "
-    "LIMIT $1::int8)"};
+inline constexpr Sql kPruneFlights{"prune_flights",
+                                   "DELETE FROM flights WHERE key IN (SELECT key FROM flights "
+                                   "WHERE lease_until <= clock_timestamp() "
+                                   "LIMIT $1::int8)"};
 // Of two racing writers of the same secret, the first wins and both read it back.
 inline constexpr Sql kInsertMeta{
     "insert_meta",

@@ -1,0 +1,498 @@
+// PostgreSQL-specific behaviour of the store: URIs and passwords, a server that is away or goes
+// away, and several store instances (as several verdictd replicas) on one database. The shared
+// contract is in postgres_contract_test.cc.
+#include "storage/postgres/postgres_store.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "storage/verdict_store.h"
+#include "storage/verdict_store_contract_test.h"
+#include "tests/support/postgres_cluster.h"
+#include "tests/support/wait_until.h"
+
+namespace verdictd {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::verdictd::store_test::BeginClickSync;
+using ::verdictd::store_test::CompleteClickSync;
+using ::verdictd::store_test::kT0;
+using ::verdictd::store_test::LatestForSync;
+using ::verdictd::store_test::MakeVerdict;
+using ::verdictd::store_test::PingSync;
+using ::verdictd::store_test::PruneSync;
+using ::verdictd::store_test::Waiter;
+using ::verdictd::testing::PostgresCluster;
+using ::verdictd::testing::WaitUntil;
+
+constexpr absl::Duration kPatience = absl::Seconds(30);
+
+absl::StatusOr<ClaimResult> ClaimSync(VerdictStore& store, ClickClaim claim) {
+  Waiter<absl::StatusOr<ClaimResult>> waiter;
+  store.ClaimClick(std::move(claim), waiter.Callback());
+  return waiter.Wait();
+}
+
+absl::StatusOr<bool> LeaseSync(VerdictStore& store, std::string name, std::string owner,
+                               absl::Duration lease) {
+  Waiter<absl::StatusOr<bool>> waiter;
+  store.TryLease(std::move(name), std::move(owner), lease, waiter.Callback());
+  return waiter.Wait();
+}
+
+ClickClaim Claim(std::string key, std::string owner = "replica-a", std::string caller = "alice") {
+  ClickClaim claim;
+  claim.caller = std::move(caller);
+  claim.ip = "192.0.2.10";
+  claim.requested_at = absl::Now();
+  claim.flight_key = std::move(key);
+  claim.owner = std::move(owner);
+  claim.lease = absl::Seconds(60);
+  return claim;
+}
+
+ClickCompletion VerdictCompletion(const std::string& ip) {
+  ClickCompletion completion;
+  completion.outcome = ClickOutcome::kVerdict;
+  completion.http_status = 200;
+  completion.verdict = MakeVerdict(ip, kT0);
+  completion.raw_body = "{}";
+  return completion;
+}
+
+// Records what the store tells its flight listener.
+class RecordingListener : public FlightListener {
+ public:
+  void OnFlightEnded(const std::string& flight_key) override {
+    absl::MutexLock lock(&mu_);
+    ended_.push_back(flight_key);
+  }
+  void OnFlightsMayHaveEnded() override {
+    absl::MutexLock lock(&mu_);
+    ++may_have_ended_;
+  }
+  bool Ended(const std::string& key) {
+    absl::MutexLock lock(&mu_);
+    return std::find(ended_.begin(), ended_.end(), key) != ended_.end();
+  }
+  int may_have_ended() {
+    absl::MutexLock lock(&mu_);
+    return may_have_ended_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> ended_ ABSL_GUARDED_BY(mu_);
+  int may_have_ended_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+TEST(PostgresUriTest, IsPostgresUri) {
+  EXPECT_TRUE(IsPostgresUri("postgresql:///verdicts"));
+  EXPECT_TRUE(IsPostgresUri("postgres://db.example/verdicts"));
+  EXPECT_FALSE(IsPostgresUri("/var/lib/verdictd/verdicts.db"));
+  EXPECT_FALSE(IsPostgresUri("verdicts.db"));
+  EXPECT_FALSE(IsPostgresUri("postgresql:"));
+}
+
+TEST(PostgresUriTest, AUriCarryingAPasswordIsRefusedWithoutRepeatingIt) {
+  EXPECT_TRUE(CheckPostgresUri("postgresql://verdictd@db.example:5432/verdicts").ok());
+  EXPECT_TRUE(CheckPostgresUri("postgresql:///verdicts?host=/run/postgresql").ok());
+  for (const char* uri : {
+           "postgresql://verdictd:Tr0ub4dor@db.example/verdicts",
+           "postgres://:Tr0ub4dor@db.example/verdicts",
+           "postgresql:///verdicts?password=Tr0ub4dor",
+           "postgresql:///verdicts?host=/tmp&pass%77ord=Tr0ub4dor",
+       }) {
+    SCOPED_TRACE(uri);
+    absl::Status checked = CheckPostgresUri(uri);
+    EXPECT_EQ(checked.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(checked.message(), HasSubstr("password"));
+    EXPECT_THAT(checked.message(), HasSubstr("--db_password_file"));
+    EXPECT_THAT(checked.message(), Not(HasSubstr("Tr0ub4dor")));
+
+    PostgresStoreOptions options;
+    options.uri = uri;
+    absl::StatusOr<std::unique_ptr<VerdictStore>> store = OpenPostgresStore(options);
+    EXPECT_EQ(store.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(store.status().message(), Not(HasSubstr("Tr0ub4dor")));
+  }
+  EXPECT_EQ(CheckPostgresUri("/var/lib/verdictd/verdicts.db").code(),
+            absl::StatusCode::kInvalidArgument);
+  // A URI libpq cannot parse is refused without quoting it (it might hold a password).
+  absl::Status garbled = CheckPostgresUri("postgresql://u:Tr0ub4dor@[::1/verdicts");
+  EXPECT_EQ(garbled.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(garbled.message(), Not(HasSubstr("Tr0ub4dor")));
+}
+
+TEST(PostgresStoreTest, AnUnreachableServerIsUnavailableWithinTheConnectTimeout) {
+  const std::string missing_socket = ::testing::TempDir() + "no-server-here";
+  for (const std::string& uri : {
+           absl::StrCat("postgresql:///verdicts?host=", missing_socket),
+           std::string("postgresql://127.0.0.1:1/verdicts"),  // nothing listens on port 1
+       }) {
+    SCOPED_TRACE(uri);
+    PostgresStoreOptions options;
+    options.uri = uri;
+    options.password = "Tr0ub4dor-pw";
+    options.connect_timeout = absl::Seconds(2);
+    const absl::Time start = absl::Now();
+    absl::StatusOr<std::unique_ptr<VerdictStore>> store = OpenPostgresStore(options);
+    EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+    EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(store.status().message(), HasSubstr("cannot connect to PostgreSQL"));
+    EXPECT_THAT(store.status().message(), Not(HasSubstr("Tr0ub4dor-pw")));
+  }
+}
+
+TEST(PostgresStoreTest, APasswordIsRedactedEvenWhereLibpqWouldQuoteIt) {
+  // libpq quotes the socket path in its error; a password that happens to be part of it must
+  // still never appear.
+  PostgresStoreOptions options;
+  options.uri = absl::StrCat("postgresql:///verdicts?host=", ::testing::TempDir(), "sw0rdfish");
+  options.password = "sw0rdfish";
+  absl::StatusOr<std::unique_ptr<VerdictStore>> store = OpenPostgresStore(options);
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(store.status().message(), Not(HasSubstr("sw0rdfish")));
+  EXPECT_THAT(store.status().message(), HasSubstr("<redacted>"));
+}
+
+// Tests on one throwaway server per test binary, a fresh database per test.
+class PostgresStoreClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    VERDICTD_REQUIRE_POSTGRES();
+    absl::StatusOr<PostgresCluster*> cluster = PostgresCluster::Shared();
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = *cluster;
+    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    database_ = absl::AsciiStrToLower(absl::StrCat("t_", info->name()));
+    ASSERT_TRUE(cluster_->CreateDatabase(database_).ok());
+  }
+
+  // Another store instance on the test's database, as another replica would open it.
+  std::unique_ptr<VerdictStore> Open() {
+    PostgresStoreOptions options;
+    options.uri = cluster_->Uri(database_);
+    options.readers = 2;
+    absl::StatusOr<std::unique_ptr<VerdictStore>> store = OpenPostgresStore(std::move(options));
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? *std::move(store) : nullptr;
+  }
+
+  PostgresCluster* cluster_ = nullptr;
+  std::string database_;
+};
+
+TEST_F(PostgresStoreClusterTest, SeveralStoresOpeningAtOnceMigrateOnce) {
+  constexpr int kStores = 6;
+  std::vector<absl::StatusOr<std::unique_ptr<VerdictStore>>> stores(kStores);
+  std::vector<std::thread> openers;
+  for (int i = 0; i < kStores; ++i) {
+    openers.emplace_back([&, i] {
+      PostgresStoreOptions options;
+      options.uri = cluster_->Uri(database_);
+      options.readers = 1;
+      stores[i] = OpenPostgresStore(std::move(options));
+    });
+  }
+  for (std::thread& t : openers) {
+    t.join();
+  }
+  for (auto& store : stores) {
+    ASSERT_TRUE(store.ok()) << store.status();
+  }
+  absl::StatusOr<std::string> version =
+      cluster_->Query(database_, "SELECT string_agg(version::text, ',') FROM schema_version");
+  ASSERT_TRUE(version.ok()) << version.status();
+  EXPECT_EQ(*version, "1");
+  // Every one of them works on the one schema.
+  for (auto& store : stores) {
+    EXPECT_TRUE(BeginClickSync(**store, "alice", "192.0.2.1", kT0).ok());
+  }
+}
+
+TEST_F(PostgresStoreClusterTest, ADatabaseMigratedByANewerBuildIsRefused) {
+  ASSERT_NE(Open(), nullptr);
+  ASSERT_TRUE(cluster_->Query(database_, "UPDATE schema_version SET version = 99").ok());
+  PostgresStoreOptions options;
+  options.uri = cluster_->Uri(database_);
+  absl::StatusOr<std::unique_ptr<VerdictStore>> store = OpenPostgresStore(std::move(options));
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(store.status().message(), HasSubstr("version 99"));
+}
+
+TEST_F(PostgresStoreClusterTest, ANotificationFromAnotherReplicaReachesTheListener) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  RecordingListener heard;
+  a->SetFlightListener(&heard);
+  // Arbitrary bytes, as a key of IP and user agent may hold.
+  const std::string key = std::string("192.0.2.10\0ua\xff\x01", 15);
+  absl::StatusOr<ClaimResult> claimed = ClaimSync(*b, Claim(key, "replica-b"));
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  ASSERT_EQ(claimed->kind, ClaimResult::Kind::kBegun);
+  EXPECT_FALSE(heard.Ended(key));
+  ASSERT_TRUE(CompleteClickSync(*b, claimed->click_id, VerdictCompletion("192.0.2.10")).ok());
+  EXPECT_TRUE(WaitUntil(
+      "replica a to hear that b's flight ended", [&] { return heard.Ended(key); }, kPatience));
+  a->SetFlightListener(nullptr);
+}
+
+TEST_F(PostgresStoreClusterTest, ConcurrentClaimsOfOneKeyFromTwoReplicasBeginOneClick) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  constexpr int kClaims = 20;
+  std::vector<absl::StatusOr<ClaimResult>> results(kClaims, absl::UnknownError("not run"));
+  std::vector<std::thread> claimants;
+  for (int i = 0; i < kClaims; ++i) {
+    claimants.emplace_back([&, i] {
+      VerdictStore& store = i % 2 == 0 ? *a : *b;
+      results[i] = ClaimSync(store, Claim("198.51.100.7", i % 2 == 0 ? "replica-a" : "replica-b"));
+    });
+  }
+  for (std::thread& t : claimants) {
+    t.join();
+  }
+  int begun = 0;
+  for (const auto& result : results) {
+    ASSERT_TRUE(result.ok()) << result.status();
+    if (result->kind == ClaimResult::Kind::kBegun) {
+      ++begun;
+    } else {
+      EXPECT_EQ(result->kind, ClaimResult::Kind::kFlightHeld);
+      EXPECT_GT(result->lease_left, absl::ZeroDuration());
+      EXPECT_LE(result->lease_left, absl::Seconds(60));
+    }
+  }
+  EXPECT_EQ(begun, 1);
+}
+
+TEST_F(PostgresStoreClusterTest, ConcurrentClaimsFromTwoReplicasNeverOvershootABudget) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  constexpr int kClaims = 60;
+  constexpr int kBudget = 10;
+  std::vector<absl::StatusOr<ClaimResult>> results(kClaims, absl::UnknownError("not run"));
+  std::vector<std::thread> claimants;
+  for (int i = 0; i < kClaims; ++i) {
+    claimants.emplace_back([&, i] {
+      ClickClaim claim =
+          Claim(absl::StrCat("203.0.113.", i), i % 2 == 0 ? "replica-a" : "replica-b", "budgeted");
+      claim.monthly_budget = kBudget;
+      results[i] = ClaimSync(i % 2 == 0 ? *a : *b, std::move(claim));
+    });
+  }
+  for (std::thread& t : claimants) {
+    t.join();
+  }
+  int begun = 0;
+  int spent = 0;
+  for (const auto& result : results) {
+    ASSERT_TRUE(result.ok()) << result.status();
+    if (result->kind == ClaimResult::Kind::kBegun) {
+      ++begun;
+      EXPECT_GE(result->month_clicks, 1);
+      EXPECT_LE(result->month_clicks, kBudget);
+    } else {
+      EXPECT_EQ(result->kind, ClaimResult::Kind::kBudgetSpent);
+      EXPECT_EQ(result->month_clicks, kBudget);
+      ++spent;
+    }
+  }
+  EXPECT_EQ(begun, kBudget);
+  EXPECT_EQ(spent, kClaims - kBudget);
+  absl::StatusOr<std::string> ledger = cluster_->Query(
+      database_, "SELECT count(*) FROM clicks WHERE caller = convert_to('budgeted', 'UTF8')");
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  EXPECT_EQ(*ledger, absl::StrCat(kBudget));
+}
+
+TEST_F(PostgresStoreClusterTest, AClaimTakenOverIsNotReleasedByTheOldOwner) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ClickClaim short_claim = Claim("192.0.2.99", "replica-a");
+  short_claim.lease = absl::Milliseconds(50);
+  absl::StatusOr<ClaimResult> first = ClaimSync(*a, short_claim);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->kind, ClaimResult::Kind::kBegun);
+  // a "dies"; once its lease ran out (by the database's clock) b takes over.
+  absl::StatusOr<ClaimResult> second;
+  EXPECT_TRUE(WaitUntil(
+      "b to take over the lapsed claim",
+      [&] {
+        second = ClaimSync(*b, Claim("192.0.2.99", "replica-b"));
+        return second.ok() && second->kind == ClaimResult::Kind::kBegun;
+      },
+      kPatience));
+  ASSERT_TRUE(second.ok());
+  EXPECT_NE(second->click_id, first->click_id);
+  // a's late completion does not release b's claim (fencing by click id) ...
+  ASSERT_TRUE(CompleteClickSync(*a, first->click_id, VerdictCompletion("192.0.2.99")).ok());
+  absl::StatusOr<ClaimResult> third = ClaimSync(*a, Claim("192.0.2.99", "replica-c"));
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(third->kind, ClaimResult::Kind::kFlightHeld);
+  // ... b's does.
+  ASSERT_TRUE(CompleteClickSync(*b, second->click_id, VerdictCompletion("192.0.2.99")).ok());
+  third = ClaimSync(*a, Claim("192.0.2.99", "replica-c"));
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(third->kind, ClaimResult::Kind::kBegun);
+}
+
+TEST_F(PostgresStoreClusterTest, PruneBeforeDeletesLapsedClaims) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  ClickClaim lapsing = Claim("192.0.2.50");
+  lapsing.lease = absl::Milliseconds(1);
+  ASSERT_TRUE(ClaimSync(*store, lapsing).ok());
+  ASSERT_TRUE(ClaimSync(*store, Claim("192.0.2.51")).ok());  // live: kept
+  EXPECT_TRUE(WaitUntil(
+      "the short lease to run out by the database's clock",
+      [&] {
+        return cluster_->Query(database_, "SELECT count(*) FROM flights WHERE lease_until < now()")
+            .value_or("");
+      },
+      [](const std::string& n) { return n == "1"; }, kPatience));
+  // Nothing else is old enough to prune: only the lapsed claim goes.
+  absl::StatusOr<int64_t> pruned = PruneSync(*store, kT0 - absl::Hours(24 * 365 * 10), 100);
+  ASSERT_TRUE(pruned.ok()) << pruned.status();
+  EXPECT_EQ(*pruned, 1);
+  EXPECT_EQ(cluster_->Query(database_, "SELECT encode(key, 'escape') FROM flights").value_or(""),
+            "192.0.2.51");
+  EXPECT_EQ(PruneSync(*store, kT0 - absl::Hours(24 * 365 * 10), 100).value_or(-1), 0);
+}
+
+TEST_F(PostgresStoreClusterTest, ALeaseIsHeldByOneReplicaUntilItLapses) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(LeaseSync(*a, "prune", "replica-a", absl::Milliseconds(300)).value_or(false), true);
+  EXPECT_EQ(LeaseSync(*b, "prune", "replica-b", absl::Seconds(60)).value_or(true), false);
+  EXPECT_EQ(LeaseSync(*a, "prune", "replica-a", absl::Milliseconds(300)).value_or(false), true);
+  EXPECT_TRUE(WaitUntil(
+      "b to get the lease once a stops renewing it",
+      [&] { return LeaseSync(*b, "prune", "replica-b", absl::Seconds(60)).value_or(false); },
+      kPatience));
+  EXPECT_EQ(LeaseSync(*a, "prune", "replica-a", absl::Seconds(60)).value_or(true), false);
+}
+
+// A server of its own: the test stops it.
+TEST(PostgresStoreFaultTest, AStoreRidesOutAServerRestart) {
+  VERDICTD_REQUIRE_POSTGRES();
+  absl::StatusOr<std::unique_ptr<PostgresCluster>> cluster = PostgresCluster::Create();
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  PostgresCluster& pg = **cluster;
+  ASSERT_TRUE(pg.CreateDatabase("restart").ok());
+  PostgresStoreOptions options;
+  options.uri = pg.Uri("restart");
+  options.readers = 2;
+  options.connect_timeout = absl::Seconds(2);
+  absl::StatusOr<std::unique_ptr<VerdictStore>> opened = OpenPostgresStore(options);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  VerdictStore& store = **opened;
+  RecordingListener heard;
+  store.SetFlightListener(&heard);
+
+  absl::StatusOr<int64_t> click = BeginClickSync(store, "alice", "192.0.2.33", kT0);
+  ASSERT_TRUE(click.ok()) << click.status();
+  ASSERT_TRUE(PingSync(store).ok());
+
+  ASSERT_TRUE(pg.Stop().ok());
+  // Down: Ping says so, and writes fail (fast) rather than hang, leaving nothing half-written.
+  EXPECT_TRUE(WaitUntil(
+      "Ping to report the server gone",
+      [&] { return PingSync(store).code() == absl::StatusCode::kUnavailable; }, kPatience));
+  const absl::Time start = absl::Now();
+  absl::Status completed = CompleteClickSync(store, *click, VerdictCompletion("192.0.2.33"));
+  EXPECT_EQ(completed.code(), absl::StatusCode::kUnavailable) << completed;
+  EXPECT_EQ(BeginClickSync(store, "alice", "192.0.2.34", kT0).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  absl::Status down = PingSync(store);
+  EXPECT_EQ(down.code(), absl::StatusCode::kUnavailable);
+
+  ASSERT_TRUE(pg.Start().ok()) << pg.ServerLog();
+  // Back without reopening: Ping recovers (its trial write clears the write failure), the
+  // failed completion left the click pending and wrote no verdict, and the listener is told to
+  // look again once it listens again.
+  EXPECT_TRUE(WaitUntil(
+      "Ping to recover", [&] { return PingSync(store); },
+      [](const absl::Status& s) { return s.ok(); }, kPatience));
+  EXPECT_TRUE(WaitUntil(
+      "the listener to hear that flights may have ended", [&] { return heard.may_have_ended(); },
+      [](int n) { return n >= 1; }, kPatience));
+  absl::StatusOr<std::optional<Verdict>> latest = LatestForSync(store, "192.0.2.33", std::nullopt);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_FALSE(latest->has_value());
+  EXPECT_TRUE(CompleteClickSync(store, *click, VerdictCompletion("192.0.2.33")).ok());
+  latest = LatestForSync(store, "192.0.2.33", std::nullopt);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_TRUE(latest->has_value());
+  EXPECT_TRUE(BeginClickSync(store, "alice", "192.0.2.34", kT0).ok());
+  store.SetFlightListener(nullptr);
+}
+
+TEST(PostgresStoreFaultTest, PingReportsFailingWritesUntilATrialWriteSucceeds) {
+  VERDICTD_REQUIRE_POSTGRES();
+  absl::StatusOr<std::unique_ptr<PostgresCluster>> cluster = PostgresCluster::Create();
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  PostgresCluster& pg = **cluster;
+  ASSERT_TRUE(pg.CreateDatabase("ping").ok());
+  PostgresStoreOptions options;
+  options.uri = pg.Uri("ping");
+  options.readers = 1;
+  absl::StatusOr<std::unique_ptr<VerdictStore>> opened = OpenPostgresStore(options);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  VerdictStore& store = **opened;
+  // Writes refused while reads still work: the database turned read-only (as a demoted
+  // primary would be).
+  ASSERT_TRUE(
+      pg.Query("postgres", "ALTER DATABASE ping SET default_transaction_read_only = on").ok());
+  // Only new sessions get the setting: make the writer reconnect.
+  ASSERT_TRUE(pg.Query("postgres",
+                       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = 'ping' AND pid <> pg_backend_pid()")
+                  .ok());
+  EXPECT_TRUE(WaitUntil(
+      "a write to fail",
+      [&] { return BeginClickSync(store, "alice", "192.0.2.1", kT0).status().code(); },
+      [](absl::StatusCode code) { return code == absl::StatusCode::kUnavailable; }, kPatience));
+  absl::Status ping = PingSync(store);
+  EXPECT_EQ(ping.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(ping.message(), HasSubstr("store writes failing since "));
+  EXPECT_THAT(ping.message(), HasSubstr("read-only"));
+
+  ASSERT_TRUE(
+      pg.Query("postgres", "ALTER DATABASE ping SET default_transaction_read_only = off").ok());
+  EXPECT_TRUE(WaitUntil(
+      "Ping to recover by itself", [&] { return PingSync(store); },
+      [](const absl::Status& s) { return s.ok(); }, kPatience));
+}
+
+}  // namespace
+}  // namespace verdictd
