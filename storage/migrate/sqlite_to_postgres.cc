@@ -30,11 +30,13 @@ namespace {
 constexpr int kOldestSqliteSchema = 3;
 constexpr int kNewestSqliteSchema = 4;
 
-// How a SQLite value becomes the text of a PostgreSQL COPY field.
+// How a SQLite value becomes the text of a PostgreSQL COPY field. The PostgreSQL schema
+// (storage/postgres/postgres_schema.h) mirrors SQLite's column for column, with bytea wherever
+// the store keeps arbitrary bytes and boolean for SQLite's 0/1 flags.
 enum class Kind {
   kInteger,  // INTEGER -> decimal (PostgreSQL's integer, bigint and boolean inputs all take it)
-  kText,     // TEXT -> text, escaped for COPY
-  kBytes,    // BLOB or TEXT holding bytes -> bytea, hex
+  kText,     // TEXT -> text, escaped for COPY (ip, meta.name: ASCII)
+  kBytes,    // BLOB or TEXT holding bytes -> bytea, hex (user agents, callers, bodies, errors)
 };
 
 struct Column {
@@ -123,7 +125,7 @@ const std::vector<Table>& Tables() {
         {"crawler", Kind::kInteger},
         {"bot", Kind::kInteger},
         {"checked_at_us", Kind::kInteger},
-        {"caller", Kind::kText},
+        {"caller", Kind::kBytes},
         {"raw_body", Kind::kBytes},
         {"click_id", Kind::kInteger}}},
       {"clicks",
@@ -132,20 +134,20 @@ const std::vector<Table>& Tables() {
        kCopyClicks,
        kCountClicks,
        {{"id", Kind::kInteger},
-        {"caller", Kind::kText},
+        {"caller", Kind::kBytes},
         {"ip", Kind::kText},
         {"requested_at_us", Kind::kInteger},
         {"completed_at_us", Kind::kInteger},
         {"outcome", Kind::kInteger},
         {"http_status", Kind::kInteger},
-        {"error", Kind::kText},
+        {"error", Kind::kBytes},
         {"latency_us", Kind::kInteger}}},
       {"usage",
        kCountUsage,
        kSelectUsage,
        kCopyUsage,
        kCountUsage,
-       {{"caller", Kind::kText},
+       {{"caller", Kind::kBytes},
         {"day", Kind::kInteger},
         {"cache_hits", Kind::kInteger},
         {"requests", Kind::kInteger},
