@@ -24,10 +24,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/strip.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -158,14 +159,28 @@ class ClusterTest : public ::testing::Test {
     sim_.reset();
     if (HasFailure()) {
       for (size_t i = 0; i < replica_dirs_.size(); ++i) {
-        std::cerr << "--- replica " << i << " log (tail) ---\n"
-                  << Tail(ReadFileOrEmpty(replica_dirs_[i]->File("verdictd.log"))) << "\n";
+        std::cerr << "--- replica " << i << ": the last warnings and errors of its log ---\n"
+                  << Complaints(ReadFileOrEmpty(replica_dirs_[i]->File("verdictd.log"))) << "\n";
       }
     }
   }
 
-  static std::string Tail(const std::string& text, size_t bytes = 4000) {
-    return text.size() <= bytes ? text : text.substr(text.size() - bytes);
+  // The last `max_lines` warning and error lines of a verdictd log, without the start-up
+  // banners every test run prints (the simulated upstream, open mode).
+  static std::string Complaints(const std::string& log, size_t max_lines = 40) {
+    std::vector<std::string> lines;
+    for (absl::string_view line : absl::StrSplit(log, '\n', absl::SkipEmpty())) {
+      if ((absl::StrContains(line, " warning ") || absl::StrContains(line, " error ")) &&
+          !absl::StrContains(line, "*****") && !absl::StrContains(line, "SIMULATED") &&
+          !absl::StrContains(line, "Verdicts are made up") &&
+          !absl::StrContains(line, "OPEN MODE")) {
+        lines.emplace_back(line);
+      }
+    }
+    if (lines.size() > max_lines) {
+      lines.erase(lines.begin(), lines.end() - max_lines);
+    }
+    return lines.empty() ? "(none)" : absl::StrJoin(lines, "\n");
   }
 
   const std::string& db_uri() const { return db_uri_; }

@@ -81,23 +81,25 @@ TEST_F(ClusterTest, PostgresOutageFailsMissesServesHotHitsAndRecovers) {
     load.emplace_back([&, t] {
       std::unique_ptr<Stub> stub = replica(t % kReplicas).NewStub();
       for (int k = 0; !stop.load(); ++k) {
-        pb::CheckIpResponse response;
+        pb::CheckIpResponse hit_response;
         const int before_hit = phase.load();
-        const grpc::Status hit = CheckIp(*stub, PublicIp(64, k % kHot), &response, "load");
+        const grpc::Status hit = CheckIp(*stub, PublicIp(64, k % kHot), &hit_response, "load");
         const int after_hit = phase.load();
         const std::string miss_ip = PublicIp(65, next_miss.fetch_add(1));
+        pb::CheckIpResponse miss_response;
         const int before_miss = phase.load();
-        const grpc::Status miss = CheckIp(*stub, miss_ip, &response, "load");
+        const grpc::Status miss = CheckIp(*stub, miss_ip, &miss_response, "load");
         const int after_miss = phase.load();
         absl::MutexLock lock(&mu);
         // A call is counted in a phase only if it began and ended in it.
         if (before_hit == after_hit) {
           PhaseCounts& c = counts[before_hit];
-          if (hit.ok() && response.source() == pb::SOURCE_CACHE) {
+          if (hit.ok() && hit_response.source() == pb::SOURCE_CACHE) {
             ++c.hits_ok;
           } else if (c.hits_failed++ == 0) {
-            c.first_hit_failure = absl::StrCat("replica ", t % kReplicas, ": ", hit.error_code(),
-                                               " ", hit.error_message());
+            c.first_hit_failure =
+                absl::StrCat("replica ", t % kReplicas, ": ", hit.error_code(), " ",
+                             hit.error_message(), " source ", hit_response.source());
           }
         }
         if (before_miss == after_miss) {
