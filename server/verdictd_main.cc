@@ -83,8 +83,9 @@ ABSL_FLAG(std::string, db_password_file, "",
 ABSL_FLAG(std::string, db_connect_wait, "30s",
           "PostgreSQL only: how long start-up keeps retrying (about once a second, logging a "
           "failure at most every 5s) while the database server cannot be reached, before "
-          "exiting with an error (status 1); 0: one attempt. A server that answers and refuses "
-          "(authentication, missing database) fails at once");
+          "exiting with an error (status 1); 0: one attempt. Every failure to connect counts as "
+          "unreachable (also a refused password: each failure's reason is logged); other "
+          "errors, such as a schema from a newer build, fail at once");
 ABSL_FLAG(std::string, replica_id, "",
           "This process's name in single-flight claims and leases in a shared database, for "
           "operators (default: HOSTNAME:PID:4 random hex digits, unique per start)");
@@ -594,8 +595,10 @@ std::string Redacted(absl::string_view message, const std::string& secret) {
 
 // Opens the PostgreSQL store, waiting up to s.db_connect_wait for a server that cannot be
 // reached yet (one starting alongside verdictd, or restarting): UNAVAILABLE attempts are retried
-// about once a second and logged at most every 5 s; any other failure (authentication, a missing
-// database, a schema from a newer build) is final at once, since waiting would not change it.
+// about once a second and logged at most every 5 s. The store reports every failed connection
+// as UNAVAILABLE (libpq does not tell a server that is down from one refusing the password), so
+// those are retried too, their reason in the log; any other failure (a schema from a newer
+// build) is final at once, since waiting would not change it.
 // SIGTERM/SIGINT end the wait (nullptr and OK: stop quietly).
 absl::StatusOr<std::unique_ptr<VerdictStore>> OpenPostgresWithWait(const Settings& s,
                                                                    const sigset_t& signals) {
@@ -608,7 +611,7 @@ absl::StatusOr<std::unique_ptr<VerdictStore>> OpenPostgresWithWait(const Setting
     absl::StatusOr<std::unique_ptr<VerdictStore>> store = OpenPostgresStore(s.pg);
     if (store.ok()) {
       if (attempts > 1) {
-        spdlog::info("PostgreSQL reachable after {} attempts ({})", attempts,
+        spdlog::info("connected to PostgreSQL after {} attempts ({})", attempts,
                      DurationToString(absl::Trunc(absl::Now() - start, absl::Milliseconds(1))));
       }
       return store;
@@ -619,13 +622,13 @@ absl::StatusOr<std::unique_ptr<VerdictStore>> OpenPostgresWithWait(const Setting
     }
     const absl::Time now = absl::Now();
     if (now >= give_up) {
-      return absl::UnavailableError(
-          absl::StrCat("PostgreSQL unreachable (", attempts, " attempt", attempts == 1 ? "" : "s",
-                       " over ", DurationToString(absl::Trunc(now - start, absl::Seconds(1))),
-                       ", --db_connect_wait=", DurationToString(s.db_connect_wait), "): ", error));
+      return absl::UnavailableError(absl::StrCat(
+          "gave up connecting to PostgreSQL (", attempts, " attempt", attempts == 1 ? "" : "s",
+          " over ", DurationToString(absl::Trunc(now - start, absl::Seconds(1))),
+          ", --db_connect_wait=", DurationToString(s.db_connect_wait), "): ", error));
     }
     if (now >= next_log) {
-      spdlog::warn("PostgreSQL not reachable yet, retrying for up to {} more: {}",
+      spdlog::warn("cannot connect to PostgreSQL yet, retrying for up to {} more: {}",
                    DurationToString(absl::Trunc(give_up - now, absl::Seconds(1))), error);
       next_log = now + absl::Seconds(5);
     }

@@ -13,6 +13,8 @@
 #include "client/verdictctl/format.h"
 #include "common/duration.h"
 #include "nlohmann/json.hpp"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
 #include "storage/migrate/sqlite_to_postgres.h"
 
 namespace verdictd::cli {
@@ -60,6 +62,11 @@ class ProgressPrinter {
 }  // namespace
 
 int RunMigrate(const MigrateCommand& command) {
+  // The stores log through spdlog (e.g. "schema migrated"), whose default logger writes to
+  // stdout: that would break the summary, and --json above all. Their lines go to stderr.
+  auto logger = spdlog::stderr_logger_mt("verdictctl");
+  logger->set_pattern("verdictctl: migrate: %v");
+  spdlog::set_default_logger(logger);
   MigrationOptions options;
   options.sqlite_path = command.from;
   options.postgres_uri = command.to;

@@ -118,7 +118,8 @@ flags for every subcommand:
   --caller=NAME        sent as x-caller (the caller's name in open mode)
   --json               one JSON object per line (proto JSON, lowerCamelCase, defaults
                        included): check: the response; batch: one result per input line,
-                       in order; history: one verdict per line; usage: the whole response
+                       in order; history: one verdict per line; usage: the whole response;
+                       migrate: the summary
   --timeout=DURATION   deadline of each RPC (default 30s; 0: none)
   --tls_ca=PEM         use TLS, trusting these roots (plaintext otherwise)
   --tls_cert=PEM --tls_key=PEM   client certificate for mTLS

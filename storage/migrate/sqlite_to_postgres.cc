@@ -347,8 +347,10 @@ class Target {
     return absl::OkStatus();
   }
 
-  absl::Status EndCopy() {
-    if (PQputCopyEnd(conn_.get(), nullptr) != 1) {
+  // Ends the COPY: completes it, or (`abort`) makes the server fail it, so that rows of a copy
+  // that went wrong half-way are never even part of the transaction.
+  absl::Status EndCopy(bool abort) {
+    if (PQputCopyEnd(conn_.get(), abort ? "verdictctl migrate: copy aborted" : nullptr) != 1) {
       return absl::InternalError(absl::StrCat("PostgreSQL: COPY: ", LastError()));
     }
     absl::Status status = absl::OkStatus();
@@ -490,7 +492,7 @@ absl::StatusOr<int64_t> CopyTable(const Source& source, Target& target, const Ta
     failed = target.CopyData(chunk);
   }
   // Ended either way, so that the connection leaves COPY mode; the caller rolls back on error.
-  absl::Status ended = target.EndCopy();
+  absl::Status ended = target.EndCopy(/*abort=*/!failed.ok());
   if (!failed.ok()) return failed;
   if (!ended.ok()) return ended;
   if (options.progress) options.progress(progress);

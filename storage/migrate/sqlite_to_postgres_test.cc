@@ -1,5 +1,6 @@
 #include "storage/migrate/sqlite_to_postgres.h"
 
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -7,10 +8,12 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -375,6 +378,31 @@ TEST_F(MigrateTest, TargetWithOnlyUsageIsRefusedAndKeepsItsSecret) {
   EXPECT_NE(*secret, sqlite_.secret);
 }
 
+// A row that cannot be copied, late in the copy (after every verdict went), fails the whole
+// transaction: the target is left empty, and a later migration of the fixed file succeeds.
+TEST_F(MigrateTest, FailureHalfWayLeavesTheTargetEmpty) {
+  ASSERT_NO_FATAL_FAILURE(FillSqlite());
+  auto exec = [this](const char* sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(sqlite_path_.c_str(), &db), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  };
+  // SQLite keeps whatever it is given: text in an integer column.
+  exec("UPDATE clicks SET http_status = 'teapot' WHERE id = 40");
+  absl::StatusOr<MigrationReport> failed = MigrateSqliteToPostgres(Options());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kFailedPrecondition) << failed.status();
+  EXPECT_THAT(failed.status().message(), HasSubstr("clicks row 40"));
+  for (const char* count : {"SELECT count(*) FROM verdicts", "SELECT count(*) FROM clicks",
+                            "SELECT count(*) FROM usage", "SELECT count(*) FROM meta"}) {
+    EXPECT_EQ(Count(count), "0") << count;
+  }
+
+  exec("UPDATE clicks SET http_status = 418 WHERE id = 40");
+  absl::StatusOr<MigrationReport> report = MigrateSqliteToPostgres(Options());
+  ASSERT_TRUE(report.ok()) << report.status();
+}
+
 // A wrong path is found before the target is touched: no schema is created there.
 TEST_F(MigrateTest, MissingSqliteFileTouchesNothing) {
   MigrationOptions options = Options();
@@ -392,6 +420,48 @@ TEST_F(MigrateTest, UriWithPasswordIsRefused) {
   absl::StatusOr<MigrationReport> report = MigrateSqliteToPostgres(options);
   EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument) << report.status();
   EXPECT_THAT(report.status().message(), ::testing::Not(HasSubstr("Pw_Migrate_1d2e")));
+}
+
+// The password travels to the server (scram-sha-256 for a role of this test's own), and a
+// wrong or missing one fails without a row written or the password in the message.
+TEST_F(MigrateTest, PasswordReachesTheServerAndNoMessage) {
+  ASSERT_NO_FATAL_FAILURE(FillSqlite());
+  const std::string role = absl::StrCat(dbname_, "_pw");
+  const std::string password = "Pw_Scram_Migrate_8f3a";
+  // Fixed test SQL (names and password made here, not taken from outside).
+  ASSERT_TRUE(cluster_
+                  ->Query(dbname_, absl::StrCat("CREATE ROLE ", role, " LOGIN PASSWORD '", password,
+                                                "'; ALTER DATABASE ", dbname_, " OWNER TO ", role))
+                  .ok());
+  {
+    // The first matching line wins: this role must authenticate, every other still trusts.
+    const std::string hba = cluster_->data_dir() + "/pg_hba.conf";
+    std::ifstream in(hba);
+    std::stringstream rest;
+    rest << in.rdbuf();
+    std::ofstream out(hba, std::ios::trunc);
+    out << "local all " << role << " scram-sha-256\n" << rest.str();
+  }
+  ASSERT_TRUE(cluster_->Query("postgres", "SELECT pg_reload_conf()").ok());
+
+  MigrationOptions options = Options();
+  options.postgres_uri =
+      absl::StrCat("postgresql:///", dbname_, "?host=", cluster_->socket_dir(), "&user=", role);
+  options.connect_timeout = absl::Seconds(5);
+  for (const std::string& wrong : {std::string(), std::string("Pw_Wrong_Guess_77")}) {
+    options.password = wrong;
+    absl::StatusOr<MigrationReport> refused = MigrateSqliteToPostgres(options);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+    if (!wrong.empty()) {
+      EXPECT_THAT(refused.status().message(), ::testing::Not(HasSubstr(wrong)));
+    }
+  }
+  EXPECT_EQ(Count("SELECT to_regclass('verdicts') IS NULL"), "t") << "nothing was created";
+
+  options.password = password;
+  absl::StatusOr<MigrationReport> report = MigrateSqliteToPostgres(options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->tables.front().target, 24);
 }
 
 }  // namespace

@@ -147,8 +147,8 @@ TEST(FaultStartupPostgres, UnreachableServerExitsAfterTheBoundedWait) {
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_GE(run.took, absl::Seconds(2)) << "gave up before --db_connect_wait";
   EXPECT_LT(run.took, absl::Seconds(12)) << "waited far beyond --db_connect_wait";
-  EXPECT_THAT(run.log, HasSubstr("PostgreSQL not reachable yet, retrying"));
-  EXPECT_THAT(run.log, HasSubstr("verdictd cannot start: PostgreSQL unreachable"));
+  EXPECT_THAT(run.log, HasSubstr("cannot connect to PostgreSQL yet, retrying"));
+  EXPECT_THAT(run.log, HasSubstr("verdictd cannot start: gave up connecting to PostgreSQL"));
   EXPECT_THAT(run.log, HasSubstr("--db_connect_wait=2s"));
   EXPECT_THAT(run.log, Not(HasSubstr("listening on")));
 }
@@ -158,7 +158,7 @@ TEST(FaultStartupPostgres, NoWaitMeansOneAttempt) {
   StartupRun run = RunUntilExit(dir, {"--db=" + UnreachableUri(dir), "--db_connect_wait=0"});
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_LT(run.took, absl::Seconds(5));
-  EXPECT_THAT(run.log, HasSubstr("PostgreSQL unreachable (1 attempt "));
+  EXPECT_THAT(run.log, HasSubstr("gave up connecting to PostgreSQL (1 attempt "));
 }
 
 // The wait is interruptible: an orchestrator stopping a replica that cannot reach its database
@@ -174,7 +174,7 @@ TEST(FaultStartupPostgres, SigtermEndsTheWait) {
   ASSERT_TRUE(WaitUntil(
       "the first failed attempt in the log", [&] { return ReadFileOrEmpty(log); },
       [](const std::string& text) {
-        return absl::StrContains(text, "PostgreSQL not reachable yet");
+        return absl::StrContains(text, "cannot connect to PostgreSQL yet");
       },
       absl::Seconds(15)));
   const absl::Time signalled = absl::Now();
