@@ -172,12 +172,36 @@ class ClusterTest : public ::testing::Test {
     // Replicas first: they hold connections to the database.
     replicas_.clear();
     sim_.reset();
+    if (HasFailure() && pg_ != nullptr) {
+      std::cerr << "--- PostgreSQL: the last errors of its log ---\n"
+                << ServerErrors(pg_->ServerLog()) << "\n";
+    }
     if (HasFailure()) {
       for (size_t i = 0; i < replica_dirs_.size(); ++i) {
         std::cerr << "--- replica " << i << ": the last warnings and errors of its log ---\n"
                   << Complaints(ReadFileOrEmpty(replica_dirs_[i]->File("verdictd.log"))) << "\n";
       }
     }
+  }
+
+  // The last `max_lines` lines of the server's log that report an error (ERROR, FATAL) or
+  // explain one (DETAIL, CONTEXT, STATEMENT: for a deadlock, who waited for whom on what), without
+  // the FATALs of connections refused while it was deliberately stopped or starting.
+  static std::string ServerErrors(const std::string& log, size_t max_lines = 40) {
+    std::vector<std::string> lines;
+    for (absl::string_view line : absl::StrSplit(log, '\n', absl::SkipEmpty())) {
+      if ((absl::StrContains(line, "ERROR:") || absl::StrContains(line, "FATAL:") ||
+           absl::StrContains(line, "DETAIL:") || absl::StrContains(line, "CONTEXT:") ||
+           absl::StrContains(line, "STATEMENT:") || absl::StartsWith(line, "\t")) &&
+          !absl::StrContains(line, "the database system is shutting down") &&
+          !absl::StrContains(line, "the database system is starting up")) {
+        lines.emplace_back(line);
+      }
+    }
+    if (lines.size() > max_lines) {
+      lines.erase(lines.begin(), lines.end() - max_lines);
+    }
+    return lines.empty() ? "(none)" : absl::StrJoin(lines, "\n");
   }
 
   // The last `max_lines` warning and error lines of a verdictd log, without the start-up
