@@ -269,6 +269,64 @@ TEST_F(ClusterTest, ConcurrentCallersOnEveryReplicaShareOneClick) {
   EXPECT_EQ(sim().Requests(), 1);
 }
 
+// --- A miss that waited for an upstream slot ------------------------------------------------
+
+// A miss that finds nothing in the store but must queue for an upstream slot claims its key only
+// when the slot frees. If another replica landed the verdict meanwhile (and released its claim),
+// the claim succeeds: the miss must still not pay for the IP again.
+TEST_F(ClusterTest, QueuedMissDoesNotPayForAVerdictAnotherReplicaLanded) {
+  ASSERT_NO_FATAL_FAILURE(StartSimulator({"--latency=500ms"}));
+  const std::string blocker = PublicIp(70, 1);
+  const std::string ip = PublicIp(70, 2);
+  // The blocker holds replica 1's only upstream slot until its 3 s timeout.
+  ASSERT_NO_FATAL_FAILURE(SetSimRules(blocker + " error=hang\n"));
+  ASSERT_NO_FATAL_FAILURE(StartReplicas(
+      2, {"--upstream_concurrency=1", "--upstream_timeout=3s", "--upstream_connect_timeout=200ms",
+          "--upstream_attempts=1", "--breaker_failures=0"}));
+  std::unique_ptr<Stub> a = replica(0).NewStub();
+  std::unique_ptr<Stub> b = replica(1).NewStub();
+  std::unique_ptr<Stub> b2 = replica(1).NewStub();
+  auto in_flight_is = [&](int64_t want) {
+    return WaitUntil(
+        absl::StrCat(want, " requests in flight at the simulator"),
+        [&] { return sim().InFlight(); }, [want](int64_t n) { return n == want; },
+        absl::Seconds(10), absl::Milliseconds(5));
+  };
+
+  grpc::Status blocker_status;
+  pb::CheckIpResponse blocker_response;
+  std::thread blocking(
+      [&] { blocker_status = CheckIp(*b, blocker, &blocker_response, "blocker"); });
+  ASSERT_TRUE(in_flight_is(1));
+  // Replica 0 pays for `ip`: its claim is held from here until its verdict lands (500 ms).
+  grpc::Status owner_status;
+  pb::CheckIpResponse owner_response;
+  std::thread owner([&] { owner_status = CheckIp(*a, ip, &owner_response, "owner"); });
+  ASSERT_TRUE(in_flight_is(2));
+  // Replica 1 is asked for `ip` while the verdict is on its way: nothing in the store yet, and
+  // no free slot, so the miss queues (unclaimed) behind the blocker.
+  grpc::Status queued_status;
+  pb::CheckIpResponse queued_response;
+  std::thread queued([&] { queued_status = CheckIp(*b2, ip, &queued_response, "queued"); });
+  owner.join();
+  blocking.join();
+  queued.join();
+
+  ASSERT_TRUE(owner_status.ok()) << owner_status.error_message();
+  EXPECT_TRUE(owner_response.click_spent());
+  EXPECT_EQ(blocker_status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << "the blocker was to time out: " << blocker_status.error_message();
+  ASSERT_TRUE(queued_status.ok()) << queued_status.error_code() << " "
+                                  << queued_status.error_message();
+  EXPECT_FALSE(queued_response.click_spent())
+      << "paid again for a verdict that replica 0 had landed while this miss waited for a slot";
+  EXPECT_TRUE(SameMessage(owner_response.verdict(), queued_response.verdict()));
+  const nlohmann::json stats = sim().Stats();
+  EXPECT_EQ(stats.at("by_ip").value(ip, int64_t{0}), 1) << ip << " was sent to ClickPatrol twice";
+  EXPECT_EQ(SqlInt(absl::StrCat("SELECT count(*) FROM clicks WHERE ip = '", ip, "'")), 1);
+  ExpectLedgerConsistent();
+}
+
 // --- The owner of a flight is killed ---------------------------------------------------------
 
 TEST_F(ClusterTest, FlightOfAKilledOwnerIsTakenOverAfterItsLease) {
