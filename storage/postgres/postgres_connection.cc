@@ -26,6 +26,10 @@ namespace verdictd {
 namespace postgres_store_internal {
 namespace {
 
+// Session defaults: see Connection::Open.
+constexpr char kSessionOptions[] =
+    "-c statement_timeout=60s -c lock_timeout=30s -c idle_in_transaction_session_timeout=60s";
+
 // The status code for a SQLSTATE (five characters; its first two are the class).
 absl::StatusCode CodeOf(absl::string_view state) {
   if (state == "40P01" || state == "40001") {  // deadlock_detected, serialization_failure
@@ -110,12 +114,18 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
   const std::string timeout = absl::StrCat(std::max<int64_t>(
       2, absl::ToInt64Seconds(absl::Ceil(spec.connect_timeout, absl::Seconds(1)))));
   // Keywords before "dbname" are defaults the URI may override; those after it win over the
-  // URI. TCP keepalives notice a peer that vanished without closing (ignored on unix sockets).
-  std::vector<const char*> keys = {"application_name",    "keepalives",       "keepalives_idle",
-                                   "keepalives_interval", "keepalives_count", "dbname",
-                                   "connect_timeout",     "client_encoding"};
-  std::vector<const char*> values = {"verdictd",      "1",   "10", "5", "3", spec.uri.c_str(),
-                                     timeout.c_str(), "UTF8"};
+  // URI. TCP keepalives and tcp_user_timeout notice a peer that vanished without closing
+  // (ignored on unix sockets). The session settings bound every wait, so that no call hangs
+  // forever on a lock another process holds, and a session whose client vanished inside a
+  // transaction is ended by the server, releasing its locks (claims, budget locks). A URI with
+  // options= of its own replaces them (e.g. behind a pooler that refuses startup options).
+  std::vector<const char*> keys = {
+      "application_name", "keepalives",       "keepalives_idle", "keepalives_interval",
+      "keepalives_count", "tcp_user_timeout", "options",         "dbname",
+      "connect_timeout",  "client_encoding"};
+  std::vector<const char*> values = {
+      "verdictd",      "1",   "10", "5", "3", "30000", kSessionOptions, spec.uri.c_str(),
+      timeout.c_str(), "UTF8"};
   if (!spec.password.empty()) {
     keys.push_back("password");
     values.push_back(spec.password.c_str());

@@ -72,6 +72,7 @@ void PostgresStore::ListenerLoop() {
   const ConnectSpec spec = SpecFor("store listener failed");
   absl::Duration retry = kFirstRetry;
   absl::Time last_heard = absl::Now();
+  bool warned = false;
   for (;;) {
     {
       absl::MutexLock lock(&listener_stop_mu_);
@@ -86,7 +87,12 @@ void PostgresStore::ListenerLoop() {
         listening = Exec(**conn, "LISTEN verdictd_flights");
       }
       if (!listening.ok()) {
-        spdlog::warn("PostgreSQL store: flight notifications unavailable: {}", listening.message());
+        // Once per outage, not once per attempt.
+        if (!warned) {
+          spdlog::warn("PostgreSQL store: flight notifications unavailable: {}",
+                       listening.message());
+          warned = true;
+        }
         if (ListenerWaitForStop(retry)) {
           return;
         }
@@ -95,6 +101,7 @@ void PostgresStore::ListenerLoop() {
       }
       listener_conn_ = *std::move(conn);
       retry = kFirstRetry;
+      warned = false;
       last_heard = absl::Now();
       spdlog::info("PostgreSQL store: flight notifications listening again");
       // Whatever ended while nobody listened was not heard.

@@ -82,6 +82,11 @@ absl::Status MigrateLocked(Connection& conn) {
 }
 
 absl::Status Migrate(Connection& conn) {
+  // Waiting for another replica's migration, and a migration itself, may take longer than the
+  // session's statement timeout allows an ordinary statement.
+  if (absl::Status s = Exec(conn, "SET statement_timeout = 0"); !s.ok()) {
+    return s;
+  }
   // Session-level: held across the migrations' own transactions, released below or when the
   // connection dies.
   if (absl::Status s = Exec(conn, kLockMigrations, Params().Int64(kMigrationLockKey)).status();
@@ -90,7 +95,11 @@ absl::Status Migrate(Connection& conn) {
   }
   absl::Status status = MigrateLocked(conn);
   absl::Status unlocked = Exec(conn, kUnlockMigrations, Params().Int64(kMigrationLockKey)).status();
-  return status.ok() ? unlocked : status;
+  absl::Status reset = Exec(conn, "RESET statement_timeout");
+  if (!status.ok()) {
+    return status;
+  }
+  return unlocked.ok() ? reset : unlocked;
 }
 
 }  // namespace

@@ -183,7 +183,10 @@ class PostgresStoreClusterTest : public ::testing::Test {
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = *cluster;
     const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    database_ = absl::AsciiStrToLower(absl::StrCat("t_", info->name()));
+    // Unique in the process also under --gtest_repeat; at most 63 bytes, PostgreSQL's limit.
+    static int databases = 0;
+    database_ = absl::AsciiStrToLower(absl::StrCat("t", ++databases, "_", info->name()));
+    database_.resize(std::min<size_t>(database_.size(), 63));
     ASSERT_TRUE(cluster_->CreateDatabase(database_).ok());
   }
 
