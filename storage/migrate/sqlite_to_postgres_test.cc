@@ -106,7 +106,7 @@ const std::vector<std::string> kIps = {"192.0.2.1", "192.0.2.2", "2001:db8::7", 
 // Bytes a user agent may hold that COPY's text format must escape, or that are not UTF-8.
 const std::vector<std::string> kUserAgents = {"", "Mozilla/5.0 (X11)",
                                               std::string("tab\there\nnewline\\back\rslash"),
-                                              std::string("nul\0byte\xff\xfe", 13)};
+                                              std::string("nul\0byte\xff\xfe", 10)};
 
 Snapshot Read(VerdictStore& store) {
   Snapshot s;
