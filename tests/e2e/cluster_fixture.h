@@ -20,6 +20,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -111,6 +112,28 @@ inline void RunTogether(int n, const std::function<void(int)>& prepare,
     thread.join();
   }
 }
+
+// Threads joined when it goes out of scope, so that an ASSERT returning early never leaves a
+// joinable std::thread behind (that would be std::terminate). Declare it after whatever its
+// threads use.
+class ThreadGroup {
+ public:
+  ThreadGroup() = default;
+  ThreadGroup(const ThreadGroup&) = delete;
+  ThreadGroup& operator=(const ThreadGroup&) = delete;
+  ~ThreadGroup() { Join(); }
+
+  void Start(std::function<void()> body) { threads_.emplace_back(std::move(body)); }
+  void Join() {
+    for (std::thread& thread : threads_) {
+      thread.join();
+    }
+    threads_.clear();
+  }
+
+ private:
+  std::vector<std::thread> threads_;
+};
 
 // Makes a stub's channel ready before the timed part (a connect that fails transiently on a
 // loaded machine is retried instead of failing the first call).

@@ -6,12 +6,10 @@
 // "Exactly N simulator requests" is the assertion that matters: every request is a paid click.
 
 #include <algorithm>
-#include <atomic>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -299,22 +297,20 @@ TEST_F(ClusterTest, QueuedMissDoesNotPayForAVerdictAnotherReplicaLanded) {
 
   grpc::Status blocker_status;
   pb::CheckIpResponse blocker_response;
-  std::thread blocking(
-      [&] { blocker_status = CheckIp(*b, blocker, &blocker_response, "blocker"); });
-  ASSERT_TRUE(in_flight_is(1));
-  // Replica 0 pays for `ip`: its claim is held from here until its verdict lands (500 ms).
   grpc::Status owner_status;
   pb::CheckIpResponse owner_response;
-  std::thread owner([&] { owner_status = CheckIp(*a, ip, &owner_response, "owner"); });
+  grpc::Status queued_status;
+  pb::CheckIpResponse queued_response;
+  ThreadGroup threads;
+  threads.Start([&] { blocker_status = CheckIp(*b, blocker, &blocker_response, "blocker"); });
+  ASSERT_TRUE(in_flight_is(1));
+  // Replica 0 pays for `ip`: its claim is held from here until its verdict lands (500 ms).
+  threads.Start([&] { owner_status = CheckIp(*a, ip, &owner_response, "owner"); });
   ASSERT_TRUE(in_flight_is(2));
   // Replica 1 is asked for `ip` while the verdict is on its way: nothing in the store yet, and
   // no free slot, so the miss queues (unclaimed) behind the blocker.
-  grpc::Status queued_status;
-  pb::CheckIpResponse queued_response;
-  std::thread queued([&] { queued_status = CheckIp(*b2, ip, &queued_response, "queued"); });
-  owner.join();
-  blocking.join();
-  queued.join();
+  threads.Start([&] { queued_status = CheckIp(*b2, ip, &queued_response, "queued"); });
+  threads.Join();
 
   ASSERT_TRUE(owner_status.ok()) << owner_status.error_message();
   EXPECT_TRUE(owner_response.click_spent());
@@ -349,16 +345,6 @@ TEST_F(ClusterTest, FlightOfAKilledOwnerIsTakenOverAfterItsLease) {
   std::unique_ptr<Stub> b = replica(1).NewStub();
   std::unique_ptr<Stub> c = replica(2).NewStub();
 
-  grpc::Status owner_status;
-  pb::CheckIpResponse owner_response;
-  std::thread owner([&] { owner_status = CheckIp(*a, ip, &owner_response, "owner"); });
-  // The claim and the pending ledger row are committed before the request leaves, so from here
-  // the lease is running.
-  ASSERT_TRUE(WaitUntil(
-      "the owner's request in flight at the simulator", [&] { return sim().InFlight(); },
-      [](int64_t n) { return n == 1; }, absl::Seconds(10), absl::Milliseconds(5)));
-  const absl::Time in_flight_at = absl::Now();
-
   struct Waiter {
     Stub* stub = nullptr;
     std::string caller;
@@ -371,9 +357,19 @@ TEST_F(ClusterTest, FlightOfAKilledOwnerIsTakenOverAfterItsLease) {
   waiters[0].caller = "waiter-b";
   waiters[1].stub = c.get();
   waiters[1].caller = "waiter-c";
-  std::vector<std::thread> threads;
+  grpc::Status owner_status;
+  pb::CheckIpResponse owner_response;
+  ThreadGroup threads;
+  ThreadGroup owner;
+  owner.Start([&] { owner_status = CheckIp(*a, ip, &owner_response, "owner"); });
+  // The claim and the pending ledger row are committed before the request leaves, so from here
+  // the lease is running.
+  ASSERT_TRUE(WaitUntil(
+      "the owner's request in flight at the simulator", [&] { return sim().InFlight(); },
+      [](int64_t n) { return n == 1; }, absl::Seconds(10), absl::Milliseconds(5)));
+  const absl::Time in_flight_at = absl::Now();
   for (Waiter& w : waiters) {
-    threads.emplace_back([&w, &ip] {
+    threads.Start([&w, &ip] {
       w.status = CheckIp(*w.stub, ip, &w.response, w.caller);
       w.answered_at = absl::Now();
     });
@@ -381,7 +377,7 @@ TEST_F(ClusterTest, FlightOfAKilledOwnerIsTakenOverAfterItsLease) {
   // Whether the waiters' checks reach their replicas before or just after the kill, they find
   // the dead owner's claim held until its lease runs out.
   replica(0).Crash();
-  owner.join();
+  owner.Join();
   ASSERT_FALSE(owner_status.ok())
       << "the owner answered before it was killed (its upstream timeout ran out first?)";
 
@@ -393,9 +389,7 @@ TEST_F(ClusterTest, FlightOfAKilledOwnerIsTakenOverAfterItsLease) {
   ASSERT_NO_FATAL_FAILURE(SetSimRules(""));
   ASSERT_LT(absl::Now() - in_flight_at, kLease - absl::Milliseconds(500))
       << "too slow to clear the rules before the lease ran out";
-  for (std::thread& t : threads) {
-    t.join();
-  }
+  threads.Join();
 
   int taker = -1;
   for (int i = 0; i < 2; ++i) {
