@@ -19,6 +19,10 @@
 //   then move the sequences past them:
 //     SELECT setval(pg_get_serial_sequence('verdicts', 'id'), max(id)) FROM verdicts;  (same for
 //     clicks).
+// - Index entries (btree) hold at most ~2.7 KB: the key columns that carry user input (the
+//   user agent in verdicts_by_ip_ua and in a flight key, the caller) fit while the engine bounds
+//   user agents to 1 KB and callers to 128 bytes (EngineOptions); raising those bounds past
+//   ~2.6 KB would need hashed index keys here (SQLite has no such limit).
 // - Only here: flights (single-flight claims across replicas) and leases (named chore leases),
 //   whose times are the database's (timestamptz); and schema_version, the
 //   version this schema is at (SQLite keeps it in PRAGMA user_version).

@@ -345,6 +345,47 @@ TEST_F(PostgresStoreClusterTest, ConcurrentClaimsFromTwoReplicasNeverOvershootAB
   }
 }
 
+TEST_F(PostgresStoreClusterTest, AClaimFailingInTheDatabaseSpoilsNoOtherWriteOfItsGroup) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  // Queued at once (nothing here blocks), so the writer commits them in a few groups; every
+  // other claim has an owner that is not UTF-8, which the database itself refuses (owner is
+  // text), after the claim's earlier statements ran in the same transaction.
+  constexpr int kClaims = 40;
+  absl::Mutex mu;
+  std::vector<std::pair<int, absl::StatusOr<ClaimResult>>> results;
+  absl::BlockingCounter answered(kClaims);
+  for (int i = 0; i < kClaims; ++i) {
+    const bool bad = i % 2 == 1;
+    store->ClaimClick(Claim(absl::StrCat("192.0.2.", i), bad ? "replica-\xff" : "replica-a"),
+                      [&, i](absl::StatusOr<ClaimResult> r) {
+                        {
+                          absl::MutexLock lock(&mu);
+                          results.emplace_back(i, std::move(r));
+                        }
+                        answered.DecrementCount();
+                      });
+  }
+  answered.Wait();
+  absl::MutexLock lock(&mu);
+  for (const auto& [i, result] : results) {
+    SCOPED_TRACE(i);
+    if (i % 2 == 1) {
+      EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+    } else {
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_EQ(result->kind, ClaimResult::Kind::kBegun);
+    }
+  }
+  // The refused claims left nothing behind: no claim, no ledger row.
+  EXPECT_EQ(cluster_->Query(database_, "SELECT count(*) FROM flights").value_or(""),
+            absl::StrCat(kClaims / 2));
+  EXPECT_EQ(cluster_->Query(database_, "SELECT count(*) FROM clicks").value_or(""),
+            absl::StrCat(kClaims / 2));
+  // A refused write is the request's fault, not the store's: writes are healthy.
+  EXPECT_TRUE(PingSync(*store).ok());
+}
+
 TEST_F(PostgresStoreClusterTest, AClaimTakenOverIsNotReleasedByTheOldOwner) {
   std::unique_ptr<VerdictStore> a = Open();
   std::unique_ptr<VerdictStore> b = Open();
