@@ -193,24 +193,46 @@ void Engine::SchedulePrune(absl::Duration delay) {
       cutoff = clock_.Now() - options_.history_retention;
       batch = options_.prune_batch;
     }
+    // One process at a time prunes a shared store: the chore's lease outlasts a few rounds, so
+    // the process holding it keeps it while it renews, and another takes over if it stops.
+    const absl::Duration lease = 3 * options_.prune_interval + absl::Seconds(10);
     // Not under the lifeline lock: a store may answer on this thread.
-    store->PruneBefore(cutoff, batch, [this, life, cutoff, batch](absl::StatusOr<int64_t> deleted) {
-      absl::MutexLock lock(&life->mu);
-      if (!life->alive) {
-        return;
-      }
-      if (!deleted.ok()) {
-        spdlog::warn("retention pruning failed: {}", deleted.status().message());
-        SchedulePrune(options_.prune_interval);
-        return;
-      }
-      if (*deleted > 0) {
-        spdlog::info("retention: pruned {} rows older than {}", *deleted, absl::FormatTime(cutoff));
-      }
-      // A full batch means more is waiting: continue soon, in small steps, so writers and
-      // readers are never held up for long.
-      SchedulePrune(*deleted >= batch ? absl::Milliseconds(10) : options_.prune_interval);
-    });
+    store->TryLease(
+        "retention", options_.replica_id, lease,
+        [this, life, store, cutoff, batch](absl::StatusOr<bool> held) {
+          {
+            absl::MutexLock lock(&life->mu);
+            if (!life->alive) {
+              return;
+            }
+            if (!held.ok() || !*held) {
+              if (!held.ok()) {
+                spdlog::warn("retention pruning skipped: {}", held.status().message());
+              }
+              SchedulePrune(options_.prune_interval);
+              return;
+            }
+          }
+          store->PruneBefore(
+              cutoff, batch, [this, life, cutoff, batch](absl::StatusOr<int64_t> deleted) {
+                absl::MutexLock lock(&life->mu);
+                if (!life->alive) {
+                  return;
+                }
+                if (!deleted.ok()) {
+                  spdlog::warn("retention pruning failed: {}", deleted.status().message());
+                  SchedulePrune(options_.prune_interval);
+                  return;
+                }
+                if (*deleted > 0) {
+                  spdlog::info("retention: pruned {} rows older than {}", *deleted,
+                               absl::FormatTime(cutoff));
+                }
+                // A full batch means more is waiting: continue soon, in small steps, so writers and
+                // readers are never held up for long.
+                SchedulePrune(*deleted >= batch ? absl::Milliseconds(10) : options_.prune_interval);
+              });
+        });
   });
 }
 
@@ -1307,21 +1329,52 @@ void Engine::Usage(UsageQuery query, UsageCallback done) {
   BeginStoreRead();
   // Read once the pending counters are written, so the answer includes every check made
   // before; chained, since the store does not order a read after a write issued before it.
-  usage_.Flush(
-      [this, caller = std::move(query.caller), since, until, done = std::move(done)]() mutable {
-        std::string asked = caller;
-        store_.Usage(std::move(caller), since, until,
-                     [this, asked = std::move(asked),
-                      done = std::move(done)](absl::StatusOr<std::vector<DailyUsage>> days) {
-                       if (days.ok()) {
-                         done(MakeUsageReport(asked, *std::move(days)));
-                       } else {
-                         done(absl::UnavailableError(
-                             absl::StrCat("verdict store unavailable: ", days.status().message())));
-                       }
-                       EndStoreRead();
-                     });
-      });
+  usage_.Flush([this, caller = std::move(query.caller), since, until,
+                done = std::move(done)]() mutable {
+    std::string asked = caller;
+    store_.Usage(
+        std::move(caller), since, until,
+        [this, asked = std::move(asked),
+         done = std::move(done)](absl::StatusOr<std::vector<DailyUsage>> days) {
+          if (days.ok()) {
+            // Budgets and the allowance as the store counts them, so that every
+            // process sharing it reports the same.
+            SyncSpendThen([this, asked, days = *std::move(days), done = std::move(done)]() mutable {
+              done(MakeUsageReport(asked, std::move(days)));
+              EndStoreRead();
+            });
+            return;
+          }
+          done(absl::UnavailableError(
+              absl::StrCat("verdict store unavailable: ", days.status().message())));
+          EndStoreRead();
+        });
+  });
+}
+
+void Engine::SyncSpendThen(std::function<void()> then) {
+  const absl::Time now = clock_.Now();
+  const absl::Time month = SpendTracker::MonthStart(now);
+  const absl::Time period = SpendTracker::Period(now, options_.allowance.reset_day).first;
+  store_.ClicksSince(month, [this, period, then = std::move(then)](
+                                absl::StatusOr<VerdictStore::ClickCounts> month_clicks) mutable {
+    if (month_clicks.ok()) {
+      for (const auto& [caller, clicks] : *month_clicks) {
+        spend_.Observe(caller, clicks);
+      }
+    }
+    store_.ClicksSince(period, [this, then = std::move(then)](
+                                   absl::StatusOr<VerdictStore::ClickCounts> period_clicks) {
+      if (period_clicks.ok()) {
+        int64_t total = 0;
+        for (const auto& [caller, clicks] : *period_clicks) {
+          total += clicks;
+        }
+        spend_.ObservePeriod(total);
+      }
+      then();
+    });
+  });
 }
 
 UsageReport Engine::MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days) {

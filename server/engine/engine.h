@@ -400,6 +400,10 @@ class Engine : private FlightListener {
   // The report for `days` (sorted by caller, then day); `caller` is the one asked for, or "".
   UsageReport MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days);
   void ScheduleUsageFlush();
+  // Brings this process's budget and allowance counts up to the store's (which counts every
+  // process sharing it), then runs `then` on a store thread. A failed read leaves them as they
+  // are: they are reports, and the store enforces budgets itself.
+  void SyncSpendThen(std::function<void()> then);
 
   // Lets scheduled tasks and store callbacks that outlive a flight find out whether the engine
   // still exists; they hold `mu` while they use it, and the destructor clears `alive` under it.

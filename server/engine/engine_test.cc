@@ -120,7 +120,13 @@ class FakeStore : public VerdictStore {
   }
   void TryLease(std::string name, std::string owner, absl::Duration lease,
                 ReadCallback<bool> done) override {
-    done(true);
+    bool held = false;
+    {
+      absl::MutexLock lock(&mu_);
+      leases_asked.push_back(name + " " + owner);
+      held = lease_held;
+    }
+    done(held);
   }
   // Another process's flight for `key` ended with `verdict` (nullopt: without one).
   void EndRemoteFlight(const std::string& key, std::optional<Verdict> verdict) {
@@ -235,6 +241,8 @@ class FakeStore : public VerdictStore {
   absl::flat_hash_map<std::string, int64_t> cluster_spent;
   std::vector<ClickClaim> claims;
   FlightListener* listener = nullptr;
+  bool lease_held = true;                 // what TryLease answers
+  std::vector<std::string> leases_asked;  // "name owner"
 };
 
 // A client whose requests stay pending until the test answers them.
@@ -1345,6 +1353,201 @@ TEST(FreshnessTest, LimitPrecedence) {
   EXPECT_EQ(p.LimitFor(Score::kFake, std::nullopt), absl::Hours(1));
   EXPECT_EQ(p.LimitFor(Score::kSafe, std::nullopt), absl::Hours(24));
   EXPECT_EQ(p.LimitFor(Score::kFake, absl::Minutes(3)), absl::Minutes(3));
+}
+
+// --- Flights across processes sharing the store (the store's claims) ---
+
+Verdict RemoteVerdict(const std::string& ip, absl::Time at) {
+  return Verdict{ip, Assessment{Score::kFake, true, false, true, false, false}, at, "",
+                 "other-replica"};
+}
+
+TEST_F(EngineTest, AMissWhoseKeyAnotherProcessHoldsIsAnsweredByItsVerdict) {
+  store_.held["8.8.8.8"] = absl::Seconds(30);
+  CheckRequest a = Request("8.8.8.8", "team-a");
+  a.monthly_budget = 10;
+  auto first = Start(a);
+  auto second = Start(Request("8.8.8.8", "team-b"));
+  EXPECT_TRUE(client_.pending.empty()) << "nothing is sent while another process holds the key";
+  EXPECT_FALSE(first->has_value());
+  EXPECT_FALSE(second->has_value());
+  EXPECT_EQ(store_.claims.size(), 1u) << "the second check joined the local flight";
+  EXPECT_EQ(store_.claims[0].flight_key, "8.8.8.8");
+  EXPECT_EQ(store_.claims[0].monthly_budget, 10);
+  EXPECT_EQ(store_.claims[0].lease, options_.flight_lease);
+
+  store_.EndRemoteFlight("8.8.8.8", RemoteVerdict("8.8.8.8", clock_.Now()));
+  for (const auto& r : {first, second}) {
+    ASSERT_TRUE(r->has_value());
+    ASSERT_TRUE((*r)->ok()) << (*r)->status();
+    EXPECT_EQ((**r)->source, Source::kCache);
+    EXPECT_FALSE((**r)->click_spent);
+    EXPECT_EQ((**r)->verdict.caller, "other-replica");
+  }
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_TRUE(store_.clicks.empty());
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 0) << "the waiting payer's reservation returns";
+  // The verdict is in the hot cache now: the next check reads nothing.
+  const int reads = store_.reads;
+  auto hit = Start(Request("8.8.8.8", "team-c"));
+  ASSERT_TRUE((*hit)->ok());
+  EXPECT_EQ(store_.reads, reads);
+}
+
+TEST_F(EngineTest, ARemoteFlightThatEndsWithoutAVerdictIsClaimedAgainHere) {
+  store_.held["8.8.8.8"] = absl::Seconds(30);
+  auto waiting = Start(Request("8.8.8.8", "team-a"));
+  store_.EndRemoteFlight("8.8.8.8", std::nullopt);  // the other process's request failed
+  ASSERT_EQ(client_.pending.size(), 1u) << "the claim is free: this process asks";
+  EXPECT_EQ(store_.claims.size(), 2u);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*waiting)->ok());
+  EXPECT_EQ((**waiting)->source, Source::kUpstream);
+  EXPECT_TRUE((**waiting)->click_spent);
+}
+
+// The holder died: no notification ever comes. The waiter polls; while the lease holds the
+// store keeps saying "held"; once it ran out the claim is granted here.
+TEST_F(EngineTest, AWaiterTakesOverOnceTheHoldersLeaseRunsOut) {
+  options_.remote_flight_poll = absl::Seconds(1);
+  store_.held["8.8.8.8"] = absl::Milliseconds(2500);
+  auto waiting = Start(Request("8.8.8.8", "team-a"));
+  EXPECT_EQ(store_.claims.size(), 1u);
+  clock_.Advance(absl::Milliseconds(999));
+  scheduler_.RunDue();
+  EXPECT_EQ(store_.claims.size(), 1u) << "no poll before the interval";
+  clock_.Advance(absl::Milliseconds(1));
+  scheduler_.RunDue();
+  EXPECT_EQ(store_.claims.size(), 2u) << "the poll looked, found nothing, and asked again";
+  EXPECT_TRUE(client_.pending.empty());
+  {
+    absl::MutexLock lock(&store_.mu_);
+    store_.held.erase("8.8.8.8");  // the lease ran out, silently
+  }
+  clock_.Advance(absl::Seconds(1));
+  scheduler_.RunDue();
+  ASSERT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Fake());
+  ASSERT_TRUE((*waiting)->ok());
+  EXPECT_TRUE((**waiting)->click_spent);
+}
+
+// A lost notification (or a backend that cannot hear other processes) costs a poll interval,
+// not a click: the poll finds the verdict in the store.
+TEST_F(EngineTest, APollFindsTheOtherProcessesVerdictWithoutANotification) {
+  store_.held["8.8.8.8"] = absl::Seconds(30);
+  auto waiting = Start(Request("8.8.8.8", "team-a"));
+  {
+    absl::MutexLock lock(&store_.mu_);
+    store_.history.push_back(RemoteVerdict("8.8.8.8", clock_.Now()));
+  }
+  clock_.Advance(options_.remote_flight_poll);
+  scheduler_.RunDue();
+  ASSERT_TRUE(waiting->has_value());
+  ASSERT_TRUE((*waiting)->ok());
+  EXPECT_EQ((**waiting)->source, Source::kCache);
+  EXPECT_EQ(store_.claims.size(), 1u);
+  EXPECT_TRUE(client_.pending.empty());
+}
+
+// An old verdict that was already there when the miss began is not mistaken for the new one.
+TEST_F(EngineTest, TheVerdictThatMadeItAMissDoesNotEndTheWait) {
+  {
+    absl::MutexLock lock(&store_.mu_);
+    store_.history.push_back(RemoteVerdict("8.8.8.8", clock_.Now()));
+  }
+  clock_.Advance(absl::Hours(25));  // older than max_age: a miss
+  store_.held["8.8.8.8"] = absl::Seconds(30);
+  auto waiting = Start(Request("8.8.8.8", "team-a"));
+  store_.EndRemoteFlight("8.8.8.8", std::nullopt);
+  ASSERT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*waiting)->ok());
+  EXPECT_EQ((**waiting)->source, Source::kUpstream);
+}
+
+TEST_F(EngineTest, ABudgetSpentOnOtherProcessesRefusesThePayerAndTheNextWaiterPays) {
+  options_.max_upstream_in_flight = 1;
+  Start(Request("11.2.0.1", "team-x"));  // holds the only slot
+  CheckRequest a = Request("11.2.0.2", "team-a");
+  a.monthly_budget = 5;
+  auto refused = Start(a);  // queued: this process counts nothing spent by team-a
+  auto other = Start(Request("11.2.0.2", "team-b"));
+  store_.cluster_spent["team-a"] = 5;  // ... but the other replicas spent it all
+  client_.Answer(Safe());              // the slot passes to 11.2.0.2: its claim is refused
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 5) << "the store's count is learned";
+  ASSERT_EQ(client_.pending.size(), 1u) << "team-b pays instead";
+  client_.Answer(Safe());
+  ASSERT_TRUE((*other)->ok());
+  EXPECT_TRUE((**other)->click_spent);
+  ASSERT_EQ(store_.clicks.size(), 2u);
+  EXPECT_EQ(store_.clicks[1].caller, "team-b");
+  // The next miss of team-a is refused by this process's own count, without asking the store.
+  const size_t claims = store_.claims.size();
+  a.ip = "11.2.0.3";
+  auto again = Start(a);
+  EXPECT_EQ((*again)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(store_.claims.size(), claims);
+}
+
+TEST_F(EngineTest, CancellingOrShuttingDownARemoteWaitSendsNothing) {
+  store_.held["8.8.8.8"] = absl::Seconds(30);
+  store_.held["8.8.4.4"] = absl::Seconds(30);
+  auto call = std::make_shared<CallState>();
+  CheckRequest r = Request("8.8.8.8", "team-a");
+  r.monthly_budget = 3;
+  r.call = call;
+  auto cancelled = Start(r);
+  auto stopped = Start(Request("8.8.4.4", "team-b"));
+  engine().Cancel(call);
+  ASSERT_TRUE(cancelled->has_value());
+  EXPECT_EQ((*cancelled)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine().SpentThisMonth("team-a"), 0);
+  engine().Shutdown();
+  ASSERT_TRUE(stopped->has_value());
+  EXPECT_EQ((*stopped)->status().code(), absl::StatusCode::kUnavailable);
+  store_.EndRemoteFlight("8.8.8.8", std::nullopt);
+  store_.EndRemoteFlight("8.8.4.4", std::nullopt);
+  clock_.Advance(absl::Minutes(1));
+  scheduler_.RunDue();
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_TRUE(store_.clicks.empty());
+}
+
+// Only the process holding the retention lease prunes a store shared by several.
+TEST_F(EngineTest, RetentionPrunesOnlyWhileHoldingTheChoreLease) {
+  options_.replica_id = "replica-7";
+  store_.lease_held = false;
+  engine();
+  scheduler_.RunDue();
+  EXPECT_THAT(store_.leases_asked, ElementsAre("retention replica-7"));
+  EXPECT_TRUE(store_.prune_cutoffs.empty()) << "another replica holds the chore";
+  store_.lease_held = true;
+  clock_.Advance(options_.prune_interval);
+  scheduler_.RunDue();
+  EXPECT_EQ(store_.leases_asked.size(), 2u);
+  ASSERT_EQ(store_.prune_cutoffs.size(), 1u);
+}
+
+// GetUsage reports budgets and the allowance as the store counts them (every replica's clicks),
+// not only this process's.
+TEST_F(EngineTest, UsageReportsBudgetsAndTheAllowanceAsTheStoreCountsThem) {
+  options_.monthly_budgets = {{"team-a", 10}};
+  engine();                                                // starts with nothing spent
+  store_.initial_clicks = {{"team-a", 8}, {"team-b", 3}};  // other replicas' clicks since
+  absl::StatusOr<UsageReport> report =
+      UsageOf(engine(), UsageQueryBy("auditor", "", /*auditor=*/true));
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->allowance.clicks_used, 11);
+  ASSERT_EQ(engine().Budgets().size(), 1u);
+  EXPECT_EQ(engine().Budgets()[0].left, 2);
+  report = UsageOf(engine(), UsageQueryBy("team-a", "team-a"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->callers.size(), 1u);
+  ASSERT_TRUE(report->callers[0].budget.has_value());
+  EXPECT_EQ(report->callers[0].budget->left, 2);
 }
 
 }  // namespace

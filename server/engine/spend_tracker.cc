@@ -95,6 +95,13 @@ void SpendTracker::Observe(const std::string& caller, int64_t month_clicks) {
   entry.spent = std::max(entry.spent, month_clicks);
 }
 
+void SpendTracker::ObservePeriod(int64_t period_clicks) {
+  const absl::Time now = clock_.Now();
+  absl::MutexLock lock(&mu_);
+  RollPeriodLocked(now);
+  period_clicks_ = std::max(period_clicks_, period_clicks);
+}
+
 void SpendTracker::MarkUpstreamExhausted() {
   const absl::Time now = clock_.Now();
   absl::MutexLock lock(&mu_);

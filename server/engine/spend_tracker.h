@@ -59,6 +59,8 @@ class SpendTracker {
   // The store counted `month_clicks` billed clicks for `caller` this month across every process
   // sharing it: the count never goes below that.
   void Observe(const std::string& caller, int64_t month_clicks);
+  // The same for the clicks of the current allowance period, every caller's.
+  void ObservePeriod(int64_t period_clicks);
 
   // ClickPatrol said the allowance is exhausted: refuse misses until the period ends.
   void MarkUpstreamExhausted();

@@ -16,6 +16,11 @@ namespace verdictd {
 struct PostgresStoreOptions {
   // A libpq connection URI (postgresql:// or postgres://, query parameters such as
   // host=/path/to/socket allowed). REQUIRES: carries no password (see CheckPostgresUri).
+  // Every session starts with statement_timeout=60s, lock_timeout=30s and
+  // idle_in_transaction_session_timeout=60s, so that no call waits forever on a lock another
+  // replica holds; an options= parameter in the URI replaces them (e.g. for a pooler that
+  // refuses startup options). The listener's session LISTENs: behind a transaction-pooling
+  // pgbouncer the URI must reach the server directly.
   std::string uri;
   // The password, e.g. read from --db_password_file; "" lets libpq find one (PGPASSWORD,
   // PGPASSFILE, ~/.pgpass) or go without. Never logged, never in an error message.

@@ -15,7 +15,29 @@
 // Every connection is used by one thread only. A connection that fails is dropped and opened
 // again (its statements prepared again) on next use; while the server cannot be reached each
 // slot waits kReconnectBackoff between attempts and fails at once in between, so that calls fail
-// fast with UNAVAILABLE instead of each waiting a connect timeout.
+// fast with UNAVAILABLE instead of each waiting a connect timeout. A connection found dead at
+// its first statement (it died while idle: a server restart) is replaced and the read, or the
+// whole group, run once more: nothing of it can have happened. A group whose COMMIT failed is
+// not rerun: its outcome is unknown, and it is reported UNAVAILABLE.
+//
+// Across processes sharing the database (see ClaimClick in verdict_store.h):
+// - Claims: the flights upsert takes a key only when absent or expired (lease_until <=
+//   clock_timestamp()), so of concurrent claimants exactly one gets a row back; a live claim is
+//   reported before the budget is looked at, as in the SQLite store. The claim is released by
+//   the completion of its own click only (DELETE ... WHERE click_id = the click: fencing), in
+//   the completion's transaction, which also NOTIFYs the key.
+// - Budgets: a transaction-scoped advisory lock per caller (kLockBudget) serialises the budget
+//   checks of one caller across processes until the claiming group commits; the month's clicks
+//   are read from the per-day usage counters after taking it, under READ COMMITTED, so they
+//   include every click committed before.
+// - Deadlocks: two processes' groups may lock the same usage rows, claims and budget locks in
+//   opposite orders. PostgreSQL aborts one after deadlock_timeout; that group is rolled back
+//   whole (its earlier locks are what the other waits for) and run again (kGroupRetries).
+// - Times: leases are the database's clock (clock_timestamp(): a group's transaction may have
+//   started a while before the statement); completed_at and write failures the store's Clock.
+// - Sessions carry statement, lock and idle-in-transaction timeouts (postgres_connection.cc), so
+//   no call waits forever on another process's locks, and the server ends a session whose
+//   client vanished mid-transaction, releasing what it held.
 
 #include <cstdint>
 #include <deque>
@@ -56,8 +78,9 @@ constexpr absl::Duration kReconnectBackoff = absl::Milliseconds(200);
 // Leases (of claims and named leases) are clamped to this, which keeps now() + lease inside
 // timestamptz's range.
 constexpr absl::Duration kMaxLease = absl::Hours(24 * 365 * 100);
-// A group whose transaction a deadlock or a serialization failure aborted is run again this many
-// times (two replicas' groups can lock the same usage and flight rows in opposite orders).
+// A group whose transaction a deadlock or a serialization failure aborted is run again, up to
+// this many attempts in all (two replicas' groups can lock the same usage rows, flight rows and
+// budget locks in opposite orders; PostgreSQL aborts one of them after deadlock_timeout).
 constexpr int kGroupRetries = 3;
 
 // The smallest whole microsecond not before t.

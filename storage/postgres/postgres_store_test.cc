@@ -3,6 +3,8 @@
 // contract is in postgres_contract_test.cc.
 #include "storage/postgres/postgres_store.h"
 
+#include <libpq-fe.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -22,6 +24,8 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "storage/postgres/postgres_schema.h"
+#include "storage/postgres/postgres_store_impl.h"
 #include "storage/verdict_store.h"
 #include "storage/verdict_store_contract_test.h"
 #include "tests/support/postgres_cluster.h"
@@ -384,6 +388,92 @@ TEST_F(PostgresStoreClusterTest, AClaimFailingInTheDatabaseSpoilsNoOtherWriteOfI
             absl::StrCat(kClaims / 2));
   // A refused write is the request's fault, not the store's: writes are healthy.
   EXPECT_TRUE(PingSync(*store).ok());
+}
+
+// A session of the test's own, standing in for another replica's writer in the middle of its
+// group transaction.
+class RawSession {
+ public:
+  explicit RawSession(const std::string& uri) : conn_(PQconnectdb(uri.c_str())) {}
+  ~RawSession() { PQfinish(conn_); }
+  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  // Runs fixed test SQL (text parameters); "" on success, else the error.
+  std::string Run(const char* sql, std::vector<std::string> params = {}) {
+    std::vector<const char*> values;
+    for (const std::string& p : params) {
+      values.push_back(p.c_str());
+    }
+    PGresult* result = PQexecParams(conn_, sql, static_cast<int>(values.size()), nullptr,
+                                    values.data(), nullptr, nullptr, 0);
+    const ExecStatusType status = PQresultStatus(result);
+    std::string error =
+        status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK ? "" : PQerrorMessage(conn_);
+    PQclear(result);
+    return error;
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+TEST_F(PostgresStoreClusterTest, AGroupADeadlockAbortedIsRunAgain) {
+  // Deadlocks found fast in the store's sessions, never first in the test's (see below).
+  ASSERT_TRUE(cluster_
+                  ->Query("postgres", absl::StrCat("ALTER DATABASE ", database_,
+                                                   " SET deadlock_timeout = '200ms'"))
+                  .ok());
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  // The usage rows the sessions lock.
+  ASSERT_TRUE(BeginClickSync(*store, "zed", "192.0.2.1", kT0).ok());
+  ASSERT_TRUE(BeginClickSync(*store, "xavier", "192.0.2.1", kT0).ok());
+  RawSession first(cluster_->Uri(database_));
+  RawSession second(cluster_->Uri(database_));
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_EQ(second.Run("SET deadlock_timeout = '60s'"), "");
+  ASSERT_EQ(first.Run("BEGIN"), "");
+  ASSERT_EQ(first.Run("UPDATE usage SET requests = requests WHERE caller = 'zed'::bytea"), "");
+  ASSERT_EQ(second.Run("BEGIN"), "");
+  ASSERT_EQ(second.Run("UPDATE usage SET requests = requests WHERE caller = 'xavier'::bytea"), "");
+  auto lock_waiters = [&] {
+    return cluster_
+        ->Query("postgres", absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE datname = '",
+                                         database_, "' AND wait_event_type = 'Lock'"))
+        .value_or("?");
+  };
+
+  // The writer's first group waits for `first`; the next two writes queue up behind it and so
+  // make one group: a budgeted claim (taking yolanda's budget lock), then a click of xavier's
+  // (waiting for `second`).
+  Waiter<absl::StatusOr<int64_t>> zed;
+  store->BeginClick("zed", "192.0.2.1", kT0, zed.Callback());
+  ASSERT_TRUE(WaitUntil(
+      "the writer to wait for zed's row", lock_waiters,
+      [](const std::string& n) { return n == "1"; }, kPatience));
+  ClickClaim claim = Claim("192.0.2.77", "replica-a", "yolanda");
+  claim.monthly_budget = 5;
+  Waiter<absl::StatusOr<ClaimResult>> claimed;
+  store->ClaimClick(claim, claimed.Callback());
+  Waiter<absl::StatusOr<int64_t>> xavier;
+  store->BeginClick("xavier", "192.0.2.1", kT0, xavier.Callback());
+  ASSERT_EQ(first.Run("COMMIT"), "");
+  ASSERT_TRUE(zed.Wait().ok());
+  ASSERT_TRUE(WaitUntil(
+      "the group to wait for xavier's row", lock_waiters,
+      [](const std::string& n) { return n == "1"; }, kPatience));
+  // `second` now asks for the budget lock the group holds: a deadlock, which the store's session
+  // (waiting longer, with the shorter timeout) detects, aborting its group; once that rolled
+  // back, `second` gets the lock and commits, and the group, run again, goes through.
+  ASSERT_EQ(second.Run("SELECT pg_advisory_xact_lock($1::int4, $2::int4)",
+                       {absl::StrCat(postgres_store_internal::kBudgetLockClass),
+                        absl::StrCat(postgres_store_internal::BudgetLockKey("yolanda"))}),
+            "");
+  ASSERT_EQ(second.Run("COMMIT"), "");
+  absl::StatusOr<ClaimResult> claim_result = claimed.Wait();
+  ASSERT_TRUE(claim_result.ok()) << claim_result.status();
+  EXPECT_EQ(claim_result->kind, ClaimResult::Kind::kBegun);
+  absl::StatusOr<int64_t> xavier_result = xavier.Wait();
+  EXPECT_TRUE(xavier_result.ok()) << xavier_result.status();
 }
 
 TEST_F(PostgresStoreClusterTest, AClaimTakenOverIsNotReleasedByTheOldOwner) {

@@ -1,9 +1,11 @@
 #include "tests/support/postgres_cluster.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <libpq-fe.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -144,6 +146,8 @@ absl::StatusOr<std::unique_ptr<PostgresCluster>> PostgresCluster::Create(
       return absl::FailedPreconditionError("running as root, and there is no user 'nobody'");
     }
     cluster->as_nobody_ = true;
+    cluster->nobody_uid_ = nobody->pw_uid;
+    cluster->nobody_gid_ = nobody->pw_gid;
     for (const std::string& dir : {cluster->root_, cluster->socket_dir_}) {
       if (chown(dir.c_str(), nobody->pw_uid, nobody->pw_gid) != 0) {
         return absl::InternalError(absl::StrCat("chown ", dir, ": ", std::strerror(errno)));
@@ -207,67 +211,92 @@ PostgresCluster::~PostgresCluster() {
   }
 }
 
-absl::Status PostgresCluster::RunTool(const std::string& program,
-                                      const std::vector<std::string>& args) {
-  std::vector<std::string> argv;
-  if (as_nobody_) {
-    argv = {"runuser", "-u", "nobody", "--"};
-  }
-  argv.push_back(bin_dir_ + "/" + program);
+absl::StatusOr<pid_t> PostgresCluster::Spawn(const std::string& program,
+                                             const std::vector<std::string>& args,
+                                             const std::string& log_path, bool dies_with_us) {
+  std::vector<std::string> argv = {bin_dir_ + "/" + program};
   argv.insert(argv.end(), args.begin(), args.end());
-  const std::string log_path = root_ + "/tools.log";
-  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) {
-    return absl::InternalError(absl::StrCat("open ", log_path, ": ", std::strerror(errno)));
-  }
-  const size_t log_start = ReadFile(log_path).size();
   std::vector<char*> c_argv;
   for (std::string& arg : argv) {
     c_argv.push_back(arg.data());
   }
   c_argv.push_back(nullptr);
+  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) {
+    return absl::InternalError(absl::StrCat("open ", log_path, ": ", std::strerror(errno)));
+  }
+  if (as_nobody_ && fchown(log_fd, nobody_uid_, nobody_gid_) != 0) {
+    close(log_fd);
+    return absl::InternalError(absl::StrCat("chown ", log_path, ": ", std::strerror(errno)));
+  }
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) {
     close(log_fd);
     return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
   }
   if (pid == 0) {
+    // Only async-signal-safe calls from here on.
     const int null_fd = open("/dev/null", O_RDONLY);
     dup2(null_fd, 0);
     dup2(log_fd, 1);
     dup2(log_fd, 2);
-    // The tools run from a directory every user can enter (runuser keeps the cwd).
     if (chdir(root_.c_str()) != 0) {
       _exit(126);
     }
-    execvp(c_argv[0], c_argv.data());
+    if (as_nobody_ &&
+        (setgroups(0, nullptr) != 0 || setgid(nobody_gid_) != 0 || setuid(nobody_uid_) != 0)) {
+      _exit(125);
+    }
+    // After setuid, which clears it: SIGQUIT (PostgreSQL's immediate shutdown) when the thread
+    // that started the server dies, however it dies.
+    if (dies_with_us && (prctl(PR_SET_PDEATHSIG, SIGQUIT) != 0 || getppid() != parent)) {
+      _exit(124);
+    }
+    execv(c_argv[0], c_argv.data());
     _exit(127);
   }
   close(log_fd);
+  return pid;
+}
+
+absl::StatusOr<int> PostgresCluster::WaitForExit(pid_t pid, absl::Duration timeout) {
   // Waiting on a real external process: poll its exit until the deadline.
-  const absl::Time deadline = absl::Now() + timeout_ + absl::Seconds(10);
+  const absl::Time deadline = absl::Now() + timeout;
   int status = 0;
   while (true) {
     const pid_t done = waitpid(pid, &status, WNOHANG);
     if (done == pid) {
-      break;
+      return status;
     }
     if (done < 0 && errno != EINTR) {
       return absl::InternalError(absl::StrCat("waitpid: ", std::strerror(errno)));
     }
     if (absl::Now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return absl::DeadlineExceededError(absl::StrCat(
-          program, " did not finish in time; output: ", Tail(ReadFile(log_path).substr(log_start)),
-          "; server log: ", Tail(ServerLog())));
+      return absl::DeadlineExceededError("did not exit in time");
     }
     absl::SleepFor(absl::Milliseconds(10));
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return absl::InternalError(absl::StrCat(program, " failed (status ", status, "); output: ",
-                                            Tail(ReadFile(log_path).substr(log_start)),
-                                            "; server log: ", Tail(ServerLog())));
+}
+
+absl::Status PostgresCluster::RunTool(const std::string& program,
+                                      const std::vector<std::string>& args) {
+  const std::string log_path = root_ + "/tools.log";
+  const size_t log_start = ReadFile(log_path).size();
+  absl::StatusOr<pid_t> pid = Spawn(program, args, log_path, /*dies_with_us=*/false);
+  if (!pid.ok()) {
+    return pid.status();
+  }
+  absl::StatusOr<int> status = WaitForExit(*pid, timeout_);
+  if (!status.ok()) {
+    kill(*pid, SIGKILL);
+    waitpid(*pid, nullptr, 0);
+    return absl::DeadlineExceededError(absl::StrCat(
+        program, " did not finish in time; output: ", Tail(ReadFile(log_path).substr(log_start))));
+  }
+  if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
+    return absl::InternalError(absl::StrCat(program, " failed (status ", *status, "); output: ",
+                                            Tail(ReadFile(log_path).substr(log_start))));
   }
   return absl::OkStatus();
 }
@@ -276,26 +305,57 @@ absl::Status PostgresCluster::Start() {
   if (running_) {
     return absl::OkStatus();
   }
-  const std::string seconds = absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(timeout_)));
-  absl::Status started = RunTool(
-      "pg_ctl", {"start", "-w", "-t", seconds, "-D", data_dir_, "-l", root_ + "/server.log"});
-  if (started.ok()) {
-    running_ = true;
+  // The postmaster is our own child (not daemonized by pg_ctl), so that it dies with the test
+  // even when the test is killed; see Spawn.
+  absl::StatusOr<pid_t> pid =
+      Spawn("postgres", {"-D", data_dir_}, root_ + "/server.log", /*dies_with_us=*/true);
+  if (!pid.ok()) {
+    return pid.status();
   }
-  return started;
+  const std::string conninfo = Uri("postgres");
+  const absl::Time deadline = absl::Now() + timeout_;
+  while (true) {
+    if (PQping(conninfo.c_str()) == PQPING_OK) {
+      server_pid_ = *pid;
+      running_ = true;
+      return absl::OkStatus();
+    }
+    int status = 0;
+    if (waitpid(*pid, &status, WNOHANG) == *pid) {
+      return absl::InternalError(absl::StrCat("postgres exited (status ", status,
+                                              ") while starting; server log: ", Tail(ServerLog())));
+    }
+    if (absl::Now() > deadline) {
+      kill(*pid, SIGKILL);
+      waitpid(*pid, nullptr, 0);
+      return absl::DeadlineExceededError(absl::StrCat("postgres did not accept connections within ",
+                                                      absl::FormatDuration(timeout_),
+                                                      "; server log: ", Tail(ServerLog())));
+    }
+    // Waiting on a real external process to come up.
+    absl::SleepFor(absl::Milliseconds(20));
+  }
 }
 
 absl::Status PostgresCluster::Stop(StopMode mode) {
   if (!running_) {
     return absl::OkStatus();
   }
-  const std::string seconds = absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(timeout_)));
-  absl::Status stopped = RunTool("pg_ctl", {"stop", "-w", "-t", seconds, "-D", data_dir_, "-m",
-                                            mode == StopMode::kFast ? "fast" : "immediate"});
-  if (stopped.ok()) {
-    running_ = false;
+  // SIGINT: fast shutdown (disconnect clients, checkpoint); SIGQUIT: immediate (like a crash).
+  kill(server_pid_, mode == StopMode::kFast ? SIGINT : SIGQUIT);
+  absl::StatusOr<int> status = WaitForExit(server_pid_, timeout_);
+  if (!status.ok()) {
+    kill(server_pid_, SIGKILL);
+    waitpid(server_pid_, nullptr, 0);
   }
-  return stopped;
+  running_ = false;
+  server_pid_ = -1;
+  if (!status.ok()) {
+    return absl::DeadlineExceededError(absl::StrCat("postgres did not stop within ",
+                                                    absl::FormatDuration(timeout_),
+                                                    " (killed); server log: ", Tail(ServerLog())));
+  }
+  return absl::OkStatus();
 }
 
 std::string PostgresCluster::Uri(absl::string_view dbname) const {

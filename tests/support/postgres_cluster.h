@@ -15,10 +15,16 @@
 //   (*cluster)->Start();  // ... and comes back with the same data
 //
 // The server runs as an unprivileged user: PostgreSQL refuses to run as root, so when the test
-// runs as root every command goes through `runuser -u nobody --` and the temp dir is given to
-// nobody; as a normal user the commands run directly. Destruction stops the server
-// (pg_ctl stop -m immediate) and removes the temp dir (kept when VERDICTD_KEEP_TEST_DIRS is set).
-// Not thread-safe: drive one cluster from one thread.
+// runs as root initdb and postgres run as nobody (switched to in the child, as
+// `runuser -u nobody --` would) and the temp dir is given to nobody; as a normal user they run
+// directly. The postmaster is a child of the test process (not daemonized by pg_ctl) and gets
+// SIGQUIT (immediate shutdown) if the thread that started it dies, so a test that crashes or is
+// killed leaves no server behind: call Create/Start from a thread that outlives the server (the
+// test's main thread; gtest runs tests there). Destruction stops the server (immediate shutdown)
+// and removes the temp dir (kept when VERDICTD_KEEP_TEST_DIRS is set). Not thread-safe: drive one
+// cluster from one thread.
+
+#include <sys/types.h>
 
 #include <memory>
 #include <string>
@@ -42,8 +48,8 @@ bool PostgresRequired();
 class PostgresCluster {
  public:
   enum class StopMode {
-    kFast,       // pg_ctl stop -m fast: clients are disconnected, the server shuts down cleanly
-    kImmediate,  // pg_ctl stop -m immediate: like a crash (recovery runs at the next start)
+    kFast,       // SIGINT: clients are disconnected, the server shuts down cleanly
+    kImmediate,  // SIGQUIT: like a crash (recovery runs at the next start)
   };
 
   // initdb into a fresh temp dir, then Start(). `start_timeout` bounds each start and stop.
@@ -59,7 +65,7 @@ class PostgresCluster {
   PostgresCluster(const PostgresCluster&) = delete;
   PostgresCluster& operator=(const PostgresCluster&) = delete;
 
-  // Starts the server (pg_ctl start -w) and waits until it accepts connections. OK if running.
+  // Starts the server and waits until it accepts connections. OK if running.
   absl::Status Start();
   // Stops the server and waits until it is down. OK if not running.
   absl::Status Stop(StopMode mode = StopMode::kFast);
@@ -80,8 +86,14 @@ class PostgresCluster {
 
  private:
   PostgresCluster(std::string bin_dir, std::string root, absl::Duration timeout);
-  // Runs bin_dir_/program with args as the server's user; its output is appended to the
-  // commands' log. An error (with the log's tail) unless it exits 0 within `timeout_`.
+  // Starts bin_dir_/program with args as the server's user, output appended to `log_path`.
+  // `dies_with_us`: the child gets SIGQUIT when the thread that started it dies.
+  absl::StatusOr<pid_t> Spawn(const std::string& program, const std::vector<std::string>& args,
+                              const std::string& log_path, bool dies_with_us);
+  // The wait status of `pid` once it exits; DEADLINE_EXCEEDED (still running) after `timeout`.
+  static absl::StatusOr<int> WaitForExit(pid_t pid, absl::Duration timeout);
+  // Runs bin_dir_/program with args to completion; an error (with its output) unless it exits 0
+  // within `timeout_`.
   absl::Status RunTool(const std::string& program, const std::vector<std::string>& args);
 
   const std::string bin_dir_;
@@ -90,7 +102,10 @@ class PostgresCluster {
   const std::string socket_dir_;
   const absl::Duration timeout_;
   bool as_nobody_ = false;
+  uid_t nobody_uid_ = 0;
+  gid_t nobody_gid_ = 0;
   bool running_ = false;
+  pid_t server_pid_ = -1;  // the postmaster, our child, while running_
 };
 
 }  // namespace verdictd::testing
