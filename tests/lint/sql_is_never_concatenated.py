@@ -3,8 +3,8 @@
 
 Every SQL statement verdictd runs must be fixed text: values travel only as bound parameters.
 This scans the non-test sources under the given folders and fails when
-  1. a call that runs SQL (sqlite3_prepare*, sqlite3_exec, and the store's Exec/Prepare/QueryText
-     helpers) gets anything but a string literal, a choice between two literals, a k-constant
+  1. a call that runs SQL (sqlite3_prepare*, sqlite3_exec, libpq's PQexec*/PQprepare/PQsend*,
+     and the stores' Exec/Prepare/QueryText helpers) gets anything but a string literal, a choice between two literals, a k-constant
      (optionally indexed), or one of the reviewed pass-throughs in ALLOWED_ARGUMENTS, or
   2. a string is assembled at run time from a literal that starts with an SQL keyword: an
      argument of StrCat/StrFormat/StrAppend/Substitute (over any number of lines), or an operand
@@ -18,10 +18,14 @@ import re
 import sys
 
 SQL_CALLS = re.compile(
-    r"\b(sqlite3_prepare(?:_v2|_v3)?|sqlite3_exec|Exec|Prepare|QueryText)\s*\(")
+    r"\b(sqlite3_prepare(?:_v2|_v3)?|sqlite3_exec|Exec|Prepare|QueryText|"
+    r"PQexec|PQexecParams|PQsendQuery|PQsendQueryParams|PQprepare|PQsendPrepare)\s*\(")
+# Where each call takes its SQL text (0-based argument index); the others take it second.
+SQL_ARGUMENT = {"PQprepare": 2, "PQsendPrepare": 2}
 # Reviewed non-literal arguments: the helpers' own `sql` parameter, PrepareAll's table of
-# k-constants, and the schema version pragma (an integer constant, see ALLOWED_ASSEMBLY).
-ALLOWED_ARGUMENTS = {"sql", "it->second", "set_version.c_str()"}
+# k-constants, the schema version pragma (an integer constant, see ALLOWED_ASSEMBLY), and the
+# PostgreSQL connection's Prepare, whose `sql` points at one of postgres_schema.h's k-constants.
+ALLOWED_ARGUMENTS = {"sql", "it->second", "set_version.c_str()", "sql->text"}
 CONSTANT = re.compile(r"^k[A-Z]\w*(\[\w+\])?$")
 LITERAL = re.compile(r'^(\s*"([^"\\]|\\.)*"\s*)+$')
 # cond ? "literal" : "literal"
@@ -97,9 +101,10 @@ def check(path):
         args = arguments(text, match.end() - 1)
         before = text[max(0, match.start() - 40):match.start()]
         # Declarations and definitions of the helpers themselves: "Stmt> Prepare(sqlite3* db, ...".
-        if len(args) < 2 or re.search(r"(Status|Stmt>|std::string>|bool)\s*$", before):
+        index = SQL_ARGUMENT.get(match.group(1), 1)
+        if len(args) <= index or re.search(r"(Status|Stmt>|std::string>|bool)\s*$", before):
             continue
-        sql = args[1]
+        sql = args[index]
         if (LITERAL.match(sql) or CHOICE.match(sql) or CONSTANT.match(sql) or
                 sql in ALLOWED_ARGUMENTS):
             continue
