@@ -1064,7 +1064,8 @@ void Engine::OnRemoteChecked(const std::string& key, uint64_t id,
         (!before.has_value() || (*latest)->checked_at > before->checked_at) &&
         IsFresh(now, (*latest)->checked_at,
                 options_.freshness.LimitFor((*latest)->assessment.score, std::nullopt))) {
-      // The other process's verdict: everyone here is answered from the store, nobody paid.
+      // The other process's verdict: everyone here shared its request (SOURCE_UPSTREAM, as a
+      // local joiner would), nobody here paid.
       landed = **latest;
       if (flight.payer_waiting) {
         spend_.Refund(flight.caller);
@@ -1090,7 +1091,7 @@ void Engine::OnRemoteChecked(const std::string& key, uint64_t id,
   Deliver(out);
   if (landed.has_value()) {
     hot_.Put(key, *landed);
-    Resolve(key, *std::move(landed), /*charged=*/false, Source::kCache);
+    Resolve(key, *std::move(landed), /*charged=*/false);
   } else if (again) {
     RemoteWake(key, id);
   } else if (!latest.ok()) {

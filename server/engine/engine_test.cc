@@ -1393,7 +1393,7 @@ TEST_F(EngineTest, AMissWhoseKeyAnotherProcessHoldsIsAnsweredByItsVerdict) {
   for (const auto& r : {first, second}) {
     ASSERT_TRUE(r->has_value());
     ASSERT_TRUE((*r)->ok()) << (*r)->status();
-    EXPECT_EQ((**r)->source, Source::kCache);
+    EXPECT_EQ((**r)->source, Source::kUpstream) << "it shared a concurrent request";
     EXPECT_FALSE((**r)->click_spent);
     EXPECT_EQ((**r)->verdict.caller, "other-replica");
   }
@@ -1458,7 +1458,7 @@ TEST_F(EngineTest, APollFindsTheOtherProcessesVerdictWithoutANotification) {
   scheduler_.RunDue();
   ASSERT_TRUE(waiting->has_value());
   ASSERT_TRUE((*waiting)->ok());
-  EXPECT_EQ((**waiting)->source, Source::kCache);
+  EXPECT_EQ((**waiting)->source, Source::kUpstream);
   EXPECT_EQ(store_.claims.size(), 1u);
   EXPECT_TRUE(client_.pending.empty());
 }
