@@ -746,6 +746,7 @@ void Engine::PlaceLocked(const std::string& key, Flight& flight, bool take_slot)
     return;
   }
   flight.stage = Stage::kQueued;
+  flight.waited = true;
   slot_queue_.push_back(QueueEntry{key, flight.id});
   ++queued_;
   if (observer_ != nullptr) {
@@ -823,6 +824,69 @@ void Engine::Retry(const std::string& key, uint64_t id) {
 }
 
 void Engine::SendAttempt(std::string key) {
+  std::string ip;
+  std::optional<std::string> user_agent;
+  bool look = false;
+  {
+    absl::MutexLock lock(&mu_);
+    Flight& flight = flights_.at(key);
+    look = flight.waited || flight.ended_seen;
+    flight.waited = false;
+    flight.ended_seen = false;
+    if (look) {
+      ip = flight.ip;
+      if (options_.cache_key == CacheKeyMode::kIpUserAgent) {
+        user_agent = flight.user_agent;
+      }
+    }
+  }
+  if (!look) {
+    ClaimAndSend(std::move(key));
+    return;
+  }
+  // It waited for a slot or a retry (or heard a flight for its key end): another process may
+  // have stored the verdict meanwhile, and claiming now would pay for it again.
+  BeginStoreRead();
+  store_.LatestFor(std::move(ip), std::move(user_agent),
+                   [this, key](absl::StatusOr<std::optional<Verdict>> latest) {
+                     OnPreClaimRead(key, std::move(latest));
+                     EndStoreRead();
+                   });
+}
+
+void Engine::OnPreClaimRead(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest) {
+  Outbox out;
+  std::optional<std::string> next;
+  std::optional<Verdict> landed;
+  {
+    absl::MutexLock lock(&mu_);
+    Flight& flight = flights_.at(key);  // kSending: nobody else removes it
+    const std::optional<Verdict>& before = flight.stale_candidate;
+    if (latest.ok() && latest->has_value() &&
+        (!before.has_value() || (*latest)->checked_at > before->checked_at) &&
+        IsFresh(clock_.Now(), (*latest)->checked_at,
+                options_.freshness.LimitFor((*latest)->assessment.score, std::nullopt))) {
+      landed = **latest;
+      if (flight.payer_waiting) {
+        spend_.Refund(flight.caller);
+      }
+      next = PassSlotLocked(out);
+    }
+  }
+  if (!landed.has_value()) {
+    ClaimAndSend(key);
+    return;
+  }
+  breaker_.Cancel();
+  Deliver(out);
+  hot_.Put(key, *landed);
+  Resolve(key, *std::move(landed), /*charged=*/false);
+  if (next.has_value()) {
+    SendAttempt(*std::move(next));
+  }
+}
+
+void Engine::ClaimAndSend(std::string key) {
   ClickClaim claim;
   {
     absl::MutexLock lock(&mu_);
@@ -1301,6 +1365,7 @@ void Engine::OnCompleted(const std::string& key, const absl::Status& status, boo
       stopping = shutting_down_;
       if (!stopping) {
         flight.stage = Stage::kBackoff;
+        flight.waited = true;
       }
     }
     if (stopping) {

@@ -289,6 +289,9 @@ class Engine : private FlightListener {
     bool rechecking = false;     // kRemote: a store read for the other process's verdict is out
     bool recheck_again = false;  // woken again meanwhile
     uint64_t poll = 0;           // the newest poll scheduled for it
+    // It waited (for a slot or a retry) since the store was last read for it: read it again
+    // before claiming.
+    bool waited = false;
   };
   struct QueueEntry {
     std::string key;
@@ -372,8 +375,13 @@ class Engine : private FlightListener {
   std::optional<std::string> PassSlotLocked(Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Retries a flight whose request provably never left, after its backoff.
   void Retry(const std::string& key, uint64_t id);
-  // Records the click, then sends the request. REQUIRES: the flight holds an upstream slot.
+  // Records the click, then sends the request (first reading the store again if the flight
+  // waited: another process may have answered it meanwhile). REQUIRES: the flight holds an
+  // upstream slot.
   void SendAttempt(std::string key);
+  void OnPreClaimRead(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest);
+  // Claims the key and begins the click, then sends the request.
+  void ClaimAndSend(std::string key);
   void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
   // Once the completion of `key`'s click is committed (`stored`): retries, or resolves the
   // flight with `status` or `verdict`.
