@@ -104,27 +104,6 @@ absl::Status Migrate(Connection& conn) {
 
 }  // namespace
 
-int64_t CeilUnixMicros(absl::Time t) {
-  const int64_t us = absl::ToUnixMicros(t);
-  return us != std::numeric_limits<int64_t>::max() && absl::FromUnixMicros(us) < t ? us + 1 : us;
-}
-
-absl::Status FillRandom(std::string& out) {
-  size_t filled = 0;
-  while (filled < out.size()) {
-    const ssize_t n = getrandom(out.data() + filled, out.size() - filled, 0);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return absl::InternalError(
-          absl::StrCat("getrandom failed: ", std::generic_category().message(errno)));
-    }
-    filled += static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
 int32_t BudgetLockKey(absl::string_view caller) {
   uint32_t hash = 2166136261u;
   for (unsigned char c : caller) {

@@ -61,17 +61,24 @@
 #include "storage/postgres/postgres_connection.h"
 #include "storage/postgres/postgres_schema.h"
 #include "storage/postgres/postgres_store.h"
+#include "storage/store_support.h"
 #include "storage/verdict_store.h"
 
 namespace verdictd {
 namespace postgres_store_internal {
 
-constexpr int64_t kMicrosPerDay = int64_t{86'400'000'000};
-constexpr absl::CivilDay kEpochDay(1970, 1, 1);
-// Usage's day range is clamped to these, so that infinite bounds mean every day.
-constexpr absl::CivilDay kLastDay(9999, 12, 31);
-// Secret sizes accepted; a secret is a key, not a payload.
-constexpr size_t kMaxSecretBytes = 1024;
+using store_support::CeilUnixMicros;
+using store_support::CheckSecretRequest;
+using store_support::ClicksSinceSplit;
+using store_support::DayNumber;
+using store_support::DayOfMicros;
+using store_support::DayRange;
+using store_support::FillRandom;
+using store_support::FinishSecret;
+using store_support::kEpochDay;
+using store_support::kMicrosPerDay;
+using store_support::SplitClicksSince;
+using store_support::UsageDays;
 // How long a connection slot whose connect failed answers with that failure before dialing
 // again.
 constexpr absl::Duration kReconnectBackoff = absl::Milliseconds(200);
@@ -83,15 +90,6 @@ constexpr absl::Duration kMaxLease = absl::Hours(24 * 365 * 100);
 // budget locks in opposite orders; PostgreSQL aborts one of them after deadlock_timeout).
 constexpr int kGroupRetries = 3;
 
-// The smallest whole microsecond not before t.
-int64_t CeilUnixMicros(absl::Time t);
-inline int64_t DayNumber(absl::CivilDay day) { return day - kEpochDay; }
-// Floor division: times before 1970 fall on their own day.
-inline int64_t DayOfMicros(int64_t us) {
-  return us / kMicrosPerDay - (us % kMicrosPerDay < 0 ? 1 : 0);
-}
-// Fills `out` from the kernel's CSPRNG.
-absl::Status FillRandom(std::string& out);
 // The second key of a caller's budget lock: FNV-1a of the caller's bytes.
 int32_t BudgetLockKey(absl::string_view caller);
 // "ab" -> "6162"; and back (nullopt for text that is not hex).
@@ -254,9 +252,6 @@ class PostgresStore final : public VerdictStore {
                                                     absl::Time since, absl::Time until);
   absl::StatusOr<ClickCounts> ReadClicksSince(Slot& slot, absl::Time since);
   absl::StatusOr<std::optional<std::string>> ReadMeta(Slot& slot, const std::string& name);
-  static void FinishSecret(absl::StatusOr<std::optional<std::string>> stored,
-                           const std::string& name, size_t bytes,
-                           const ReadCallback<std::string>& done);
   absl::Status PingNow(Slot& slot);
 
   void ListenerLoop();

@@ -186,15 +186,12 @@ absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::ReadHistory(Reader& reade
 absl::StatusOr<std::vector<DailyUsage>> SqliteStore::ReadUsage(Reader& reader_slot,
                                                                absl::string_view caller,
                                                                absl::Time since, absl::Time until) {
-  const absl::TimeZone utc = absl::UTCTimeZone();
-  const absl::CivilDay first = std::max(absl::ToCivilDay(since, utc), kEpochDay);
-  const absl::CivilDay last =
-      std::min(absl::ToCivilDay(until - absl::Microseconds(1), utc), kLastDay);
-  if (first > last) {
+  const std::optional<DayRange> days = UsageDays(since, until);
+  if (!days.has_value()) {
     return std::vector<DailyUsage>();
   }
-  const int64_t first_day = DayNumber(first);
-  const int64_t last_day = DayNumber(last);
+  const int64_t first_day = days->first_day;
+  const int64_t last_day = days->last_day;
   return WithReader<std::vector<DailyUsage>>(
       reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::vector<DailyUsage>> {
         sqlite3_stmt* stmt = caller.empty() ? reader.usage_all.get() : reader.usage_one.get();
@@ -230,26 +227,11 @@ absl::StatusOr<std::vector<DailyUsage>> SqliteStore::ReadUsage(Reader& reader_sl
 absl::StatusOr<VerdictStore::ClickCounts> SqliteStore::ReadClicksSince(Reader& reader_slot,
                                                                        absl::Time since) {
   using Result = ClickCounts;
-  const int64_t since_us = CeilUnixMicros(since);
-  // Whole days from the counters; the rest of since's day, if since is not a midnight, from the
-  // ledger: [since_us, partial_last]. Empty (first > last) when since is a midnight, as month and
-  // allowance periods are.
-  const int64_t since_day = DayOfMicros(since_us);
-  int64_t first_whole_day = since_day;
-  int64_t partial_first = 1;
-  int64_t partial_last = 0;
-  const int64_t remainder = since_us % kMicrosPerDay;  // has since_us's sign
-  if (remainder != 0) {
-    first_whole_day = since_day + 1;
-    partial_first = since_us;
-    // Microseconds from since_us to its day's last one; the last day int64 reaches ends past
-    // INT64_MAX.
-    const int64_t to_day_end =
-        kMicrosPerDay - 1 - (remainder < 0 ? remainder + kMicrosPerDay : remainder);
-    partial_last = since_us > std::numeric_limits<int64_t>::max() - to_day_end
-                       ? std::numeric_limits<int64_t>::max()
-                       : since_us + to_day_end;
-  }
+  // Whole days from the counters, the rest of since's day from the ledger (see SplitClicksSince).
+  const ClicksSinceSplit split = SplitClicksSince(since);
+  const int64_t first_whole_day = split.first_whole_day;
+  const int64_t partial_first = split.partial_first;
+  const int64_t partial_last = split.partial_last;
   return WithReader<Result>(reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<Result> {
     sqlite3_stmt* stmt = reader.clicks_since.get();
     ScopedReset reset(stmt);
@@ -288,13 +270,8 @@ absl::StatusOr<std::optional<std::string>> SqliteStore::ReadMeta(Reader& reader_
 
 void SqliteStore::Secret(std::string name, size_t bytes, ReadCallback<std::string> done) {
   PostRead([this, name = std::move(name), bytes, done = std::move(done)](Reader& reader) {
-    if (name.empty()) {
-      done(absl::InvalidArgumentError("secret name is empty"));
-      return;
-    }
-    if (bytes == 0 || bytes > kMaxSecretBytes) {
-      done(absl::InvalidArgumentError(
-          absl::StrCat("secret size must be 1..", kMaxSecretBytes, " bytes, got ", bytes)));
+    if (absl::Status checked = CheckSecretRequest(name, bytes); !checked.ok()) {
+      done(std::move(checked));
       return;
     }
     std::string key = absl::StrCat("secret:", name);
@@ -323,25 +300,6 @@ void SqliteStore::Secret(std::string name, size_t bytes, ReadCallback<std::strin
                         });
                       }});
   });
-}
-
-void SqliteStore::FinishSecret(absl::StatusOr<std::optional<std::string>> stored,
-                               const std::string& name, size_t bytes,
-                               const ReadCallback<std::string>& done) {
-  if (!stored.ok()) {
-    done(stored.status());
-    return;
-  }
-  if (!stored->has_value()) {
-    done(absl::InternalError(absl::StrCat("secret \"", name, "\" vanished after writing it")));
-    return;
-  }
-  if ((*stored)->size() != bytes) {
-    done(absl::FailedPreconditionError(absl::StrCat("stored secret \"", name, "\" has ",
-                                                    (*stored)->size(), " bytes, not ", bytes)));
-    return;
-  }
-  done(**std::move(stored));
 }
 
 absl::Status SqliteStore::PingNow(Reader& reader_slot) {

@@ -38,15 +38,6 @@ std::string ColumnBytes(sqlite3_stmt* stmt, int index) {
   return std::string(static_cast<const char*>(data), static_cast<size_t>(size));
 }
 
-int64_t CeilUnixMicros(absl::Time t) {
-  const int64_t us = absl::ToUnixMicros(t);
-  return us != std::numeric_limits<int64_t>::max() && absl::FromUnixMicros(us) < t ? us + 1 : us;
-}
-
-int64_t DayNumber(absl::CivilDay day) { return day - kEpochDay; }
-
-int64_t DayOfMicros(int64_t us) { return us / kMicrosPerDay - (us % kMicrosPerDay < 0 ? 1 : 0); }
-
 Verdict ColumnVerdict(sqlite3_stmt* stmt, int first) {
   Verdict verdict;
   verdict.ip = ColumnBytes(stmt, first);
@@ -64,22 +55,6 @@ Verdict ColumnVerdict(sqlite3_stmt* stmt, int first) {
   verdict.checked_at = absl::FromUnixMicros(sqlite3_column_int64(stmt, first + 8));
   verdict.caller = ColumnBytes(stmt, first + 9);
   return verdict;
-}
-
-absl::Status FillRandom(std::string& out) {
-  size_t filled = 0;
-  while (filled < out.size()) {
-    const ssize_t n = getrandom(out.data() + filled, out.size() - filled, 0);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return absl::InternalError(
-          absl::StrCat("getrandom failed: ", std::generic_category().message(errno)));
-    }
-    filled += static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
 }
 
 absl::Status WriteFailed(sqlite3* db) {

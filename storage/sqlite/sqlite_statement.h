@@ -16,16 +16,23 @@
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
 #include "common/verdict.h"
+#include "storage/store_support.h"
 
 namespace verdictd {
 namespace sqlite_store_internal {
 
-constexpr int64_t kMicrosPerDay = int64_t{86'400'000'000};
-constexpr absl::CivilDay kEpochDay(1970, 1, 1);
-// Usage's day range is clamped to these, so that infinite bounds mean every day.
-constexpr absl::CivilDay kLastDay(9999, 12, 31);
-// Secret sizes accepted; a secret is a key, not a payload.
-constexpr size_t kMaxSecretBytes = 1024;
+using store_support::CeilUnixMicros;
+using store_support::CheckSecretRequest;
+using store_support::ClicksSinceSplit;
+using store_support::DayNumber;
+using store_support::DayOfMicros;
+using store_support::DayRange;
+using store_support::FillRandom;
+using store_support::FinishSecret;
+using store_support::kEpochDay;
+using store_support::kMicrosPerDay;
+using store_support::SplitClicksSince;
+using store_support::UsageDays;
 
 struct StmtDeleter {
   void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
@@ -66,24 +73,9 @@ int BindBytes(sqlite3_stmt* stmt, int index, absl::string_view value);
 // The column's bytes as stored, whether text or blob.
 std::string ColumnBytes(sqlite3_stmt* stmt, int index);
 
-// The first whole microsecond at or after `t` (ToUnixMicros rounds down), so that "t <= x" and
-// "x < t" hold for stored microseconds exactly when they hold for the times. Saturates for
-// infinite times.
-int64_t CeilUnixMicros(absl::Time t);
-
-int64_t DayNumber(absl::CivilDay day);
-
-// The UTC day number (days since 1970-01-01) of a stored microsecond: floor division, so that
-// times before 1970 fall on their own day rather than on day 0. The migration to version 3
-// computes the same in SQL.
-int64_t DayOfMicros(int64_t us);
-
 // A verdict from the ten columns ip, user_agent, score, proxy, tor, vpn, crawler, bot,
 // checked_at_us, caller starting at column `first`.
 Verdict ColumnVerdict(sqlite3_stmt* stmt, int first);
-
-// Fills `out` from the kernel's CSPRNG (getrandom(2), blocking only until it is seeded at boot).
-absl::Status FillRandom(std::string& out);
 
 absl::Status WriteFailed(sqlite3* db);
 

@@ -187,11 +187,6 @@ class SqliteStore final : public VerdictStore {
                                                     absl::Time since, absl::Time until);
   absl::StatusOr<ClickCounts> ReadClicksSince(Reader& reader, absl::Time since);
   absl::StatusOr<std::optional<std::string>> ReadMeta(Reader& reader, const std::string& name);
-  // Answers Secret with `stored`, the secret named `name` as read, checked against `bytes`.
-  // Called only once a secret exists (stored or just written), so a missing one is an error.
-  static void FinishSecret(absl::StatusOr<std::optional<std::string>> stored,
-                           const std::string& name, size_t bytes,
-                           const ReadCallback<std::string>& done);
   absl::Status PingNow(Reader& reader);
 
   const SqliteStoreOptions options_;

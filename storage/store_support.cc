@@ -1,0 +1,98 @@
+#include "storage/store_support.h"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <limits>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace verdictd {
+namespace store_support {
+
+int64_t CeilUnixMicros(absl::Time t) {
+  const int64_t us = absl::ToUnixMicros(t);
+  return us != std::numeric_limits<int64_t>::max() && absl::FromUnixMicros(us) < t ? us + 1 : us;
+}
+
+std::optional<DayRange> UsageDays(absl::Time since, absl::Time until) {
+  const absl::TimeZone utc = absl::UTCTimeZone();
+  const absl::CivilDay first = std::max(absl::ToCivilDay(since, utc), kEpochDay);
+  const absl::CivilDay last =
+      std::min(absl::ToCivilDay(until - absl::Microseconds(1), utc), kLastDay);
+  if (first > last) {
+    return std::nullopt;
+  }
+  return DayRange{DayNumber(first), DayNumber(last)};
+}
+
+ClicksSinceSplit SplitClicksSince(absl::Time since) {
+  const int64_t since_us = CeilUnixMicros(since);
+  const int64_t since_day = DayOfMicros(since_us);
+  ClicksSinceSplit split;
+  split.first_whole_day = since_day;
+  const int64_t remainder = since_us % kMicrosPerDay;  // has since_us's sign
+  if (remainder != 0) {
+    split.first_whole_day = since_day + 1;
+    split.partial_first = since_us;
+    // Microseconds from since_us to its day's last one; the last day int64 reaches ends past
+    // INT64_MAX.
+    const int64_t to_day_end =
+        kMicrosPerDay - 1 - (remainder < 0 ? remainder + kMicrosPerDay : remainder);
+    split.partial_last = since_us > std::numeric_limits<int64_t>::max() - to_day_end
+                             ? std::numeric_limits<int64_t>::max()
+                             : since_us + to_day_end;
+  }
+  return split;
+}
+
+absl::Status FillRandom(std::string& out) {
+  size_t filled = 0;
+  while (filled < out.size()) {
+    const ssize_t n = getrandom(out.data() + filled, out.size() - filled, 0);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return absl::InternalError(
+          absl::StrCat("getrandom failed: ", std::generic_category().message(errno)));
+    }
+    filled += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSecretRequest(const std::string& name, size_t bytes) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError("secret name is empty");
+  }
+  if (bytes == 0 || bytes > kMaxSecretBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("secret size must be 1..", kMaxSecretBytes, " bytes, got ", bytes));
+  }
+  return absl::OkStatus();
+}
+
+void FinishSecret(absl::StatusOr<std::optional<std::string>> stored, const std::string& name,
+                  size_t bytes, const VerdictStore::ReadCallback<std::string>& done) {
+  if (!stored.ok()) {
+    done(stored.status());
+    return;
+  }
+  if (!stored->has_value()) {
+    done(absl::InternalError(absl::StrCat("secret \"", name, "\" vanished after writing it")));
+    return;
+  }
+  if ((*stored)->size() != bytes) {
+    done(absl::FailedPreconditionError(absl::StrCat("stored secret \"", name, "\" has ",
+                                                    (*stored)->size(), " bytes, not ", bytes)));
+    return;
+  }
+  done(**std::move(stored));
+}
+
+}  // namespace store_support
+}  // namespace verdictd
