@@ -854,6 +854,18 @@ void Engine::SendAttempt(std::string key) {
                    });
 }
 
+bool Engine::LandedSince(const Flight& flight,
+                         const absl::StatusOr<std::optional<Verdict>>& latest) const {
+  if (!latest.ok() || !latest->has_value()) {
+    return false;
+  }
+  const Verdict& v = **latest;
+  const std::optional<Verdict>& before = flight.stale_candidate;
+  return (!before.has_value() || v.checked_at > before->checked_at) &&
+         IsFresh(clock_.Now(), v.checked_at,
+                 options_.freshness.LimitFor(v.assessment.score, std::nullopt));
+}
+
 void Engine::OnPreClaimRead(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest) {
   Outbox out;
   std::optional<std::string> next;
@@ -861,11 +873,7 @@ void Engine::OnPreClaimRead(const std::string& key, absl::StatusOr<std::optional
   {
     absl::MutexLock lock(&mu_);
     Flight& flight = flights_.at(key);  // kSending: nobody else removes it
-    const std::optional<Verdict>& before = flight.stale_candidate;
-    if (latest.ok() && latest->has_value() &&
-        (!before.has_value() || (*latest)->checked_at > before->checked_at) &&
-        IsFresh(clock_.Now(), (*latest)->checked_at,
-                options_.freshness.LimitFor((*latest)->assessment.score, std::nullopt))) {
+    if (LandedSince(flight, latest)) {
       landed = **latest;
       if (flight.payer_waiting) {
         spend_.Refund(flight.caller);
@@ -1123,11 +1131,7 @@ void Engine::OnRemoteChecked(const std::string& key, uint64_t id,
     Flight& flight = it->second;
     flight.rechecking = false;
     const absl::Time now = clock_.Now();
-    const std::optional<Verdict>& before = flight.stale_candidate;
-    if (latest.ok() && latest->has_value() &&
-        (!before.has_value() || (*latest)->checked_at > before->checked_at) &&
-        IsFresh(now, (*latest)->checked_at,
-                options_.freshness.LimitFor((*latest)->assessment.score, std::nullopt))) {
+    if (LandedSince(flight, latest)) {
       // The other process's verdict: everyone here shared its request (SOURCE_UPSTREAM, as a
       // local joiner would), nobody here paid.
       landed = **latest;

@@ -379,6 +379,10 @@ class Engine : private FlightListener {
   // waited: another process may have answered it meanwhile). REQUIRES: the flight holds an
   // upstream slot.
   void SendAttempt(std::string key);
+  // Whether `latest` is a fresh verdict newer than the one that made `flight` a miss: another
+  // process answered it.
+  bool LandedSince(const Flight& flight,
+                   const absl::StatusOr<std::optional<Verdict>>& latest) const;
   void OnPreClaimRead(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest);
   // Claims the key and begins the click, then sends the request.
   void ClaimAndSend(std::string key);
