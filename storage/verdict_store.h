@@ -114,6 +114,14 @@ struct ClickClaim {
   // unlimited. Checked against the billed clicks of that month (as ClicksSince counts them) by
   // every process sharing the store, atomically with beginning the click.
   int64_t monthly_budget = 0;
+  // What the claimant already read of the key's stored verdicts: when set, a stored verdict for
+  // `ip` (and `user_agent`, when set: the LatestFor lookup) checked after *newer_than
+  // (absl::InfinitePast(): the claimant found none) ends the claim with kVerdictLanded instead:
+  // another process's flight answered the key between the claimant's read and its claim, and
+  // paying for it again would be a second click for one answer. Checked in the claim's own
+  // atomic step, so no verdict can land between the check and the claim.
+  std::optional<absl::Time> newer_than;
+  std::optional<std::string> user_agent;
 };
 
 struct ClaimResult {
@@ -121,6 +129,7 @@ struct ClaimResult {
     kBegun,        // the claim is ours and the pending click is committed: send the request
     kFlightHeld,   // another claim on the key holds: wait for it (nothing was written)
     kBudgetSpent,  // monthly_budget clicks are already billed this month (nothing was written)
+    kVerdictLanded,  // a verdict newer than newer_than is stored: `landed` (nothing was written)
   };
   Kind kind = Kind::kBegun;
   int64_t click_id = 0;  // kBegun
@@ -129,6 +138,7 @@ struct ClaimResult {
   // kBegun, kBudgetSpent with a monthly_budget: the caller's billed clicks this month, this one
   // included.
   int64_t month_clicks = 0;
+  std::optional<Verdict> landed;  // kVerdictLanded: the newest stored verdict for the lookup
 };
 
 // Hears, on a store thread, that a claimed flight ended (its click was completed, in this process
@@ -184,7 +194,9 @@ class VerdictStore {
   // at most one request per key at a time and never overshoot a budget. The claim is released
   // by CompleteClick of its click (and only by it: a claim taken over after its lease ran out is
   // not released by the old owner's completion), or lapses with its lease. Claiming a key whose
-  // lease ran out takes it over; the old owner's pending click stays pending (billed).
+  // lease ran out takes it over; the old owner's pending click stays pending (billed). Checked
+  // in this order: a live claim (kFlightHeld), a verdict newer than claim.newer_than
+  // (kVerdictLanded), the budget (kBudgetSpent); each of them writes nothing.
   // INVALID_ARGUMENT for an empty flight_key, a lease <= 0 or a negative budget.
   virtual void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) = 0;
 

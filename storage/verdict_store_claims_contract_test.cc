@@ -71,6 +71,15 @@ ClickCompletion Completed(ClickOutcome outcome) {
   return c;
 }
 
+int64_t ClicksOf(const VerdictStore::ClickCounts& counts, absl::string_view caller) {
+  for (const auto& [who, n] : counts) {
+    if (who == caller) {
+      return n;
+    }
+  }
+  return 0;
+}
+
 // Records the flight endings a store reports.
 class RecordingListener : public FlightListener {
  public:
@@ -322,6 +331,124 @@ TEST_P(VerdictStoreContractTest, AHeldFlightIsReportedBeforeASpentBudget) {
       ClaimSync(*store, MakeClaim("shared", "alice", "r2", absl::Minutes(1), 1));
   ASSERT_TRUE(join.ok()) << join.status();
   EXPECT_EQ(join->kind, Kind::kFlightHeld);
+}
+
+// A claim that says what its claimant read (newer_than) is told of a verdict stored since, in
+// the claim's own atomic step, and writes nothing: the claimant answers with it.
+TEST_P(VerdictStoreContractTest, AClaimFindsAVerdictStoredSinceItsClaimantRead) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  const Verdict stored = MakeVerdict("192.0.2.10", kT0 + absl::Seconds(1), "ua", "other");
+  Append(*store, stored);
+  absl::StatusOr<VerdictStore::ClickCounts> before = ClicksSinceSync(*store, kT0 - absl::Hours(1));
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  ClickClaim knew_none = MakeClaim("k", "alice", "r1", absl::Minutes(1), /*budget=*/1);
+  knew_none.newer_than = absl::InfinitePast();
+  absl::StatusOr<ClaimResult> landed = ClaimSync(*store, knew_none);
+  ASSERT_TRUE(landed.ok()) << landed.status();
+  ASSERT_EQ(landed->kind, Kind::kVerdictLanded);
+  ASSERT_TRUE(landed->landed.has_value());
+  EXPECT_EQ(landed->landed->checked_at, stored.checked_at);
+  EXPECT_EQ(landed->landed->caller, "other");
+  EXPECT_EQ(landed->landed->assessment.score, Score::kSuspicious);
+
+  // By user agent when one is given: none is stored for this one.
+  ClickClaim other_ua = knew_none;
+  other_ua.flight_key = "k-ua";
+  other_ua.user_agent = "curl/8";
+  absl::StatusOr<ClaimResult> begun_ua = ClaimSync(*store, other_ua);
+  ASSERT_TRUE(begun_ua.ok()) << begun_ua.status();
+  EXPECT_EQ(begun_ua->kind, Kind::kBegun);
+  // A verdict landed is reported before a spent budget (alice's one click is spent now) ...
+  ClickClaim with_ua = knew_none;
+  with_ua.user_agent = "ua";
+  absl::StatusOr<ClaimResult> landed_ua = ClaimSync(*store, with_ua);
+  ASSERT_TRUE(landed_ua.ok()) << landed_ua.status();
+  EXPECT_EQ(landed_ua->kind, Kind::kVerdictLanded);
+  // ... and after a held flight: the holder is about to store a newer one.
+  ClickClaim held = knew_none;
+  held.flight_key = "k-ua";
+  absl::StatusOr<ClaimResult> held_result = ClaimSync(*store, held);
+  ASSERT_TRUE(held_result.ok()) << held_result.status();
+  EXPECT_EQ(held_result->kind, Kind::kFlightHeld);
+
+  // The verdict it read is not news, and without newer_than nothing is looked for.
+  ClickClaim knew_it = MakeClaim("k", "bob");
+  knew_it.newer_than = stored.checked_at;
+  absl::StatusOr<ClaimResult> begun = ClaimSync(*store, knew_it);
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  EXPECT_EQ(begun->kind, Kind::kBegun);
+  absl::StatusOr<ClaimResult> unasked = ClaimSync(*store, MakeClaim("k2", "carol"));
+  ASSERT_TRUE(unasked.ok()) << unasked.status();
+  EXPECT_EQ(unasked->kind, Kind::kBegun);
+
+  // The landed claims wrote nothing: only the three begun ones are clicks.
+  absl::StatusOr<VerdictStore::ClickCounts> after = ClicksSinceSync(*store, kT0 - absl::Hours(1));
+  ASSERT_TRUE(after.ok()) << after.status();
+  for (const char* caller : {"alice", "bob", "carol"}) {
+    EXPECT_EQ(ClicksOf(*after, caller), ClicksOf(*before, caller) + 1) << caller;
+  }
+}
+
+// Two processes answer the same cold IPs as the engine does: claim; told held, wait and claim
+// again; begun, complete with a verdict; landed, done. Each IP costs exactly one click, however
+// the claims and completions interleave: a claim after another's completion finds its verdict.
+TEST_P(VerdictStoreContractTest, ClaimantsThatClaimAgainAfterAHeldFlightPayOncePerKey) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  constexpr int kKeys = 12;
+  constexpr int kClaimantsPerKey = 4;
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kClaimantsPerKey; ++t) {
+    threads.emplace_back([&, t] {
+      VerdictStore& store = t % 2 == 0 ? *a : *b;
+      for (int k = 0; k < kKeys; ++k) {
+        const std::string ip = absl::StrCat("198.51.100.", k);
+        ClickClaim claim = MakeClaim(ip, absl::StrCat("c", t), absl::StrCat("r", t));
+        claim.ip = ip;
+        claim.newer_than = absl::InfinitePast();
+        const absl::Time give_up = absl::Now() + absl::Seconds(20);
+        for (;;) {
+          absl::StatusOr<ClaimResult> r = ClaimSync(store, claim);
+          if (!r.ok() || absl::Now() > give_up) {
+            ++failed;
+            break;
+          }
+          if (r->kind == Kind::kVerdictLanded) {
+            break;
+          }
+          if (r->kind == Kind::kBegun) {
+            ClickCompletion done = Completed(ClickOutcome::kVerdict);
+            done.verdict->ip = ip;
+            if (!CompleteClickSync(store, r->click_id, std::move(done)).ok()) {
+              ++failed;
+            }
+            break;
+          }
+          if (r->kind != Kind::kFlightHeld) {
+            ++failed;
+            break;
+          }
+          absl::SleepFor(absl::Milliseconds(1));
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(failed.load(), 0);
+  absl::StatusOr<VerdictStore::ClickCounts> clicks = ClicksSinceSync(*a, kT0 - absl::Hours(1));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  int64_t total = 0;
+  for (const auto& [caller, n] : *clicks) {
+    total += n;
+  }
+  EXPECT_EQ(total, kKeys) << "one click per key";
 }
 
 TEST_P(VerdictStoreContractTest, InvalidClaimsAndLeasesAreAnsweredThroughTheCallback) {

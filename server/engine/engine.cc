@@ -904,6 +904,13 @@ void Engine::ClaimAndSend(std::string key) {
     claim.caller = flight.caller;
     claim.ip = flight.ip;
     claim.monthly_budget = flight.monthly_budget;
+    // What this flight read of the store: a verdict stored since (another process's flight
+    // landed between that read and this claim) is taken instead of paid for again.
+    claim.newer_than = flight.stale_candidate.has_value() ? flight.stale_candidate->checked_at
+                                                          : absl::InfinitePast();
+    if (options_.cache_key == CacheKeyMode::kIpUserAgent) {
+      claim.user_agent = flight.user_agent;
+    }
   }
   claim.requested_at = clock_.Now();
   claim.flight_key = key;
@@ -913,6 +920,10 @@ void Engine::ClaimAndSend(std::string key) {
   // counts the click as spent. The claim makes the flight single across every process sharing
   // the store, and the budget hold across them.
   store_.ClaimClick(std::move(claim), [this, key](absl::StatusOr<ClaimResult> claimed) {
+    if (claimed.ok() && claimed->kind == ClaimResult::Kind::kVerdictLanded) {
+      OnClaimLanded(key, *std::move(claimed->landed));
+      return;
+    }
     if (claimed.ok() && claimed->kind != ClaimResult::Kind::kBegun) {
       OnClaimRefused(key, *claimed);
       return;
@@ -985,6 +996,26 @@ void Engine::ClaimAndSend(std::string key) {
                            }
                          });
   });
+}
+
+void Engine::OnClaimLanded(const std::string& key, Verdict landed) {
+  bool fresh = false;
+  {
+    absl::MutexLock lock(&mu_);
+    Flight& flight = flights_.at(key);  // kSending: nobody else removes it
+    --flight.attempts;                  // not an attempt: nothing was sent
+    fresh = LandedSince(flight, std::optional<Verdict>(landed));
+    if (!fresh) {
+      // Newer than what this flight read but not fresh enough to answer with (stored by a
+      // process with another clock or freshness): it is what the flight knows now.
+      flight.stale_candidate = landed;
+    }
+  }
+  if (!fresh) {
+    ClaimAndSend(key);
+    return;
+  }
+  OnPreClaimRead(key, std::optional<Verdict>(std::move(landed)));
 }
 
 void Engine::OnClaimRefused(const std::string& key, const ClaimResult& claim) {

@@ -400,6 +400,9 @@ class Engine : private FlightListener {
                Source source = Source::kUpstream);
   // The claim for `key`'s flight was not granted: another process holds the key (wait for it),
   // or the payer's budget is spent across every process sharing the store.
+  // The claim found a verdict stored since this flight read the store (ClaimResult::
+  // kVerdictLanded): answers with it if it is fresh, else claims again knowing it.
+  void OnClaimLanded(const std::string& key, Verdict landed);
   void OnClaimRefused(const std::string& key, const ClaimResult& claim);
   // A kRemote flight looks at the store again (woken by a notification or its poll).
   // `poll`: the poll that woke it (ignored unless it is the flight's newest); nullopt for a

@@ -1,6 +1,7 @@
 #include "server/engine/engine.h"
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -82,17 +83,29 @@ class FakeStore : public VerdictStore {
     done(id);
   }
 
-  // As BeginClick, unless the key is in `held` (another process's flight: kFlightHeld) or the
+  // As BeginClick, unless the key is in `held`, a verdict newer than claim.newer_than is
+  // stored (kVerdictLanded; `lands_on_claim` stores one for its IP just before the check, as
+  // another process's flight landing between the engine's read and its claim would),  (another process's flight: kFlightHeld) or the
   // caller is in `cluster_spent` (its budget spent elsewhere: kBudgetSpent with that count).
   void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) override {
     ClaimResult result;
     {
       absl::MutexLock lock(&mu_);
       claims.push_back(claim);
+      if (auto lands = lands_on_claim.find(claim.ip); lands != lands_on_claim.end()) {
+        history.push_back(lands->second);
+        lands_on_claim.erase(lands);
+      }
+      std::optional<Verdict> latest = Latest(claim.ip, claim.user_agent);
       if (auto held_it = held.find(claim.flight_key); held_it != held.end()) {
         events.push_back("held " + claim.ip);
         result.kind = ClaimResult::Kind::kFlightHeld;
         result.lease_left = held_it->second;
+      } else if (claim.newer_than.has_value() && latest.has_value() &&
+                 latest->checked_at > *claim.newer_than) {
+        events.push_back("landed " + claim.ip);
+        result.kind = ClaimResult::Kind::kVerdictLanded;
+        result.landed = latest;
       } else if (auto spent = cluster_spent.find(claim.caller); spent != cluster_spent.end()) {
         events.push_back("spent " + claim.ip);
         result.kind = ClaimResult::Kind::kBudgetSpent;
@@ -237,6 +250,7 @@ class FakeStore : public VerdictStore {
 
   absl::Mutex mu_;
   std::vector<Verdict> history;
+  std::map<std::string, Verdict> lands_on_claim;  // by IP; see ClaimClick
   std::vector<Click> clicks;
   std::vector<std::string> events;
   absl::Status read_error;
@@ -1611,6 +1625,45 @@ TEST_F(EngineTest, AnAgedHotCacheEntryIsCheckedAgainstTheStoreBeforeClaiming) {
   EXPECT_EQ((**checked)->verdict.caller, "other-replica");
   EXPECT_EQ(store_.claims.size(), claims);
   EXPECT_TRUE(client_.pending.empty());
+}
+
+// Another process's flight for the key lands after this miss read the store but before its
+// claim: the claim finds the verdict and the miss is answered with it, without a request.
+TEST_F(EngineTest, AVerdictLandedBetweenTheReadAndTheClaimIsTakenNotPaidFor) {
+  store_.lands_on_claim["8.8.8.8"] = RemoteVerdict("8.8.8.8", clock_.Now());
+  auto checked = Start(Request("8.8.8.8", "team-a"));
+  ASSERT_TRUE(checked->has_value());
+  ASSERT_TRUE((*checked)->ok()) << (*checked)->status();
+  EXPECT_EQ((**checked)->source, Source::kUpstream) << "a request shared with another process";
+  EXPECT_FALSE((**checked)->click_spent);
+  EXPECT_EQ((**checked)->verdict.caller, "other-replica");
+  ASSERT_EQ(store_.claims.size(), 1u);
+  ASSERT_TRUE(store_.claims[0].newer_than.has_value());
+  EXPECT_EQ(*store_.claims[0].newer_than, absl::InfinitePast()) << "it had read no verdict";
+  EXPECT_TRUE(store_.clicks.empty());
+  EXPECT_TRUE(client_.pending.empty());
+  auto again = Start(Request("8.8.8.8", "team-b"));
+  ASSERT_TRUE((*again)->ok());
+  EXPECT_EQ((**again)->source, Source::kCache) << "and it is in the hot cache";
+}
+
+// A verdict stored since the read that is itself too old to answer with (another process's
+// clock or freshness) is not paid for twice either way: the miss claims again knowing it.
+TEST_F(EngineTest, ALandedVerdictTooOldToServeIsClaimedPastOnce) {
+  {
+    absl::MutexLock lock(&store_.mu_);
+    store_.history.push_back(RemoteVerdict("8.8.8.8", clock_.Now()));
+  }
+  clock_.Advance(absl::Hours(72));
+  store_.lands_on_claim["8.8.8.8"] = RemoteVerdict("8.8.8.8", clock_.Now() - absl::Hours(48));
+  auto checked = Start(Request("8.8.8.8", "team-a"));
+  ASSERT_EQ(store_.claims.size(), 2u);
+  EXPECT_EQ(*store_.claims[1].newer_than, clock_.Now() - absl::Hours(48));
+  ASSERT_EQ(client_.pending.size(), 1u);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*checked)->ok());
+  EXPECT_TRUE((**checked)->click_spent);
+  EXPECT_EQ(store_.clicks.size(), 1u);
 }
 
 // Extra wake-ups (a listener reconnect) do not leave extra chains of polls behind: while

@@ -144,23 +144,26 @@ void PostgresStore::Ping(DoneCallback done) {
 absl::StatusOr<std::optional<Verdict>> PostgresStore::ReadLatestFor(
     Slot& slot, absl::string_view ip, std::optional<absl::string_view> user_agent) {
   return WithReader<std::optional<Verdict>>(
-      slot, [&](Connection& conn) -> absl::StatusOr<std::optional<Verdict>> {
-        Params params;
-        params.Bytes(ip);
-        if (user_agent.has_value()) {
-          params.Bytes(*user_agent);
-        }
-        absl::StatusOr<Result> result = user_agent.has_value()
-                                            ? Exec(conn, kLatestForIpAndUserAgent, params)
-                                            : Exec(conn, kLatestForIp, params);
-        if (!result.ok()) {
-          return result.status();
-        }
-        if (PQntuples(result->get()) == 0) {
-          return std::nullopt;
-        }
-        return RowVerdict(result->get(), 0, 0);
-      });
+      slot, [&](Connection& conn) { return QueryLatestFor(conn, ip, user_agent); });
+}
+
+absl::StatusOr<std::optional<Verdict>> QueryLatestFor(Connection& conn, absl::string_view ip,
+                                                      std::optional<absl::string_view> user_agent) {
+  Params params;
+  params.Bytes(ip);
+  if (user_agent.has_value()) {
+    params.Bytes(*user_agent);
+  }
+  absl::StatusOr<Result> result = user_agent.has_value()
+                                      ? Exec(conn, kLatestForIpAndUserAgent, params)
+                                      : Exec(conn, kLatestForIp, params);
+  if (!result.ok()) {
+    return result.status();
+  }
+  if (PQntuples(result->get()) == 0) {
+    return std::nullopt;
+  }
+  return RowVerdict(result->get(), 0, 0);
 }
 
 absl::StatusOr<std::vector<HistoryEntry>> PostgresStore::ReadHistory(Slot& slot,

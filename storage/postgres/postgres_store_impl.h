@@ -30,9 +30,13 @@
 //   checks of one caller across processes until the claiming group commits; the month's clicks
 //   are read from the per-day usage counters after taking it, under READ COMMITTED, so they
 //   include every click committed before.
-// - Deadlocks: two processes' groups may lock the same usage rows, claims and budget locks in
-//   opposite orders. PostgreSQL aborts one after deadlock_timeout; that group is rolled back
-//   whole (its earlier locks are what the other waits for) and run again (kGroupRetries).
+// - Groups take turns: each group's transaction first takes one advisory lock (kLockWriters),
+//   so the write transactions of all processes run one at a time. Without it two processes'
+//   groups lock usage rows, claims and budget locks in their operations' orders, which differ,
+//   and deadlock. It also makes a claim's checks (live claim, landed verdict, budget) and its
+//   writes atomic across processes, as the SQLite store's one writer makes them. A deadlock
+//   that still happens (another client of the database) aborts the group, which is rolled back
+//   whole and run again (kGroupRetries).
 // - Times: leases are the database's clock (clock_timestamp(): a group's transaction may have
 //   started a while before the statement); completed_at and write failures the store's Clock.
 // - Sessions carry statement, lock and idle-in-transaction timeouts (postgres_connection.cc), so
@@ -119,6 +123,11 @@ class Slot {
   absl::Time retry_after_ = absl::InfinitePast();
   absl::Status last_failure_;
 };
+
+// The newest stored verdict for ip (and user_agent, when set): LatestFor's query, which
+// ClaimClick also runs inside the writer's transaction.
+absl::StatusOr<std::optional<Verdict>> QueryLatestFor(Connection& conn, absl::string_view ip,
+                                                      std::optional<absl::string_view> user_agent);
 
 class PostgresStore final : public VerdictStore {
  public:

@@ -203,6 +203,10 @@ absl::Status PostgresStore::TryGroup(Connection& conn, const std::vector<WriteOp
   if (absl::Status s = Exec(conn, "BEGIN"); !s.ok()) {
     return s;
   }
+  if (absl::StatusOr<Result> s = Exec(conn, kLockWriters, Params().Int64(kWriterLockKey));
+      !s.ok()) {
+    return s.status();
+  }
   for (const WriteOp& op : group) {
     if (absl::Status s = Exec(conn, "SAVEPOINT op"); !s.ok()) {
       return s;
@@ -293,6 +297,22 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
   }
   if (holder->has_value()) {
     return held(**holder);
+  }
+  if (claim.newer_than.has_value()) {
+    // Under the writer lock every other process's completed flight has committed, so its
+    // verdict is visible here, and none can commit before this group does.
+    absl::StatusOr<std::optional<Verdict>> latest = QueryLatestFor(
+        conn, claim.ip,
+        claim.user_agent.has_value() ? std::optional<absl::string_view>(*claim.user_agent)
+                                     : std::nullopt);
+    if (!latest.ok()) {
+      return latest.status();
+    }
+    if (latest->has_value() && (*latest)->checked_at > *claim.newer_than) {
+      outcome.claim.kind = ClaimResult::Kind::kVerdictLanded;
+      outcome.claim.landed = *std::move(latest);
+      return outcome;
+    }
   }
   int64_t month_clicks = 0;
   if (claim.monthly_budget > 0) {

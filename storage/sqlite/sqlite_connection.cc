@@ -141,6 +141,8 @@ absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db) {
       {&conn->month_clicks, kMonthClicksSql},
       {&conn->prune_flights, kPruneFlightsSql},
       {&conn->try_lease, kTryLeaseSql},
+      {&conn->latest_for_ip, kLatestForIpSql},
+      {&conn->latest_for_ip_and_user_agent, kLatestForIpAndUserAgentSql},
   };
   absl::Status status = PrepareAll(conn->db.get(), std::begin(statements), std::end(statements));
   if (!status.ok()) {

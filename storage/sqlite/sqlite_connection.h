@@ -107,6 +107,8 @@ struct WriteConnection {
   Stmt month_clicks;
   Stmt prune_flights;
   Stmt try_lease;
+  Stmt latest_for_ip;  // ClaimClick's check for a verdict that landed
+  Stmt latest_for_ip_and_user_agent;
 };
 
 absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db);

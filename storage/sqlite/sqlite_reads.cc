@@ -119,19 +119,13 @@ absl::StatusOr<std::optional<Verdict>> SqliteStore::ReadLatestFor(
     Reader& reader_slot, absl::string_view ip, std::optional<absl::string_view> user_agent) {
   return WithReader<std::optional<Verdict>>(
       reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::optional<Verdict>> {
-        sqlite3_stmt* stmt = user_agent.has_value() ? reader.latest_for_ip_and_user_agent.get()
-                                                    : reader.latest_for_ip.get();
-        ScopedReset reset(stmt);
-        BindText(stmt, 1, ip);
-        if (user_agent.has_value()) {
-          BindBytes(stmt, 2, *user_agent);
-        }
-        const int rc = sqlite3_step(stmt);
-        if (rc == SQLITE_DONE) {
-          return std::nullopt;
-        }
-        if (rc == SQLITE_ROW) {
-          return ColumnVerdict(stmt, 0);
+        std::optional<Verdict> latest;
+        const int rc = StepLatestFor(user_agent.has_value()
+                                         ? reader.latest_for_ip_and_user_agent.get()
+                                         : reader.latest_for_ip.get(),
+                                     ip, user_agent, &latest);
+        if (rc == SQLITE_DONE || rc == SQLITE_ROW) {
+          return latest;
         }
         return ReadFailed(reader.db.get());
       });

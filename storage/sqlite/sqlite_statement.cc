@@ -38,6 +38,21 @@ std::string ColumnBytes(sqlite3_stmt* stmt, int index) {
   return std::string(static_cast<const char*>(data), static_cast<size_t>(size));
 }
 
+int StepLatestFor(sqlite3_stmt* stmt, absl::string_view ip,
+                  std::optional<absl::string_view> user_agent, std::optional<Verdict>* latest) {
+  ScopedReset reset(stmt);
+  latest->reset();
+  BindText(stmt, 1, ip);
+  if (user_agent.has_value()) {
+    BindBytes(stmt, 2, *user_agent);
+  }
+  const int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW) {
+    *latest = ColumnVerdict(stmt, 0);
+  }
+  return rc;
+}
+
 Verdict ColumnVerdict(sqlite3_stmt* stmt, int first) {
   Verdict verdict;
   verdict.ip = ColumnBytes(stmt, first);

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -76,6 +77,12 @@ std::string ColumnBytes(sqlite3_stmt* stmt, int index);
 // A verdict from the ten columns ip, user_agent, score, proxy, tor, vpn, crawler, bot,
 // checked_at_us, caller starting at column `first`.
 Verdict ColumnVerdict(sqlite3_stmt* stmt, int first);
+
+// Steps a latest-for statement (kLatestForIpSql, or kLatestForIpAndUserAgentSql when user_agent
+// is set) for ip once, resetting it after: SQLITE_ROW with *latest set, SQLITE_DONE for none
+// (*latest reset), else the error code.
+int StepLatestFor(sqlite3_stmt* stmt, absl::string_view ip,
+                  std::optional<absl::string_view> user_agent, std::optional<Verdict>* latest);
 
 absl::Status WriteFailed(sqlite3* db);
 

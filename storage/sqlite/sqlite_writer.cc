@@ -249,6 +249,21 @@ absl::StatusOr<int64_t> SqliteStore::Apply(ClaimClickOp& op) {
       return WriteFailed(db);
     }
   }
+  if (c.newer_than.has_value()) {
+    std::optional<Verdict> latest;
+    const int rc = StepLatestFor(c.user_agent.has_value()
+                                     ? writer_->latest_for_ip_and_user_agent.get()
+                                     : writer_->latest_for_ip.get(),
+                                 c.ip, c.user_agent, &latest);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      return WriteFailed(db);
+    }
+    if (latest.has_value() && latest->checked_at > *c.newer_than) {
+      op.result.kind = ClaimResult::Kind::kVerdictLanded;
+      op.result.landed = std::move(latest);
+      return 0;
+    }
+  }
   if (c.monthly_budget > 0) {
     const absl::CivilMonth month = absl::ToCivilMonth(c.requested_at, absl::UTCTimeZone());
     sqlite3_stmt* spent = writer_->month_clicks.get();
