@@ -256,9 +256,11 @@ int Main() {
   std::vector<Side> sides = {{"trivial", "trivial_", &*trivial, false, 0}};
   std::vector<Server> verdictds;
   verdictds.reserve(backends.size());
-  for (Backend backend : backends) {
-    const std::string name = absl::StrCat("verdictd-", BackendName(backend));
-    absl::StatusOr<BenchStore> store = BenchStore::Create(backend, dir, "hit");
+  for (size_t i = 0; i < backends.size(); ++i) {
+    const Backend backend = backends[i];
+    // A store of its own per verdictd, also when a backend is listed twice.
+    const std::string name = absl::StrCat("verdictd-", BackendName(backend), "-", i);
+    absl::StatusOr<BenchStore> store = BenchStore::Create(backend, dir, absl::StrCat("hit", i));
     if (!store.ok()) Die(name + " store", store.status());
     // --log_level=info (verdictd's default) because the metrics port is logged at that level;
     // a hit logs nothing.
