@@ -5,6 +5,7 @@
 //
 //   build-bench/bench/bench_clicks            # 1,000,000 checks over 100,000 IPs, 64 callers
 //   build-bench/bench/bench_clicks --smoke    # 20,000 checks over 2,000 IPs
+//   build-bench/bench/bench_clicks --replicas=3   # 3 verdictd on one PostgreSQL database
 
 #include <algorithm>
 #include <atomic>
@@ -20,7 +21,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "bench/bench_support.h"
-#include "sqlite3.h"
 
 ABSL_FLAG(int, checks, 1'000'000, "Checks in the trace");
 ABSL_FLAG(int, ips, 100'000, "IPs the Zipf distribution ranges over");
@@ -31,6 +31,12 @@ ABSL_FLAG(std::string, mode, "batch", "batch (CheckBatch of --batch items) or ip
 ABSL_FLAG(absl::Duration, latency, absl::Milliseconds(2),
           "Simulator latency: widens the window in which callers race on one IP");
 ABSL_FLAG(uint64_t, seed, 1, "Trace seed");
+ABSL_FLAG(int, replicas, 1,
+          "verdictd processes on one store; caller c asks replica c mod N. More than 1 needs "
+          "--backend=postgres");
+ABSL_FLAG(std::string, backend, "",
+          "Store: sqlite or postgres (a database on a throwaway PostgreSQL); default sqlite for "
+          "one replica, postgres for several");
 ABSL_FLAG(bool, smoke, false, "CI mode: 20,000 checks over 2,000 IPs");
 
 namespace verdictd::bench {
@@ -55,29 +61,6 @@ std::vector<uint32_t> ZipfTrace(int checks, int n, double s, uint64_t seed) {
         std::min<ptrdiff_t>(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin(), n - 1));
   }
   return trace;
-}
-
-absl::StatusOr<int64_t> LedgerClicks(const std::string& db_path) {
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-    std::string message = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
-    sqlite3_close(db);
-    return absl::InternalError(absl::StrCat("open ", db_path, ": ", message));
-  }
-  sqlite3_stmt* stmt = nullptr;
-  int64_t count = -1;
-  if (sqlite3_prepare_v2(db, "SELECT count(*) FROM clicks WHERE outcome != 3", -1, &stmt,
-                         nullptr) == SQLITE_OK &&
-      sqlite3_step(stmt) == SQLITE_ROW) {
-    count = sqlite3_column_int64(stmt, 0);
-  }
-  std::string message = sqlite3_errmsg(db);
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  if (count < 0) {
-    return absl::InternalError(absl::StrCat("count clicks: ", message));
-  }
-  return count;
 }
 
 int Main() {
@@ -105,20 +88,32 @@ int Main() {
     ip_text[r] = PublicIp(11, static_cast<uint32_t>(r + 1));
   }
 
+  const int n_replicas = std::max(1, absl::GetFlag(FLAGS_replicas));
+  const std::string backend_flag = absl::GetFlag(FLAGS_backend);
+  absl::StatusOr<Backend> backend =
+      ParseBackend(!backend_flag.empty() ? backend_flag : (n_replicas > 1 ? "postgres" : "sqlite"));
+  if (!backend.ok()) Die("--backend", backend.status());
+  if (n_replicas > 1 && *backend != Backend::kPostgres) {
+    Die("--replicas above 1 needs --backend=postgres");
+  }
+
   TempDir dir;
   absl::StatusOr<Server> sim = StartSimulator(
       dir, {absl::StrCat("--latency=", absl::FormatDuration(absl::GetFlag(FLAGS_latency)))});
   if (!sim.ok()) Die("simulator", sim.status());
-  const std::string db_path = dir.File("clicks.db");
-  absl::StatusOr<Server> verdictd = StartVerdictd(dir, sim->port, {"--db=" + db_path});
-  if (!verdictd.ok()) Die("verdictd", verdictd.status());
+  absl::StatusOr<BenchStore> store = BenchStore::Create(*backend, dir, "clicks");
+  if (!store.ok()) Die("store", store.status());
+  absl::StatusOr<std::vector<Server>> replicas =
+      StartReplicas(dir, sim->port, *store, n_replicas, {}, "verdictd");
+  if (!replicas.ok()) Die("verdictd", replicas.status());
 
   std::cout << absl::StrFormat(
                    "bench_clicks: Zipf(s=%.2f) trace of %d checks over %d IPs (%d distinct), "
-                   "%d callers, mode %s%s, simulator latency %s",
+                   "%d callers, mode %s%s, simulator latency %s, %d verdictd on %s",
                    absl::GetFlag(FLAGS_zipf_s), checks, n_ips, distinct, callers, mode,
                    mode == "batch" ? absl::StrCat(" of ", batch) : "",
-                   absl::FormatDuration(absl::GetFlag(FLAGS_latency)))
+                   absl::FormatDuration(absl::GetFlag(FLAGS_latency)), n_replicas,
+                   BackendName(*backend))
             << std::endl;
 
   std::atomic<int64_t> next{0};
@@ -138,7 +133,7 @@ int Main() {
   std::vector<std::thread> threads;
   for (int c = 0; c < callers; ++c) {
     threads.emplace_back([&, c] {
-      auto stub = NewStub(verdictd->port);
+      auto stub = NewStub((*replicas)[c % n_replicas].port);
       const std::string caller = absl::StrCat("caller-", c);
       for (int64_t i = next.fetch_add(batch); i < checks; i = next.fetch_add(batch)) {
         const int64_t end = std::min<int64_t>(i + batch, checks);
@@ -189,29 +184,63 @@ int Main() {
   absl::StatusOr<nlohmann::json> stats = SimStats(sim->port);
   if (!stats.ok()) Die("simulator stats", stats.status());
   const int64_t sim_requests = stats->at("requests").get<int64_t>();
-  verdictd->Stop();  // the ledger is complete and checkpointed
-  absl::StatusOr<int64_t> ledger = LedgerClicks(db_path);
+  for (Server& replica : *replicas) {
+    replica.Stop();  // the ledger is complete (and, for SQLite, checkpointed)
+  }
+  absl::StatusOr<int64_t> ledger = store->LedgerClicks();
   if (!ledger.ok()) Die("ledger", ledger.status());
   sim->Stop();
 
+  // Deadlocks between replicas' write transactions (retried by the store, but worth seeing)
+  // and any other error the logs report.
+  const int64_t deadlock_lines = CountLinesWith(store->ServerLog(), "deadlock detected");
+  int64_t replica_deadlock_lines = 0;
+  std::string first_deadlock_line;
+  for (const Server& replica : *replicas) {
+    replica_deadlock_lines += CountLinesWith(testing::ReadFileOrEmpty(replica.log_path), "deadlock",
+                                             &first_deadlock_line);
+  }
+
   const bool equal = distinct == sim_requests && sim_requests == *ledger &&
                      clicks_spent.load() == *ledger && errors.load() == 0;
+  const double ratio = static_cast<double>(sim_requests) / static_cast<double>(distinct);
   std::cout << absl::StrFormat(
                    "  %.1f s (%.0f checks/s), errors %d%s, answers from cache %d\n"
                    "  distinct IPs in trace %d, simulator requests %d, ledger clicks "
-                   "(outcome != 3) %d, click_spent answers %d: %s\n",
+                   "(outcome != 3) %d, click_spent answers %d: %s\n"
+                   "  simulator requests / distinct IPs = %.5f\n",
                    seconds, checks / seconds, errors.load(),
                    first_error.empty() ? "" : " (first: " + first_error + ")", from_cache.load(),
                    distinct, sim_requests, *ledger, clicks_spent.load(),
-                   equal ? "all equal" : "NOT EQUAL")
+                   equal ? "all equal" : "NOT EQUAL", ratio)
             << std::flush;
-  PrintResult("clicks", "distinct_ips", absl::StrCat(distinct));
-  PrintResult("clicks", "sim_requests", absl::StrCat(sim_requests), "=distinct",
+  if (*backend == Backend::kPostgres) {
+    std::cout << absl::StrFormat(
+                     "  PostgreSQL log lines \"deadlock detected\": %d; verdictd log lines "
+                     "mentioning a deadlock: %d%s\n",
+                     deadlock_lines, replica_deadlock_lines,
+                     first_deadlock_line.empty() ? "" : " (first: " + first_deadlock_line + ")")
+              << std::flush;
+  }
+  // "clicks" as before for one SQLite-backed verdictd; "clicks_pg" or "clicks_3r" otherwise.
+  const std::string bench = n_replicas > 1
+                                ? absl::StrCat("clicks_", n_replicas, "r")
+                                : (*backend == Backend::kPostgres ? "clicks_pg" : "clicks");
+  PrintResult(bench, "distinct_ips", absl::StrCat(distinct));
+  PrintResult(bench, "sim_requests", absl::StrCat(sim_requests), "=distinct",
               PassFail(sim_requests == distinct));
-  PrintResult("clicks", "ledger_clicks", absl::StrCat(*ledger), "=distinct",
+  PrintResult(bench, "ledger_clicks", absl::StrCat(*ledger), "=distinct",
               PassFail(*ledger == distinct));
-  PrintResult("clicks", "checks_per_s", absl::StrFormat("%.0f", checks / seconds));
-  PrintResult("clicks", "all_equal", equal ? "yes" : "no", "yes", PassFail(equal));
+  PrintResult(bench, "click_spent", absl::StrCat(clicks_spent.load()), "=distinct",
+              PassFail(clicks_spent.load() == distinct));
+  PrintResult(bench, "sim_per_distinct", absl::StrFormat("%.5f", ratio), "=1",
+              PassFail(sim_requests == distinct));
+  PrintResult(bench, "errors", absl::StrCat(errors.load()), "=0", PassFail(errors.load() == 0));
+  if (*backend == Backend::kPostgres) {
+    PrintResult(bench, "pg_deadlocks", absl::StrCat(deadlock_lines));
+  }
+  PrintResult(bench, "checks_per_s", absl::StrFormat("%.0f", checks / seconds));
+  PrintResult(bench, "all_equal", equal ? "yes" : "no", "yes", PassFail(equal));
   return 0;
 }
 

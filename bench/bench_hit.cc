@@ -1,6 +1,8 @@
 // Benchmark 1, the hit path: CheckIp on a cached IP under closed-loop load from h2load
 // (nghttp2-client, gRPC framing with -d), verdictd against a trivial callback-API server that
-// answers a fixed response, alternated (A B A B ...) with the same load. Prints each run's
+// answers a fixed response, alternated (A B A B ...) with the same load; with --backend listing
+// both stores (the default), a SQLite-backed and a PostgreSQL-backed verdictd take turns after
+// the trivial server (A B C A B C ...). Prints each run's
 // calls/s, latency percentiles (from h2load's per-request log), the server's CPU time per call
 // (utime + stime from /proc/PID/stat over the run, divided by the calls the server itself
 // counted) and h2load's own CPU use; then the medians and the ratios verdictd/trivial.
@@ -16,6 +18,7 @@
 // with exit 1, as does a missing h2load.
 //
 //   build-bench/bench/bench_hit            # -c16 -m32, 3 rounds x (2 s warm-up + 10 s) each
+//   build-bench/bench/bench_hit --backend=sqlite   # trivial vs the SQLite-backed verdictd only
 //   build-bench/bench/bench_hit --smoke    # a few seconds
 //   build-bench/bench/bench_hit --client_check   # also: does more h2load raise trivial's rate?
 
@@ -31,10 +34,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "bench/bench_support.h"
 #include "bench/h2load.h"
-#include "httplib.h"
 
 ABSL_FLAG(std::string, h2load_bin, "/usr/bin/h2load", "h2load (Debian package nghttp2-client)");
 ABSL_FLAG(int, connections, 16, "h2load -c: connections");
@@ -46,6 +49,9 @@ ABSL_FLAG(int, rounds, 3, "Rounds of (trivial, verdictd) runs; medians are repor
 ABSL_FLAG(bool, client_check, false,
           "First run trivial_server with the given load, with twice the connections and streams, "
           "and with one more h2load thread, to show whether h2load limits the rate");
+ABSL_FLAG(std::string, backend, "sqlite,postgres",
+          "Stores of the verdictd servers measured against trivial_server, one verdictd each, "
+          "comma-separated: sqlite, postgres (a database on a throwaway PostgreSQL)");
 ABSL_FLAG(bool, smoke, false, "CI mode: -c4 -m8, 1 round of 1 s + 0.5 s warm-up");
 
 namespace verdictd::bench {
@@ -76,16 +82,9 @@ Served operator-(const Served& a, const Served& b) {
 
 // verdictd's /metrics.
 Served ScrapeVerdictd(int metrics_port) {
-  httplib::Client client("127.0.0.1", metrics_port);
-  client.set_connection_timeout(5);
-  client.set_read_timeout(30);
-  httplib::Result result = client.Get("/metrics");
-  if (!result || result->status != 200) {
-    Die(absl::StrCat("GET http://127.0.0.1:", metrics_port, "/metrics failed"));
-  }
   Served s;
   bool seen_ok = false;
-  for (const auto& [series, value] : ParsePrometheusText(result->body)) {
+  for (const auto& [series, value] : ScrapeMetrics(metrics_port)) {
     const auto n = static_cast<int64_t>(value);
     if (series == R"(verdictd_rpcs_total{method="CheckIp",code="OK"})") {
       s.ok += n;
@@ -120,26 +119,6 @@ Served AskTrivial(int port) {
   s.ok = response.callers(0).requests();
   s.cache = s.ok;
   return s;
-}
-
-// The metrics port verdictd logs at start-up ("... /metrics (port N)", at level info).
-int MetricsPortFromLog(const Server& server) {
-  const std::string marker = "/metrics (port ";
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < deadline) {
-    const std::string log = testing::ReadFileOrEmpty(server.log_path);
-    const size_t at = log.find(marker);
-    if (at != std::string::npos) {
-      const size_t start = at + marker.size();
-      const size_t end = log.find(')', start);
-      int port = 0;
-      if (end != std::string::npos && absl::SimpleAtoi(log.substr(start, end - start), &port)) {
-        return port;
-      }
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  Die("verdictd logged no metrics port:\n" + testing::ReadFileOrEmpty(server.log_path));
 }
 
 struct RunFigures {
@@ -254,35 +233,68 @@ int Main() {
   load.headers = {absl::StrCat("x-caller: ", kCaller)};
   const int rounds = smoke ? 1 : std::max(1, absl::GetFlag(FLAGS_rounds));
 
+  // The servers measured: trivial_server first, then a verdictd per backend.
+  struct Side {
+    std::string label;   // in the per-run lines
+    std::string prefix;  // of its RESULT metrics: "" for SQLite (the names predate PostgreSQL)
+    const Server* server = nullptr;
+    bool is_verdictd = false;
+    int metrics_port = 0;
+  };
+  std::vector<Backend> backends;
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_backend), ',')) {
+    absl::StatusOr<Backend> backend = ParseBackend(name);
+    if (!backend.ok()) Die("--backend", backend.status());
+    backends.push_back(*backend);
+  }
+
   TempDir dir;
   absl::StatusOr<Server> sim = StartSimulator(dir, {});
   if (!sim.ok()) Die("simulator", sim.status());
-  // --log_level=info (verdictd's default) because the metrics port is logged at that level;
-  // a hit logs nothing.
-  absl::StatusOr<Server> verdictd =
-      StartVerdictd(dir, sim->port, {"--metrics_listen=127.0.0.1:0", "--log_level=info"});
-  if (!verdictd.ok()) Die("verdictd", verdictd.status());
-  const int metrics_port = MetricsPortFromLog(*verdictd);
   absl::StatusOr<Server> trivial = StartTrivialServer(dir);
   if (!trivial.ok()) Die("trivial_server", trivial.status());
+  std::vector<Side> sides = {{"trivial", "trivial_", &*trivial, false, 0}};
+  std::vector<Server> verdictds;
+  verdictds.reserve(backends.size());
+  for (size_t i = 0; i < backends.size(); ++i) {
+    const Backend backend = backends[i];
+    // A store of its own per verdictd, also when a backend is listed twice.
+    const std::string name = absl::StrCat("verdictd-", BackendName(backend), "-", i);
+    absl::StatusOr<BenchStore> store = BenchStore::Create(backend, dir, absl::StrCat("hit", i));
+    if (!store.ok()) Die(name + " store", store.status());
+    // --log_level=info (verdictd's default) because the metrics port is logged at that level;
+    // a hit logs nothing.
+    absl::StatusOr<Server> verdictd =
+        StartVerdictd(dir, sim->port,
+                      {store->DbFlag(), "--metrics_listen=127.0.0.1:0", "--log_level=info"}, name);
+    if (!verdictd.ok()) Die(name, verdictd.status());
+    verdictds.push_back(*std::move(verdictd));
+  }
+  for (size_t i = 0; i < backends.size(); ++i) {
+    const bool sqlite = backends[i] == Backend::kSqlite;
+    sides.push_back({sqlite ? "sqlite" : "postgres", sqlite ? "verdictd_" : "pg_verdictd_",
+                     &verdictds[i], true, MetricsPortFromLog(verdictds[i])});
+  }
 
-  // The request h2load posts, and a check through a real gRPC client that both servers answer
+  // The request h2load posts, and a check through a real gRPC client that every server answers
   // it with OK, verdictd (on the second ask) from its cache.
   pb::CheckIpRequest request;
   request.set_ip(PublicIp(11, 1));
   request.set_user_agent("Mozilla/5.0");
-  for (const Server* server : {&*verdictd, &*trivial}) {
-    auto stub = NewStub(server->port);
+  for (const Side& side : sides) {
+    auto stub = NewStub(side.server->port);
     for (int attempt = 0; attempt < 2; ++attempt) {
       const std::unique_ptr<grpc::ClientContext> context = CallContext(kCaller, absl::Seconds(10));
       pb::CheckIpResponse response;
       grpc::Status status = stub->CheckIp(context.get(), request, &response);
       if (!status.ok()) {
-        Die(absl::StrCat("priming CheckIp ", request.ip(), ": ", status.error_message()));
+        Die(absl::StrCat("priming CheckIp ", request.ip(), " on ", side.label, ": ",
+                         status.error_message()));
       }
       if (attempt == 1 &&
           (response.source() != pb::SOURCE_CACHE || response.verdict().ip() != request.ip())) {
-        Die(absl::StrCat("second CheckIp of ", request.ip(), " was not a cache hit"));
+        Die(absl::StrCat("second CheckIp of ", request.ip(), " on ", side.label,
+                         " was not a cache hit"));
       }
     }
   }
@@ -296,12 +308,13 @@ int Main() {
 
   std::cout << absl::StrFormat(
                    "bench_hit: CheckIp on a cached IP, h2load -c%d -m%d -t%d, %d round(s) of %s "
-                   "+ %s warm-up per server; latency from h2load's per-request log (1 us "
-                   "resolution); CPU per call = server utime+stime over the run / calls it "
-                   "answered; h2load and the servers share %d cores",
+                   "+ %s warm-up per server (trivial, then verdictd on %s); latency from "
+                   "h2load's per-request log (1 us resolution); CPU per call = server "
+                   "utime+stime over the run / calls it answered; h2load and the servers share "
+                   "%d cores",
                    load.connections, load.streams, load.threads, rounds,
                    absl::FormatDuration(load.duration), absl::FormatDuration(load.warmup),
-                   static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)))
+                   absl::GetFlag(FLAGS_backend), static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)))
             << std::endl;
 
   if (absl::GetFlag(FLAGS_client_check) && !smoke) {
@@ -316,51 +329,61 @@ int Main() {
     MeasureOnce("+thread", *trivial, false, 0, threads);
   }
 
-  std::vector<double> qps[2], p50[2], p99[2], cpu_per_call[2], server_share[2], h2_share[2];
-  const char* names[2] = {"trivial", "verdictd"};
-  const Server* servers[2] = {&*trivial, &*verdictd};
+  const size_t n = sides.size();
+  std::vector<std::vector<double>> qps(n), p50(n), p99(n), cpu_per_call(n), server_share(n),
+      h2_share(n);
   for (int round = 0; round < rounds; ++round) {
     std::cout << "round " << round + 1 << ":" << std::endl;
-    for (int side = 0; side < 2; ++side) {
-      const RunFigures f = MeasureOnce(names[side], *servers[side], side == 1, metrics_port, load);
-      qps[side].push_back(f.calls_per_s);
-      p50[side].push_back(f.p50_ms);
-      p99[side].push_back(f.p99_ms);
-      cpu_per_call[side].push_back(f.server_cpu_us_per_call);
-      server_share[side].push_back(f.server_cpu_share * 100);
-      h2_share[side].push_back(f.h2load_cpu_share * 100);
+    for (size_t i = 0; i < n; ++i) {
+      const Side& side = sides[i];
+      const RunFigures f =
+          MeasureOnce(side.label, *side.server, side.is_verdictd, side.metrics_port, load);
+      qps[i].push_back(f.calls_per_s);
+      p50[i].push_back(f.p50_ms);
+      p99[i].push_back(f.p99_ms);
+      cpu_per_call[i].push_back(f.server_cpu_us_per_call);
+      server_share[i].push_back(f.server_cpu_share * 100);
+      h2_share[i].push_back(f.h2load_cpu_share * 100);
     }
   }
 
-  const double qps_ratio = Median(qps[1]) / Median(qps[0]);
-  const double p99_ratio = Median(p99[1]) / Median(p99[0]);
-  const double cpu_ratio = Median(cpu_per_call[1]) / Median(cpu_per_call[0]);
-  for (int side = 0; side < 2; ++side) {
+  for (size_t i = 0; i < n; ++i) {
     std::cout << absl::StrFormat(
                      "median %-8s %7.0f calls/s  p50 %6.3f ms  p99 %6.3f ms  server CPU %5.1f "
                      "us/call (%3.0f%% of a core)  h2load CPU %3.0f%%",
-                     names[side], Median(qps[side]), Median(p50[side]), Median(p99[side]),
-                     Median(cpu_per_call[side]), Median(server_share[side]), Median(h2_share[side]))
+                     sides[i].label, Median(qps[i]), Median(p50[i]), Median(p99[i]),
+                     Median(cpu_per_call[i]), Median(server_share[i]), Median(h2_share[i]))
               << std::endl;
   }
-  std::cout << absl::StrFormat(
-                   "ratio verdictd/trivial: throughput %.2f (target >= 0.85), p99 %.2fx (target "
-                   "<= 2x), CPU per call %.2fx",
-                   qps_ratio, p99_ratio, cpu_ratio)
-            << std::endl;
   PrintResult("hit", "trivial_calls_per_s", absl::StrFormat("%.0f", Median(qps[0])));
   PrintResult("hit", "trivial_p99_ms", absl::StrFormat("%.3f", Median(p99[0])));
   PrintResult("hit", "trivial_cpu_us_per_call", absl::StrFormat("%.1f", Median(cpu_per_call[0])));
-  PrintResult("hit", "verdictd_calls_per_s", absl::StrFormat("%.0f", Median(qps[1])));
-  PrintResult("hit", "verdictd_p99_ms", absl::StrFormat("%.3f", Median(p99[1])));
-  PrintResult("hit", "verdictd_cpu_us_per_call", absl::StrFormat("%.1f", Median(cpu_per_call[1])));
-  PrintResult("hit", "throughput_ratio", absl::StrFormat("%.2f", qps_ratio), ">=0.85",
-              PassFail(qps_ratio >= 0.85));
-  PrintResult("hit", "p99_ratio", absl::StrFormat("%.2f", p99_ratio), "<=2",
-              PassFail(p99_ratio <= 2.0));
-  PrintResult("hit", "cpu_per_call_ratio", absl::StrFormat("%.2f", cpu_ratio));
+  for (size_t i = 1; i < n; ++i) {
+    const Side& side = sides[i];
+    // "verdictd_" -> "" and "pg_verdictd_" -> "pg_" for the ratios' names.
+    const std::string ratio_prefix = side.prefix.substr(0, side.prefix.size() - 9);
+    const double qps_ratio = Median(qps[i]) / Median(qps[0]);
+    const double p99_ratio = Median(p99[i]) / Median(p99[0]);
+    const double cpu_ratio = Median(cpu_per_call[i]) / Median(cpu_per_call[0]);
+    std::cout << absl::StrFormat(
+                     "ratio verdictd(%s)/trivial: throughput %.2f (target >= 0.85), p99 %.2fx "
+                     "(target <= 2x), CPU per call %.2fx",
+                     side.label, qps_ratio, p99_ratio, cpu_ratio)
+              << std::endl;
+    PrintResult("hit", side.prefix + "calls_per_s", absl::StrFormat("%.0f", Median(qps[i])));
+    PrintResult("hit", side.prefix + "p99_ms", absl::StrFormat("%.3f", Median(p99[i])));
+    PrintResult("hit", side.prefix + "cpu_us_per_call",
+                absl::StrFormat("%.1f", Median(cpu_per_call[i])));
+    PrintResult("hit", ratio_prefix + "throughput_ratio", absl::StrFormat("%.2f", qps_ratio),
+                ">=0.85", PassFail(qps_ratio >= 0.85));
+    PrintResult("hit", ratio_prefix + "p99_ratio", absl::StrFormat("%.2f", p99_ratio), "<=2",
+                PassFail(p99_ratio <= 2.0));
+    PrintResult("hit", ratio_prefix + "cpu_per_call_ratio", absl::StrFormat("%.2f", cpu_ratio));
+  }
   trivial->Stop();
-  verdictd->Stop();
+  for (Server& verdictd : verdictds) {
+    verdictd.Stop();
+  }
   sim->Stop();
   return 0;
 }

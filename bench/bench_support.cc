@@ -16,13 +16,17 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "bench/h2load.h"
 #include "client/cpp/verdict_client.h"
 #include "httplib.h"
+#include "sqlite3.h"
+#include "tests/support/postgres_cluster.h"
 
 ABSL_FLAG(std::string, verdictd_bin, VERDICTD_BIN, "The verdictd binary to measure");
 ABSL_FLAG(std::string, sim_bin, SIM_BIN, "The clickpatrol_sim binary");
@@ -235,6 +239,135 @@ absl::StatusOr<Server> StartTrivialServer(const TempDir& dir) {
                      "trivial");
 }
 
+absl::StatusOr<Backend> ParseBackend(absl::string_view name) {
+  if (name == "sqlite") return Backend::kSqlite;
+  if (name == "postgres") return Backend::kPostgres;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown backend \"", name, "\" (sqlite or postgres)"));
+}
+
+std::string BackendName(Backend backend) {
+  return backend == Backend::kSqlite ? "sqlite" : "postgres";
+}
+
+absl::StatusOr<BenchStore> BenchStore::Create(Backend backend, const TempDir& dir,
+                                              const std::string& name) {
+  if (backend == Backend::kSqlite) {
+    return BenchStore(backend, dir.File(name + ".db"));
+  }
+  absl::StatusOr<testing::PostgresCluster*> cluster = testing::PostgresCluster::Shared();
+  if (!cluster.ok()) {
+    return cluster.status();
+  }
+  if (absl::Status created = (*cluster)->CreateDatabase(name); !created.ok()) {
+    return created;
+  }
+  return BenchStore(backend, name);
+}
+
+std::string BenchStore::DbFlag() const {
+  if (backend_ == Backend::kSqlite) {
+    return "--db=" + location_;
+  }
+  return "--db=" + testing::PostgresCluster::Shared().value()->Uri(location_);
+}
+
+absl::StatusOr<int64_t> BenchStore::QueryInt(const std::string& sql) const {
+  std::string text;
+  if (backend_ == Backend::kPostgres) {
+    absl::StatusOr<std::string> value =
+        testing::PostgresCluster::Shared().value()->Query(location_, sql);
+    if (!value.ok()) {
+      return value.status();
+    }
+    text = *value;
+  } else {
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(location_.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+      std::string message = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+      sqlite3_close(db);
+      return absl::InternalError(absl::StrCat("open ", location_, ": ", message));
+    }
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+      text = absl::StrCat(sqlite3_column_int64(stmt, 0));
+    }
+    std::string message = sqlite3_errmsg(db);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    if (text.empty()) {
+      return absl::InternalError(absl::StrCat(sql, ": ", message));
+    }
+  }
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(text, &value)) {
+    return absl::InternalError(absl::StrCat(sql, " gave \"", text, "\", not an integer"));
+  }
+  return value;
+}
+
+absl::StatusOr<int64_t> BenchStore::LedgerClicks() const {
+  return QueryInt("SELECT count(*) FROM clicks WHERE outcome != 3");
+}
+
+std::string BenchStore::ServerLog() const {
+  return backend_ == Backend::kPostgres ? testing::PostgresCluster::Shared().value()->ServerLog()
+                                        : std::string();
+}
+
+absl::StatusOr<std::vector<Server>> StartReplicas(const TempDir& dir, int sim_port,
+                                                  const BenchStore& store, int n,
+                                                  const std::vector<std::string>& flags,
+                                                  const std::string& name) {
+  std::vector<Server> replicas;
+  for (int i = 0; i < n; ++i) {
+    const std::string id = absl::StrCat(name, "-", i);
+    std::vector<std::string> all = {store.DbFlag(), "--replica_id=" + id};
+    all.insert(all.end(), flags.begin(), flags.end());
+    absl::StatusOr<Server> replica = StartVerdictd(dir, sim_port, all, id);
+    if (!replica.ok()) {
+      return replica.status();
+    }
+    replicas.push_back(*std::move(replica));
+  }
+  return replicas;
+}
+
+int MetricsPortFromLog(const Server& server) {
+  const std::string marker = "/metrics (port ";
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline) {
+    const std::string log = testing::ReadFileOrEmpty(server.log_path);
+    const size_t at = log.find(marker);
+    if (at != std::string::npos) {
+      const size_t start = at + marker.size();
+      const size_t end = log.find(')', start);
+      int port = 0;
+      if (end != std::string::npos && absl::SimpleAtoi(log.substr(start, end - start), &port)) {
+        return port;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  Die("verdictd logged no metrics port:\n" + testing::ReadFileOrEmpty(server.log_path));
+}
+
+std::map<std::string, double> ScrapeMetrics(int metrics_port) {
+  httplib::Client client("127.0.0.1", metrics_port);
+  client.set_connection_timeout(5);
+  client.set_read_timeout(30);
+  httplib::Result result = client.Get("/metrics");
+  if (!result || result->status != 200) {
+    Die(absl::StrCat("GET http://127.0.0.1:", metrics_port, "/metrics failed"));
+  }
+  std::map<std::string, double> samples;
+  for (const auto& [series, value] : ParsePrometheusText(result->body)) {
+    samples[series] += value;
+  }
+  return samples;
+}
+
 absl::StatusOr<nlohmann::json> SimStats(int sim_port) {
   httplib::Client client = SimClient(sim_port);
   httplib::Result result = client.Get("/_sim/stats");
@@ -322,6 +455,18 @@ int64_t ProcStatusKb(pid_t pid, const std::string& field) {
 std::string PublicIp(int first_octet, uint32_t index) {
   return absl::StrCat(first_octet, ".", (index >> 16) & 255, ".", (index >> 8) & 255, ".",
                       index & 255);
+}
+
+int64_t CountLinesWith(const std::string& text, absl::string_view needle, std::string* first) {
+  int64_t n = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::StrContains(line, needle)) {
+      if (n++ == 0 && first != nullptr && first->empty()) {
+        *first = std::string(line);
+      }
+    }
+  }
+  return n;
 }
 
 double Median(std::vector<double> values) {

@@ -8,12 +8,14 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
@@ -80,6 +82,54 @@ absl::StatusOr<Server> StartVerdictd(const TempDir& dir, int sim_port,
 // bench/trivial_server.
 absl::StatusOr<Server> StartTrivialServer(const TempDir& dir);
 
+// Where verdictd keeps its verdicts in a benchmark.
+enum class Backend { kSqlite, kPostgres };
+// "sqlite" or "postgres".
+absl::StatusOr<Backend> ParseBackend(absl::string_view name);
+std::string BackendName(Backend backend);
+
+// A store for verdictd: a SQLite file in the benchmark's temp dir, or a database of its own on a
+// throwaway PostgreSQL server (tests/support/postgres_cluster.h: unix socket in a temp dir, no
+// TCP, fsync off, run as nobody when the benchmark runs as root). The PostgreSQL server is
+// started once per process on first use (about 1-2 s) and stopped at exit; create the first
+// PostgreSQL store from the main thread (the server dies with the thread that started it).
+class BenchStore {
+ public:
+  static absl::StatusOr<BenchStore> Create(Backend backend, const TempDir& dir,
+                                           const std::string& name);
+  Backend backend() const { return backend_; }
+  // verdictd's --db flag for this store.
+  std::string DbFlag() const;
+  // The first column of the first row of `sql` as an integer. For SQLite, stop the verdictd
+  // processes first if the figure must include their last writes.
+  absl::StatusOr<int64_t> QueryInt(const std::string& sql) const;
+  // The ledger's clicks: rows of `clicks` with outcome != 3 (3: not sent, so not billed).
+  absl::StatusOr<int64_t> LedgerClicks() const;
+  // PostgreSQL: the server's log so far (errors such as deadlocks); SQLite: "".
+  std::string ServerLog() const;
+
+ private:
+  BenchStore(Backend backend, std::string location)
+      : backend_(backend), location_(std::move(location)) {}
+  Backend backend_;
+  std::string location_;  // the SQLite file, or the PostgreSQL database's name
+};
+
+// `n` verdictd processes ("replicas") on `store`, named `name`-0 .. `name`-(n-1) (their logs
+// and port files in `dir`, --replica_id the same name), each with `flags`. Started one after
+// the other: the first migrates the schema.
+absl::StatusOr<std::vector<Server>> StartReplicas(const TempDir& dir, int sim_port,
+                                                  const BenchStore& store, int n,
+                                                  const std::vector<std::string>& flags,
+                                                  const std::string& name = "replica");
+
+// The metrics port verdictd logs at start-up ("... /metrics (port N)", at level info: start it
+// with --metrics_listen=127.0.0.1:0 --log_level=info). Dies if none is logged within 10 s.
+int MetricsPortFromLog(const Server& server);
+// GET /metrics from verdictd's metrics listener: every sample, by series (name{labels}).
+// Dies if the scrape fails.
+std::map<std::string, double> ScrapeMetrics(int metrics_port);
+
 // GET /_sim/stats, POST /_sim/reset.
 absl::StatusOr<nlohmann::json> SimStats(int sim_port);
 absl::Status SimReset(int sim_port);
@@ -98,6 +148,11 @@ int64_t ProcStatusKb(pid_t pid, const std::string& field);
 
 // The public IPv4 address first.(index >> 16).(index >> 8).(index), index < 2^24.
 std::string PublicIp(int first_octet, uint32_t index);
+
+// How many lines of `text` contain `needle` (e.g. "deadlock" in a log); the first of them in
+// `*first` if given and still empty.
+int64_t CountLinesWith(const std::string& text, absl::string_view needle,
+                       std::string* first = nullptr);
 
 // A median of `values` (the mean of the middle two for an even count); 0 if empty.
 double Median(std::vector<double> values);
