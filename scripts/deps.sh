@@ -9,6 +9,7 @@ PACKAGES=(
   libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev
   libssl-dev python3-grpcio python3-protobuf sqlite3 openssl
   libpq-dev postgresql-15
+  python3-yaml  # lint.DeployFilesAreHonest reads deploy/*.yaml
 )
 
 # Extra packages for optional checks, named by argument. `deps.sh fuzz` (fuzz/run.sh): clang with

@@ -7,8 +7,11 @@
 #include <limits>
 #include <system_error>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace verdictd {
 namespace store_support {
@@ -92,6 +95,37 @@ void FinishSecret(absl::StatusOr<std::optional<std::string>> stored, const std::
     return;
   }
   done(**std::move(stored));
+}
+
+std::string EncodeAllowanceMark(const AllowanceMark& mark) {
+  return absl::StrCat(absl::ToUnixMicros(mark.exhausted_until), " ",
+                      absl::ToUnixMicros(mark.next_probe));
+}
+
+std::optional<AllowanceMark> DecodeAllowanceMark(absl::string_view value) {
+  const std::vector<absl::string_view> parts = absl::StrSplit(value, ' ');
+  int64_t until_us = 0;
+  int64_t probe_us = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &until_us) ||
+      !absl::SimpleAtoi(parts[1], &probe_us)) {
+    return std::nullopt;
+  }
+  AllowanceMark mark;
+  mark.exhausted_until = absl::FromUnixMicros(until_us);
+  mark.next_probe = absl::FromUnixMicros(probe_us);
+  return mark;
+}
+
+AllowanceStep DecideAllowance(const std::optional<AllowanceMark>& mark, absl::Time requested_at) {
+  if (!mark.has_value() || requested_at >= mark->exhausted_until) {
+    return AllowanceStep::kProceed;
+  }
+  return requested_at >= mark->next_probe ? AllowanceStep::kProbe : AllowanceStep::kRefuse;
+}
+
+AllowanceMark ProbeTaken(AllowanceMark mark, absl::Time requested_at, absl::Duration interval) {
+  mark.next_probe = requested_at + interval;
+  return mark;
 }
 
 }  // namespace store_support

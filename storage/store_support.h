@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
 #include "storage/verdict_store.h"
@@ -64,6 +65,22 @@ absl::Status CheckSecretRequest(const std::string& name, size_t bytes);
 // Called only once a secret exists (stored or just written), so a missing one is an error.
 void FinishSecret(absl::StatusOr<std::optional<std::string>> stored, const std::string& name,
                   size_t bytes, const VerdictStore::ReadCallback<std::string>& done);
+
+// The allowance mark is a meta row of this name; its value is EncodeAllowanceMark's.
+inline constexpr char kAllowanceMarkName[] = "allowance_mark";
+std::string EncodeAllowanceMark(const AllowanceMark& mark);
+// nullopt for a value that is not one (the mark is then taken as absent).
+std::optional<AllowanceMark> DecodeAllowanceMark(absl::string_view value);
+
+// What a claim with an allowance_probe_interval does about the stored mark (nullopt: none).
+enum class AllowanceStep {
+  kProceed,  // no mark, or it ran out
+  kRefuse,   // the mark holds and the probe is not due: kAllowanceExhausted
+  kProbe,    // the mark holds and the probe is due: begin, and store ProbeTaken(...)
+};
+AllowanceStep DecideAllowance(const std::optional<AllowanceMark>& mark, absl::Time requested_at);
+// The mark after a claim at requested_at became the probe.
+AllowanceMark ProbeTaken(AllowanceMark mark, absl::Time requested_at, absl::Duration interval);
 
 }  // namespace store_support
 }  // namespace verdictd

@@ -122,6 +122,18 @@ struct ClickClaim {
   // atomic step, so no verdict can land between the check and the claim.
   std::optional<absl::Time> newer_than;
   std::optional<std::string> user_agent;
+  // When > 0, the shared "allowance exhausted" mark (VerdictStore::SetAllowanceMark) is
+  // honoured: while it holds at requested_at, the claim begins only as the probe — at most one
+  // per this interval among every process sharing the store, the mark recording when the next
+  // may go — and is otherwise refused with kAllowanceExhausted.
+  absl::Duration allowance_probe_interval = absl::ZeroDuration();
+};
+
+// ClickPatrol said the plan's click allowance is exhausted: until exhausted_until no claim
+// begins except one probe per interval, the next not before next_probe.
+struct AllowanceMark {
+  absl::Time exhausted_until = absl::InfinitePast();  // InfinitePast(): not exhausted
+  absl::Time next_probe = absl::InfinitePast();
 };
 
 struct ClaimResult {
@@ -130,6 +142,7 @@ struct ClaimResult {
     kFlightHeld,   // another claim on the key holds: wait for it (nothing was written)
     kBudgetSpent,  // monthly_budget clicks are already billed this month (nothing was written)
     kVerdictLanded,  // a verdict newer than newer_than is stored: `landed` (nothing was written)
+    kAllowanceExhausted,  // the allowance mark holds and the probe is not due: `allowance`
   };
   Kind kind = Kind::kBegun;
   int64_t click_id = 0;  // kBegun
@@ -139,6 +152,7 @@ struct ClaimResult {
   // included.
   int64_t month_clicks = 0;
   std::optional<Verdict> landed;  // kVerdictLanded: the newest stored verdict for the lookup
+  AllowanceMark allowance;        // kAllowanceExhausted: the mark that refused it
 };
 
 // Hears, on a store thread, that a claimed flight ended (its click was completed, in this process
@@ -196,7 +210,9 @@ class VerdictStore {
   // not released by the old owner's completion), or lapses with its lease. Claiming a key whose
   // lease ran out takes it over; the old owner's pending click stays pending (billed). Checked
   // in this order: a live claim (kFlightHeld), a verdict newer than claim.newer_than
-  // (kVerdictLanded), the budget (kBudgetSpent); each of them writes nothing.
+  // (kVerdictLanded), the budget (kBudgetSpent), the allowance mark (kAllowanceExhausted); each
+  // of them writes nothing. A claim that begins as the allowance probe moves the mark's
+  // next_probe to requested_at + allowance_probe_interval in the same transaction.
   // INVALID_ARGUMENT for an empty flight_key, a lease <= 0 or a negative budget.
   virtual void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) = 0;
 
@@ -209,6 +225,10 @@ class VerdictStore {
   // owner holds it unexpired: true when `owner` holds it now. For chores that must run on one
   // process at a time among those sharing the store (pruning).
   // INVALID_ARGUMENT for an empty name or owner or a lease <= 0.
+  // Sets the "allowance exhausted" mark that claims honour (see ClickClaim) for every process
+  // sharing the store; a mark with exhausted_until = InfinitePast() clears it.
+  virtual void SetAllowanceMark(AllowanceMark mark, DoneCallback done) = 0;
+
   virtual void TryLease(std::string name, std::string owner, absl::Duration lease,
                         ReadCallback<bool> done) = 0;
 

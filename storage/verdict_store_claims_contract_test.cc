@@ -451,6 +451,67 @@ TEST_P(VerdictStoreContractTest, ClaimantsThatClaimAgainAfterAHeldFlightPayOnceP
   EXPECT_EQ(total, kKeys) << "one click per key";
 }
 
+absl::Status SetAllowanceMarkSync(VerdictStore& store, AllowanceMark mark) {
+  Waiter<absl::Status> waiter;
+  store.SetAllowanceMark(mark, waiter.Callback());
+  return waiter.Wait();
+}
+
+// One process is told the allowance is exhausted and marks it; every process's claims honour
+// the mark: refused, except one probe per interval among all of them, until it runs out or is
+// cleared.
+TEST_P(VerdictStoreContractTest, TheAllowanceMarkRefusesClaimsButOneProbePerInterval) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  const absl::Duration interval = absl::Minutes(10);
+  ASSERT_TRUE(SetAllowanceMarkSync(*a, AllowanceMark{kT0 + absl::Hours(1), kT0 + interval}).ok());
+  auto claim_at = [&](VerdictStore& store, std::string key, absl::Time at,
+                      absl::Duration probe_interval) {
+    ClickClaim c = MakeClaim(std::move(key));
+    c.requested_at = at;
+    c.allowance_probe_interval = probe_interval;
+    return ClaimSync(store, c);
+  };
+  absl::StatusOr<ClaimResult> refused = claim_at(*b, "k1", kT0, interval);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  ASSERT_EQ(refused->kind, Kind::kAllowanceExhausted);
+  EXPECT_EQ(refused->allowance.exhausted_until, kT0 + absl::Hours(1));
+  EXPECT_EQ(refused->allowance.next_probe, kT0 + interval);
+  absl::StatusOr<VerdictStore::ClickCounts> none = ClicksSinceSync(*a, kT0 - absl::Hours(1));
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty()) << "a refused claim writes nothing";
+  // A claim that does not ask is not refused.
+  absl::StatusOr<ClaimResult> unasked = claim_at(*b, "k0", kT0, absl::ZeroDuration());
+  ASSERT_TRUE(unasked.ok()) << unasked.status();
+  EXPECT_EQ(unasked->kind, Kind::kBegun);
+
+  // The probe is due: the first claim (of either process) is it, the next waits an interval.
+  const absl::Time due = kT0 + interval;
+  absl::StatusOr<ClaimResult> probe = claim_at(*a, "k2", due, interval);
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  EXPECT_EQ(probe->kind, Kind::kBegun);
+  absl::StatusOr<ClaimResult> after = claim_at(*b, "k3", due + absl::Seconds(1), interval);
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->kind, Kind::kAllowanceExhausted);
+  EXPECT_EQ(after->allowance.next_probe, due + interval);
+
+  // It runs out at exhausted_until ...
+  absl::StatusOr<ClaimResult> period_over = claim_at(*b, "k4", kT0 + absl::Hours(1), interval);
+  ASSERT_TRUE(period_over.ok()) << period_over.status();
+  EXPECT_EQ(period_over->kind, Kind::kBegun);
+  // ... or when cleared.
+  ASSERT_TRUE(SetAllowanceMarkSync(*b, AllowanceMark{kT0 + absl::Hours(1), due + interval}).ok());
+  absl::StatusOr<ClaimResult> again = claim_at(*a, "k5", due + absl::Seconds(2), interval);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->kind, Kind::kAllowanceExhausted);
+  ASSERT_TRUE(SetAllowanceMarkSync(*b, AllowanceMark{}).ok());
+  absl::StatusOr<ClaimResult> cleared = claim_at(*a, "k5", due + absl::Seconds(3), interval);
+  ASSERT_TRUE(cleared.ok()) << cleared.status();
+  EXPECT_EQ(cleared->kind, Kind::kBegun);
+}
+
 TEST_P(VerdictStoreContractTest, InvalidClaimsAndLeasesAreAnsweredThroughTheCallback) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);

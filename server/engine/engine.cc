@@ -912,6 +912,8 @@ void Engine::ClaimAndSend(std::string key) {
       claim.user_agent = flight.user_agent;
     }
   }
+  // ClickPatrol's "allowance exhausted", told to any process sharing the store, holds here too.
+  claim.allowance_probe_interval = options_.allowance.exhausted_probe_interval;
   claim.requested_at = clock_.Now();
   claim.flight_key = key;
   claim.owner = options_.replica_id;
@@ -998,6 +1000,16 @@ void Engine::ClaimAndSend(std::string key) {
   });
 }
 
+void Engine::ShareAllowanceMark(AllowanceMark mark) {
+  const bool clear = mark.exhausted_until == absl::InfinitePast();
+  store_.SetAllowanceMark(mark, [clear](absl::Status stored) {
+    if (!stored.ok()) {
+      spdlog::warn("could not {} the shared allowance-exhausted mark: {}",
+                   clear ? "clear" : "record", stored.message());
+    }
+  });
+}
+
 void Engine::OnClaimLanded(const std::string& key, Verdict landed) {
   bool fresh = false;
   {
@@ -1040,6 +1052,11 @@ void Engine::OnClaimRefused(const std::string& key, const ClaimResult& claim) {
       // Shutdown passed over this flight while it was claiming: nothing was sent, so it ends
       // now rather than waiting for another process.
       RefuseLocked(it, ShuttingDownError(), "shutdown", out);
+    } else if (claim.kind == ClaimResult::Kind::kAllowanceExhausted) {
+      // Another process heard ClickPatrol say so (this one may not have): everyone waiting
+      // here is refused as if this process had, and its own probes keep to the shared time.
+      spend_.ObserveUpstreamExhausted(claim.allowance.next_probe);
+      RefuseLocked(it, AllowanceError(), "refused", out);
     } else if (claim.kind == ClaimResult::Kind::kFlightHeld) {
       // The payer keeps its reservation while it waits, as a queued miss does.
       flight.stage = Stage::kRemote;
@@ -1282,10 +1299,15 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
   // next queued miss is admitted in its light.
   if (status.ok()) {
     breaker_.RecordSuccess();
-    spend_.MarkUpstreamAvailable();
+    if (spend_.MarkUpstreamAvailable()) {
+      ShareAllowanceMark(AllowanceMark{});  // a probe found it topped up: tell the others
+    }
   } else if (status.code() == absl::StatusCode::kResourceExhausted) {
     spend_.MarkUpstreamExhausted();
     breaker_.RecordSuccess();  // ClickPatrol is healthy; it just will not serve us
+    const AllowanceStatus allowance = spend_.Allowance();
+    ShareAllowanceMark(AllowanceMark{
+        allowance.period_end, clock_.Now() + options_.allowance.exhausted_probe_interval});
   } else if (retry) {
     breaker_.Cancel();  // the retry is admitted again when its turn comes
   } else if (CountsAgainstBreaker(status)) {

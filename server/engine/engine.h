@@ -400,6 +400,9 @@ class Engine : private FlightListener {
                Source source = Source::kUpstream);
   // The claim for `key`'s flight was not granted: another process holds the key (wait for it),
   // or the payer's budget is spent across every process sharing the store.
+  // Records `mark` for every process sharing the store (ClickPatrol said the allowance is
+  // exhausted, or a probe found it is not); a failure is logged, the local state holds anyway.
+  void ShareAllowanceMark(AllowanceMark mark);
   // The claim found a verdict stored since this flight read the store (ClaimResult::
   // kVerdictLanded): answers with it if it is fresh, else claims again knowing it.
   void OnClaimLanded(const std::string& key, Verdict landed);

@@ -110,6 +110,15 @@ class FakeStore : public VerdictStore {
         events.push_back("spent " + claim.ip);
         result.kind = ClaimResult::Kind::kBudgetSpent;
         result.month_clicks = spent->second;
+      } else if (claim.allowance_probe_interval > absl::ZeroDuration() &&
+                 claim.requested_at < allowance_mark.exhausted_until) {
+        if (claim.requested_at < allowance_mark.next_probe) {
+          events.push_back("allowance " + claim.ip);
+          result.kind = ClaimResult::Kind::kAllowanceExhausted;
+          result.allowance = allowance_mark;
+        } else {
+          allowance_mark.next_probe = claim.requested_at + claim.allowance_probe_interval;
+        }
       }
     }
     if (result.kind != ClaimResult::Kind::kBegun) {
@@ -126,6 +135,14 @@ class FakeStore : public VerdictStore {
                  begun.click_id = *id;
                  done(begun);
                });
+  }
+  void SetAllowanceMark(AllowanceMark mark, DoneCallback done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      allowance_mark = mark;
+      ++allowance_marks_set;
+    }
+    done(absl::OkStatus());
   }
   void SetFlightListener(FlightListener* l) override {
     absl::MutexLock lock(&mu_);
@@ -251,6 +268,8 @@ class FakeStore : public VerdictStore {
   absl::Mutex mu_;
   std::vector<Verdict> history;
   std::map<std::string, Verdict> lands_on_claim;  // by IP; see ClaimClick
+  AllowanceMark allowance_mark;                   // as the store's; see ClaimClick
+  int allowance_marks_set = 0;
   std::vector<Click> clicks;
   std::vector<std::string> events;
   absl::Status read_error;
@@ -325,9 +344,13 @@ Assessment Safe() {
 class EngineTest : public ::testing::Test {
  protected:
   EngineTest() : client_(store_) {}
-  // Answers reads a failed test left deferred: the engine's destructor waits for them.
+  // Answers reads and requests a failed test left open: the engine's destructor waits for them
+  // (a failed expectation must fail the test, not hang it).
   ~EngineTest() override {
     store_.RunReads();
+    for (int i = 0; i < 1000 && !client_.pending.empty(); ++i) {
+      client_.Answer(absl::UnavailableError("the test ended"));
+    }
     engine_.reset();
   }
 
@@ -1664,6 +1687,48 @@ TEST_F(EngineTest, ALandedVerdictTooOldToServeIsClaimedPastOnce) {
   ASSERT_TRUE((*checked)->ok());
   EXPECT_TRUE((**checked)->click_spent);
   EXPECT_EQ(store_.clicks.size(), 1u);
+}
+
+// ClickPatrol told another process the allowance is exhausted: misses here are refused too,
+// without a request, until the shared probe is due; the probe that gets a verdict clears it.
+TEST_F(EngineTest, AnAllowanceExhaustedElsewhereRefusesMissesHereUntilTheSharedProbe) {
+  const absl::Time next_probe = clock_.Now() + options_.allowance.exhausted_probe_interval;
+  store_.allowance_mark = AllowanceMark{clock_.Now() + absl::Hours(24 * 20), next_probe};
+  auto refused = Start(Request("11.1.1.1"));
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string((*refused)->status().message()),
+              ::testing::HasSubstr("allowance is exhausted"));
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_TRUE(store_.clicks.empty());
+  EXPECT_TRUE(engine().Allowance().exhausted_upstream) << "this process knows it now";
+  // The next miss is refused here, without asking the store again.
+  const size_t claims = store_.claims.size();
+  auto local = Start(Request("11.1.1.2"));
+  EXPECT_EQ((*local)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(store_.claims.size(), claims);
+
+  clock_.Advance(next_probe - clock_.Now());
+  auto probe = Start(Request("11.1.1.3"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "the shared probe is due: this miss is it";
+  EXPECT_EQ(store_.allowance_mark.next_probe,
+            clock_.Now() + options_.allowance.exhausted_probe_interval);
+  client_.Answer(Safe());
+  ASSERT_TRUE((*probe)->ok());
+  EXPECT_EQ(store_.allowance_mark.exhausted_until, absl::InfinitePast()) << "cleared for all";
+  EXPECT_FALSE(engine().Allowance().exhausted_upstream);
+}
+
+// What ClickPatrol tells this process about the allowance is told to the store for the others.
+TEST_F(EngineTest, ClickPatrolsAllowanceExhaustedIsSharedThroughTheStore) {
+  auto first = Start(Request("11.1.1.1"));
+  client_.Answer(absl::ResourceExhaustedError("ClickPatrol click allowance exhausted (HTTP 402)"));
+  ASSERT_TRUE(first->has_value());
+  EXPECT_EQ((*first)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(store_.allowance_marks_set, 1);
+  EXPECT_EQ(store_.allowance_mark.exhausted_until, engine().Allowance().period_end);
+  EXPECT_EQ(store_.allowance_mark.next_probe,
+            clock_.Now() + options_.allowance.exhausted_probe_interval);
 }
 
 // Extra wake-ups (a listener reconnect) do not leave extra chains of polls behind: while

@@ -110,9 +110,19 @@ void SpendTracker::MarkUpstreamExhausted() {
   next_probe_ = now + options_.exhausted_probe_interval;
 }
 
-void SpendTracker::MarkUpstreamAvailable() {
+void SpendTracker::ObserveUpstreamExhausted(absl::Time next_probe) {
+  const absl::Time now = clock_.Now();
   absl::MutexLock lock(&mu_);
+  RollPeriodLocked(now);
+  exhausted_upstream_ = true;
+  next_probe_ = next_probe;
+}
+
+bool SpendTracker::MarkUpstreamAvailable() {
+  absl::MutexLock lock(&mu_);
+  const bool was = exhausted_upstream_;
   exhausted_upstream_ = false;
+  return was;
 }
 
 bool SpendTracker::AllowUnderAllowance() {

@@ -64,8 +64,10 @@ class SpendTracker {
 
   // ClickPatrol said the allowance is exhausted: refuse misses until the period ends.
   void MarkUpstreamExhausted();
-  // A verdict arrived: the allowance is evidently not exhausted.
-  void MarkUpstreamAvailable();
+  // Another process sharing the store was told so; its next probe is due at next_probe.
+  void ObserveUpstreamExhausted(absl::Time next_probe);
+  // A verdict arrived: the allowance is evidently not exhausted. Whether it was marked so.
+  bool MarkUpstreamAvailable();
   // Whether a miss may be sent with respect to the allowance (true, except while exhausted,
   // when one probe per interval is let through).
   bool AllowUnderAllowance();

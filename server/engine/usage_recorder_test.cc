@@ -54,6 +54,7 @@ class UsageOnlyStore : public VerdictStore {
   }
   void ClaimClick(ClickClaim, ReadCallback<ClaimResult> done) override { done(Unused()); }
   void SetFlightListener(FlightListener*) override {}
+  void SetAllowanceMark(AllowanceMark, DoneCallback done) override { done(Unused()); }
   void TryLease(std::string, std::string, absl::Duration, ReadCallback<bool> done) override {
     done(Unused());
   }

@@ -39,6 +39,9 @@ class TimedStore : public VerdictStore {
     inner_.ClaimClick(std::move(claim), std::move(done));
   }
   void SetFlightListener(FlightListener* listener) override { inner_.SetFlightListener(listener); }
+  void SetAllowanceMark(AllowanceMark mark, DoneCallback done) override {
+    inner_.SetAllowanceMark(mark, std::move(done));
+  }
   void TryLease(std::string name, std::string owner, absl::Duration lease,
                 ReadCallback<bool> done) override {
     inner_.TryLease(std::move(name), std::move(owner), lease, std::move(done));

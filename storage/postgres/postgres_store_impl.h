@@ -71,6 +71,12 @@
 namespace verdictd {
 namespace postgres_store_internal {
 
+using store_support::AllowanceStep;
+using store_support::DecideAllowance;
+using store_support::DecodeAllowanceMark;
+using store_support::EncodeAllowanceMark;
+using store_support::kAllowanceMarkName;
+using store_support::ProbeTaken;
 using store_support::CeilUnixMicros;
 using store_support::CheckSecretRequest;
 using store_support::ClicksSinceSplit;
@@ -147,6 +153,7 @@ class PostgresStore final : public VerdictStore {
   void BeginClick(std::string caller, std::string ip, absl::Time requested_at,
                   ClickCallback done) override;
   void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) override;
+  void SetAllowanceMark(AllowanceMark mark, DoneCallback done) override;
   void SetFlightListener(FlightListener* listener) override;
   void TryLease(std::string name, std::string owner, absl::Duration lease,
                 ReadCallback<bool> done) override;
@@ -198,6 +205,7 @@ class PostgresStore final : public VerdictStore {
     std::string name;
     std::string value;
     DoneCallback done;
+    bool replace = false;  // false: a row already there is kept (Secret's first writer wins)
   };
   // Ping's trial write; its result is what it does to the recorded write health.
   struct ProbeOp {

@@ -54,6 +54,11 @@ void PostgresStore::ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done)
   Enqueue(ClaimOp{std::move(claim), std::move(done)});
 }
 
+void PostgresStore::SetAllowanceMark(AllowanceMark mark, DoneCallback done) {
+  Enqueue(PutMetaOp{kAllowanceMarkName, EncodeAllowanceMark(mark), std::move(done),
+                    /*replace=*/true});
+}
+
 void PostgresStore::TryLease(std::string name, std::string owner, absl::Duration lease,
                              ReadCallback<bool> done) {
   Enqueue(LeaseOp{std::move(name), std::move(owner), lease, std::move(done)});
@@ -339,6 +344,34 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
       return outcome;
     }
   }
+  if (claim.allowance_probe_interval > absl::ZeroDuration()) {
+    absl::StatusOr<Result> read =
+        Exec(conn, kReadMetaForUpdate, Params().Bytes(kAllowanceMarkName));
+    if (!read.ok()) {
+      return read.status();
+    }
+    const std::optional<AllowanceMark> mark =
+        PQntuples(read->get()) > 0 ? DecodeAllowanceMark(GetBytes(read->get(), 0, 0))
+                                   : std::nullopt;
+    switch (DecideAllowance(mark, claim.requested_at)) {
+      case AllowanceStep::kProceed:
+        break;
+      case AllowanceStep::kRefuse:
+        outcome.claim.kind = ClaimResult::Kind::kAllowanceExhausted;
+        outcome.claim.allowance = *mark;
+        return outcome;
+      case AllowanceStep::kProbe: {
+        const std::string probe = EncodeAllowanceMark(
+            ProbeTaken(*mark, claim.requested_at, claim.allowance_probe_interval));
+        absl::StatusOr<Result> put =
+            Exec(conn, kReplaceMeta, Params().Bytes(kAllowanceMarkName).Bytes(probe));
+        if (!put.ok()) {
+          return put.status();
+        }
+        break;
+      }
+    }
+  }
   absl::StatusOr<Result> taken =
       Exec(conn, kTakeFlight,
            Params().Bytes(claim.flight_key).Bytes(claim.owner).Int64(LeaseMicros(claim.lease)));
@@ -547,7 +580,10 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const PruneOp& op
 }
 
 PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const PutMetaOp& op) {
-  absl::StatusOr<Result> put = Exec(conn, kInsertMeta, Params().Bytes(op.name).Bytes(op.value));
+  Params params;
+  params.Bytes(op.name).Bytes(op.value);
+  absl::StatusOr<Result> put =
+      op.replace ? Exec(conn, kReplaceMeta, params) : Exec(conn, kInsertMeta, params);
   if (!put.ok()) {
     return put.status();
   }

@@ -143,6 +143,8 @@ absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db) {
       {&conn->try_lease, kTryLeaseSql},
       {&conn->latest_for_ip, kLatestForIpSql},
       {&conn->latest_for_ip_and_user_agent, kLatestForIpAndUserAgentSql},
+      {&conn->read_meta, kReadMetaSql},
+      {&conn->replace_meta, kReplaceMetaSql},
   };
   absl::Status status = PrepareAll(conn->db.get(), std::begin(statements), std::end(statements));
   if (!status.ok()) {

@@ -109,6 +109,8 @@ struct WriteConnection {
   Stmt try_lease;
   Stmt latest_for_ip;  // ClaimClick's check for a verdict that landed
   Stmt latest_for_ip_and_user_agent;
+  Stmt read_meta;  // ClaimClick's look at the allowance mark
+  Stmt replace_meta;
 };
 
 absl::StatusOr<std::unique_ptr<WriteConnection>> PrepareWriter(Db db);

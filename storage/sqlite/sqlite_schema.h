@@ -138,6 +138,9 @@ inline constexpr char kPruneUsageSql[] =
     "(SELECT caller, day FROM usage WHERE day < ?1 LIMIT ?2)";
 // Of two racing writers of the same secret, the first wins and both read it back.
 inline constexpr char kInsertMetaSql[] = "INSERT OR IGNORE INTO meta(name, value) VALUES (?1, ?2)";
+inline constexpr char kReplaceMetaSql[] =
+    "INSERT INTO meta(name, value) VALUES (?1, ?2) "
+    "ON CONFLICT(name) DO UPDATE SET value = excluded.value";
 // Ping's trial write after a failure: a real page write, so that a full disk is not mistaken for
 // recovery the way an empty transaction would be.
 inline constexpr char kWriteProbeSql[] =

@@ -22,6 +22,12 @@
 namespace verdictd {
 namespace sqlite_store_internal {
 
+using store_support::AllowanceStep;
+using store_support::DecideAllowance;
+using store_support::DecodeAllowanceMark;
+using store_support::EncodeAllowanceMark;
+using store_support::kAllowanceMarkName;
+using store_support::ProbeTaken;
 using store_support::CeilUnixMicros;
 using store_support::CheckSecretRequest;
 using store_support::ClicksSinceSplit;

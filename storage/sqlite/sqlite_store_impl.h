@@ -87,6 +87,7 @@ class SqliteStore final : public VerdictStore {
   void Ping(DoneCallback done) override;
   void Flush() override;
   void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) override;
+  void SetAllowanceMark(AllowanceMark mark, DoneCallback done) override;
   void SetFlightListener(FlightListener* listener) override;
   void TryLease(std::string name, std::string owner, absl::Duration lease,
                 ReadCallback<bool> done) override;
@@ -129,6 +130,7 @@ class SqliteStore final : public VerdictStore {
     std::string name;
     std::string value;
     DoneCallback done;
+    bool replace = false;  // false: a row already there is kept (Secret's first writer wins)
   };
   // Ping's trial write; its result is what it does to the recorded write health.
   struct ProbeOp {

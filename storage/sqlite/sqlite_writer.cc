@@ -43,6 +43,11 @@ void SqliteStore::ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) {
   Enqueue(ClaimClickOp{std::move(claim), std::move(done), ClaimResult{}});
 }
 
+void SqliteStore::SetAllowanceMark(AllowanceMark mark, DoneCallback done) {
+  Enqueue(PutMetaOp{kAllowanceMarkName, EncodeAllowanceMark(mark), std::move(done),
+                    /*replace=*/true});
+}
+
 void SqliteStore::TryLease(std::string name, std::string owner, absl::Duration lease,
                            ReadCallback<bool> done) {
   Enqueue(TryLeaseOp{std::move(name), std::move(owner), lease, std::move(done)});
@@ -280,6 +285,36 @@ absl::StatusOr<int64_t> SqliteStore::Apply(ClaimClickOp& op) {
       return 0;
     }
   }
+  if (c.allowance_probe_interval > absl::ZeroDuration()) {
+    sqlite3_stmt* read = writer_->read_meta.get();
+    ScopedReset reset(read);
+    BindText(read, 1, kAllowanceMarkName);
+    const int rc = sqlite3_step(read);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      return WriteFailed(db);
+    }
+    const std::optional<AllowanceMark> mark =
+        rc == SQLITE_ROW ? DecodeAllowanceMark(ColumnBytes(read, 0)) : std::nullopt;
+    switch (DecideAllowance(mark, c.requested_at)) {
+      case AllowanceStep::kProceed:
+        break;
+      case AllowanceStep::kRefuse:
+        op.result.kind = ClaimResult::Kind::kAllowanceExhausted;
+        op.result.allowance = *mark;
+        return 0;
+      case AllowanceStep::kProbe: {
+        const std::string probe =
+            EncodeAllowanceMark(ProbeTaken(*mark, c.requested_at, c.allowance_probe_interval));
+        sqlite3_stmt* put = writer_->replace_meta.get();
+        BindText(put, 1, kAllowanceMarkName);
+        BindBytes(put, 2, probe);
+        if (absl::Status s = Run(db, put); !s.ok()) {
+          return s;
+        }
+        break;
+      }
+    }
+  }
   {
     sqlite3_stmt* claim = writer_->claim_flight.get();
     ScopedReset reset(claim);
@@ -507,7 +542,7 @@ absl::StatusOr<int64_t> SqliteStore::Apply(PruneOp& op) {
 }
 
 absl::StatusOr<int64_t> SqliteStore::Apply(PutMetaOp& op) {
-  sqlite3_stmt* stmt = writer_->insert_meta.get();
+  sqlite3_stmt* stmt = op.replace ? writer_->replace_meta.get() : writer_->insert_meta.get();
   BindText(stmt, 1, op.name);
   BindBytes(stmt, 2, op.value);
   absl::Status status = Run(writer_->db.get(), stmt);

@@ -136,5 +136,36 @@ TEST_F(ClusterTest, BudgetIsSharedByEveryReplica) {
   EXPECT_EQ(sim().Requests(), kBudget + kAll);
 }
 
+// ClickPatrol's "allowance exhausted", heard by one replica, holds on all of them: misses that
+// follow on the others are refused (RESOURCE_EXHAUSTED, naming the allowance) without a request,
+// although those replicas never heard ClickPatrol say it.
+TEST_F(ClusterTest, AllowanceExhaustedOnOneReplicaHoldsOnEveryReplica) {
+  constexpr int kReplicas = 3;
+  ASSERT_NO_FATAL_FAILURE(StartSimulator({"--mode=exhausted"}));
+  ASSERT_NO_FATAL_FAILURE(StartReplicas(kReplicas));
+  auto check = [&](int r, const std::string& ip) {
+    pb::CheckIpRequest request;
+    request.set_ip(ip);
+    pb::CheckIpResponse response;
+    std::unique_ptr<grpc::ClientContext> context = CallerContext("ingest");
+    return replica(r).stub().CheckIp(context.get(), request, &response);
+  };
+  const grpc::Status told = check(0, PublicIp(64, 0));
+  ASSERT_EQ(told.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << told.error_message();
+  ASSERT_EQ(sim().Requests(), 1);
+  for (int r = 1; r < kReplicas; ++r) {
+    for (int k = 0; k < 3; ++k) {
+      const std::string ip = PublicIp(64, 10 * r + k + 1);
+      SCOPED_TRACE(absl::StrCat("replica ", r, ", ", ip));
+      const grpc::Status refused = check(r, ip);
+      EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << refused.error_message();
+      EXPECT_NE(refused.error_message().find("allowance is exhausted"), std::string::npos)
+          << refused.error_message();
+    }
+  }
+  EXPECT_EQ(sim().Requests(), 1) << "only the first replica asked ClickPatrol";
+}
+
 }  // namespace
 }  // namespace verdictd::testing::cluster
