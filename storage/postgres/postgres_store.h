@@ -32,7 +32,8 @@ struct PostgresStoreOptions {
   // How long opening waits for the server (each connection attempt). Default: 5 s.
   absl::Duration connect_timeout = absl::Seconds(5);
   // Stamps what the store stamps on this side (completed_at, write failures). Leases use the
-  // database's now(). Not owned; must outlive the store. Default: the real clock.
+  // database's clock (clock_timestamp()). Not owned; must outlive the store. Default: the real
+  // clock.
   Clock* clock = Clock::Real();
 };
 
