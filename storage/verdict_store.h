@@ -138,9 +138,9 @@ struct AllowanceMark {
 
 struct ClaimResult {
   enum class Kind {
-    kBegun,        // the claim is ours and the pending click is committed: send the request
-    kFlightHeld,   // another claim on the key holds: wait for it (nothing was written)
-    kBudgetSpent,  // monthly_budget clicks are already billed this month (nothing was written)
+    kBegun,          // the claim is ours and the pending click is committed: send the request
+    kFlightHeld,     // another claim on the key holds: wait for it (nothing was written)
+    kBudgetSpent,    // monthly_budget clicks are already billed this month (nothing was written)
     kVerdictLanded,  // a verdict newer than newer_than is stored: `landed` (nothing was written)
     kAllowanceExhausted,  // the allowance mark holds and the probe is not due: `allowance`
   };

@@ -1306,8 +1306,8 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
     spend_.MarkUpstreamExhausted();
     breaker_.RecordSuccess();  // ClickPatrol is healthy; it just will not serve us
     const AllowanceStatus allowance = spend_.Allowance();
-    ShareAllowanceMark(AllowanceMark{
-        allowance.period_end, clock_.Now() + options_.allowance.exhausted_probe_interval});
+    ShareAllowanceMark(AllowanceMark{allowance.period_end,
+                                     clock_.Now() + options_.allowance.exhausted_probe_interval});
   } else if (retry) {
     breaker_.Cancel();  // the retry is admitted again when its turn comes
   } else if (CountsAgainstBreaker(status)) {

@@ -85,8 +85,9 @@ class FakeStore : public VerdictStore {
 
   // As BeginClick, unless the key is in `held`, a verdict newer than claim.newer_than is
   // stored (kVerdictLanded; `lands_on_claim` stores one for its IP just before the check, as
-  // another process's flight landing between the engine's read and its claim would),  (another process's flight: kFlightHeld) or the
-  // caller is in `cluster_spent` (its budget spent elsewhere: kBudgetSpent with that count).
+  // another process's flight landing between the engine's read and its claim would),  (another
+  // process's flight: kFlightHeld) or the caller is in `cluster_spent` (its budget spent elsewhere:
+  // kBudgetSpent with that count).
   void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) override {
     ClaimResult result;
     {

@@ -254,13 +254,12 @@ inline constexpr Sql kPruneFlights{"prune_flights",
 inline constexpr Sql kInsertMeta{
     "insert_meta",
     "INSERT INTO meta(name, value) VALUES ($1::text, $2::bytea) ON CONFLICT (name) DO NOTHING"};
-inline constexpr Sql kReplaceMeta{
-    "replace_meta",
-    "INSERT INTO meta(name, value) VALUES ($1::text, $2::bytea) "
-    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"};
+inline constexpr Sql kReplaceMeta{"replace_meta",
+                                  "INSERT INTO meta(name, value) VALUES ($1::text, $2::bytea) "
+                                  "ON CONFLICT (name) DO UPDATE SET value = excluded.value"};
 // ClaimClick's look at the allowance mark; FOR UPDATE: a probe moves it.
-inline constexpr Sql kReadMetaForUpdate{
-    "read_meta_for_update", "SELECT value FROM meta WHERE name = $1::text FOR UPDATE"};
+inline constexpr Sql kReadMetaForUpdate{"read_meta_for_update",
+                                        "SELECT value FROM meta WHERE name = $1::text FOR UPDATE"};
 // Ping's trial write after a failure: a real row write, so that a database refusing writes (full
 // disk, read-only standby) is not mistaken for recovery the way an empty transaction would be.
 inline constexpr Sql kWriteProbe{"write_probe",
@@ -313,13 +312,13 @@ inline constexpr Sql kPing{"ping", "SELECT 1 FROM verdicts LIMIT 1"};
 
 // What each connection prepares when it connects (and again after every reconnect).
 inline constexpr const Sql* kWriterStatements[] = {
-    &kLockWriters,     &kInsertClick,     &kCountClick,     &kCompleteClick, &kAdjustClickCounters,
-    &kClickExists,     &kInsertVerdict,  &kReleaseFlight, &kNotifyFlightEnded,
-    &kAddUsage,        &kLockBudget,     &kMonthClicks,   &kTakeFlight,
-    &kFlightLeaseLeft, &kSetFlightClick, &kTakeLease,     &kPruneVerdicts,
-    &kPruneClicks,     &kPruneUsage,     &kPruneFlights,  &kInsertMeta,
-    &kWriteProbe,      &kLatestForIp,    &kLatestForIpAndUserAgent, &kReplaceMeta,
-    &kReadMetaForUpdate,
+    &kLockWriters,         &kInsertClick,       &kCountClick,     &kCompleteClick,
+    &kAdjustClickCounters, &kClickExists,       &kInsertVerdict,  &kReleaseFlight,
+    &kNotifyFlightEnded,   &kAddUsage,          &kLockBudget,     &kMonthClicks,
+    &kTakeFlight,          &kFlightLeaseLeft,   &kSetFlightClick, &kTakeLease,
+    &kPruneVerdicts,       &kPruneClicks,       &kPruneUsage,     &kPruneFlights,
+    &kInsertMeta,          &kWriteProbe,        &kLatestForIp,    &kLatestForIpAndUserAgent,
+    &kReplaceMeta,         &kReadMetaForUpdate,
 };
 inline constexpr const Sql* kReaderStatements[] = {
     &kLatestForIp, &kLatestForIpAndUserAgent,

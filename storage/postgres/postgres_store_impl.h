@@ -72,21 +72,21 @@ namespace verdictd {
 namespace postgres_store_internal {
 
 using store_support::AllowanceStep;
-using store_support::DecideAllowance;
-using store_support::DecodeAllowanceMark;
-using store_support::EncodeAllowanceMark;
-using store_support::kAllowanceMarkName;
-using store_support::ProbeTaken;
 using store_support::CeilUnixMicros;
 using store_support::CheckSecretRequest;
 using store_support::ClicksSinceSplit;
 using store_support::DayNumber;
 using store_support::DayOfMicros;
 using store_support::DayRange;
+using store_support::DecideAllowance;
+using store_support::DecodeAllowanceMark;
+using store_support::EncodeAllowanceMark;
 using store_support::FillRandom;
 using store_support::FinishSecret;
+using store_support::kAllowanceMarkName;
 using store_support::kEpochDay;
 using store_support::kMicrosPerDay;
+using store_support::ProbeTaken;
 using store_support::SplitClicksSince;
 using store_support::UsageDays;
 // How long a connection slot whose connect failed answers with that failure before dialing

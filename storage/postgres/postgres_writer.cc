@@ -350,9 +350,9 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
     if (!read.ok()) {
       return read.status();
     }
-    const std::optional<AllowanceMark> mark =
-        PQntuples(read->get()) > 0 ? DecodeAllowanceMark(GetBytes(read->get(), 0, 0))
-                                   : std::nullopt;
+    const std::optional<AllowanceMark> mark = PQntuples(read->get()) > 0
+                                                  ? DecodeAllowanceMark(GetBytes(read->get(), 0, 0))
+                                                  : std::nullopt;
     switch (DecideAllowance(mark, claim.requested_at)) {
       case AllowanceStep::kProceed:
         break;

@@ -120,10 +120,10 @@ absl::StatusOr<std::optional<Verdict>> SqliteStore::ReadLatestFor(
   return WithReader<std::optional<Verdict>>(
       reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::optional<Verdict>> {
         std::optional<Verdict> latest;
-        const int rc = StepLatestFor(user_agent.has_value()
-                                         ? reader.latest_for_ip_and_user_agent.get()
-                                         : reader.latest_for_ip.get(),
-                                     ip, user_agent, &latest);
+        const int rc =
+            StepLatestFor(user_agent.has_value() ? reader.latest_for_ip_and_user_agent.get()
+                                                 : reader.latest_for_ip.get(),
+                          ip, user_agent, &latest);
         if (rc == SQLITE_DONE || rc == SQLITE_ROW) {
           return latest;
         }

@@ -256,10 +256,10 @@ absl::StatusOr<int64_t> SqliteStore::Apply(ClaimClickOp& op) {
   }
   if (c.newer_than.has_value()) {
     std::optional<Verdict> latest;
-    const int rc = StepLatestFor(c.user_agent.has_value()
-                                     ? writer_->latest_for_ip_and_user_agent.get()
-                                     : writer_->latest_for_ip.get(),
-                                 c.ip, c.user_agent, &latest);
+    const int rc =
+        StepLatestFor(c.user_agent.has_value() ? writer_->latest_for_ip_and_user_agent.get()
+                                               : writer_->latest_for_ip.get(),
+                      c.ip, c.user_agent, &latest);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
       return WriteFailed(db);
     }
