@@ -10,6 +10,18 @@ PACKAGES=(
   libssl-dev python3-grpcio python3-protobuf sqlite3 openssl
   libpq-dev postgresql-15
   python3-yaml  # lint.DeployFilesAreHonest reads deploy/*.yaml
+  # client/go and its test (tests/go): Go 1.19 with Debian's grpc-go 1.33, built in GOPATH mode
+  # against /usr/share/gocode. golang-github-golang-protobuf-1-5-dev is named because without it
+  # apt picks the protobuf 1.3 shim, and the binary panics on its first response.
+  golang-go golang-google-grpc-dev golang-google-protobuf-dev protoc-gen-go protoc-gen-go-grpc
+  golang-github-golang-protobuf-1-5-dev
+  # client/java and its test (tests/java): Debian's grpc-java 1.41 with its code generator, and
+  # the dependencies libgrpc-java does not pull in itself; netty-tcnative for TLS, since Debian's
+  # netty has no JDK ALPN.
+  openjdk-17-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java
+  libnetty-java libperfmark-java libgoogle-gson-java libgoogle-common-protos-java
+  libanimal-sniffer-java libgeronimo-annotation-1.3-spec-java libnetty-tcnative-java
+  libnetty-tcnative-jni
 )
 
 # Extra packages for optional checks, named by argument. `deps.sh fuzz` (fuzz/run.sh): clang with
