@@ -17,11 +17,11 @@ PACKAGES=(
   golang-github-golang-protobuf-1-5-dev
   # client/java and its test (tests/java): Debian's grpc-java 1.41 with its code generator, and
   # the dependencies libgrpc-java does not pull in itself; netty-tcnative for TLS, since Debian's
-  # netty has no JDK ALPN.
+  # netty has no JDK ALPN; JUnit 4 for its test.
   openjdk-17-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java
   libnetty-java libperfmark-java libgoogle-gson-java libgoogle-common-protos-java
   libanimal-sniffer-java libgeronimo-annotation-1.3-spec-java libnetty-tcnative-java
-  libnetty-tcnative-jni
+  libnetty-tcnative-jni junit4
 )
 
 # Extra packages for optional checks, named by argument. `deps.sh fuzz` (fuzz/run.sh): clang with
