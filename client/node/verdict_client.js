@@ -118,7 +118,8 @@ class VerdictClient {
     return verdicts;
   }
 
-  // options: caller ('' = every caller the key may read), since, until (Dates), deadlineMs.
+  // options: caller ('' = every caller: open mode and auditors only), since, until (Dates),
+  // deadlineMs.
   getUsage(options = {}) {
     const request = { caller: options.caller || '' };
     if (options.since) request.since = timestamp(options.since);

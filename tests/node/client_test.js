@@ -67,6 +67,7 @@ let simPort;
 let slowSimPort;
 let openPort;
 let keyedTlsPort;
+let mtlsPort;
 let pki;
 
 before(async () => {
@@ -91,6 +92,12 @@ before(async () => {
     `--tls_cert=${path.join(pki, 'server.pem')}`,
     `--tls_key=${path.join(pki, 'server.key')}`,
   ], env);
+  mtlsPort = await start('mtls', VERDICTD_BIN, [
+    ...common('mtls', simPort),
+    `--tls_cert=${path.join(pki, 'server.pem')}`,
+    `--tls_key=${path.join(pki, 'server.key')}`,
+    `--tls_client_ca=${path.join(pki, 'ca.pem')}`,
+  ], env);
 });
 
 after(() => {
@@ -114,14 +121,20 @@ test('a miss then a hit: SOURCE_UPSTREAM with the click, then SOURCE_CACHE', asy
     assert.deepEqual(second.verdict.checkedAt, first.verdict.checkedAt);
     assert.equal(await simRequests(simPort), 1);
 
+    // max_age 0 always asks ClickPatrol: a second verdict, so history has two pages of one.
+    const third = await client.checkIp('8.8.8.8', { maxAgeSeconds: 0 });
+    assert.equal(third.source, 'SOURCE_UPSTREAM');
+    assert.equal(third.clickSpent, true);
+    assert.equal(await simRequests(simPort), 2);
     const history = await client.listVerdictHistory('8.8.8.8', { pageSize: 1 });
-    assert.equal(history.length, 1);
+    assert.deepEqual(history.map((v) => v.checkedAt), [third.verdict.checkedAt, first.verdict.checkedAt]);
     assert.equal(history[0].caller, 'node-test');
 
     const usage = await client.getUsage({ caller: 'node-test' });
     assert.equal(usage.callers.length, 1);
     assert.equal(usage.callers[0].caller, 'node-test');
-    assert.equal(usage.callers[0].clicks, 1);
+    assert.equal(usage.callers[0].clicks, 2);
+    assert.equal(usage.callers[0].cacheHits, 1);
   } finally {
     client.close();
   }
@@ -130,6 +143,7 @@ test('a miss then a hit: SOURCE_UPSTREAM with the click, then SOURCE_CACHE', asy
 test('a batch larger than max_batch is split, keeps its order, and a bad item fails alone', async () => {
   const client = new VerdictClient(`127.0.0.1:${openPort}`, { caller: 'node-batch' });
   try {
+    const before = await simRequests(simPort);
     const ips = ['1.1.1.1', 'not-an-ip', '9.9.9.9', '1.0.0.1', '10.0.0.1'];
     const results = await client.checkBatch(ips);
     assert.equal(results.length, ips.length);
@@ -139,6 +153,7 @@ test('a batch larger than max_batch is split, keeps its order, and a bad item fa
     assert.equal(results[2].result.verdict.ip, '9.9.9.9');
     assert.equal(results[3].result.verdict.ip, '1.0.0.1');
     assert.equal(results[4].error.code, status.FAILED_PRECONDITION, 'a private address');
+    assert.equal(await simRequests(simPort) - before, 3);
   } finally {
     client.close();
   }
@@ -187,5 +202,26 @@ test('a deadline shorter than a slow upstream is DEADLINE_EXCEEDED', async () =>
     assert.ok(Date.now() - started < 2500, 'it gave up at the deadline, not the upstream');
   } finally {
     client.close();
+  }
+});
+
+test('mutual TLS: answered with the client certificate, refused without it', async () => {
+  const rootCerts = fs.readFileSync(path.join(pki, 'ca.pem'));
+  const withCert = new VerdictClient(`127.0.0.1:${mtlsPort}`, {
+    caller: 'node-mtls',
+    rootCerts,
+    privateKey: fs.readFileSync(path.join(pki, 'client.key')),
+    certChain: fs.readFileSync(path.join(pki, 'client.pem')),
+  });
+  const without = new VerdictClient(`127.0.0.1:${mtlsPort}`,
+    { caller: 'node-mtls', rootCerts, deadlineMs: 2000 });
+  try {
+    const response = await withCert.checkIp('1.0.0.2');
+    assert.equal(response.source, 'SOURCE_UPSTREAM');
+    assert.equal(response.verdict.caller, 'node-mtls');
+    await assert.rejects(without.checkIp('1.0.0.3'), (err) => err.code === status.UNAVAILABLE);
+  } finally {
+    withCert.close();
+    without.close();
   }
 });
