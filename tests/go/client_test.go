@@ -460,7 +460,7 @@ func TestMutualTLS(t *testing.T) {
 		verdict.WithTimeout(3*time.Second))
 	_, err = without.GetServerInfo(ctx)
 	wantCode(t, "GetServerInfo without a client certificate", err, codes.Unavailable)
-	// A certificate the client CA did not sign (the server's own) is refused too.
+	// A certificate of that CA that is not a client's (the server's: serverAuth only) is refused.
 	foreign := newClient(t, mtlsPort, verdict.WithCaller("go-mtls"), verdict.WithRootCAs(ca),
 		verdict.WithClientCert(readFile(t, "server.pem"), readFile(t, "server.key")),
 		verdict.WithTimeout(3*time.Second))
