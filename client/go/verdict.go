@@ -352,8 +352,9 @@ func (c *Client) historyPage(ctx context.Context, req *verdictv1.ListVerdictHist
 	return c.stub.ListVerdictHistory(ctx, req)
 }
 
-// GetUsage returns clicks, cache hits, requests and upstream errors per caller (req.Caller ""
-// means every caller the key may read), and the plan's allowance.
+// GetUsage returns clicks, cache hits, requests and upstream errors per caller, and the plan's
+// allowance. req.Caller "" means every caller: open mode and the auditor role only
+// (codes.PermissionDenied otherwise).
 func (c *Client) GetUsage(ctx context.Context, req *verdictv1.GetUsageRequest) (*verdictv1.GetUsageResponse, error) {
 	ctx, cancel := c.callContext(ctx)
 	defer cancel()
