@@ -865,6 +865,10 @@ int Run() {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(s.listen, *credentials, &port);
+  // gRPC sets SO_REUSEPORT by default, so a second verdictd on a taken port would listen beside
+  // the first, and the kernel would split callers between two servers with different stores
+  // and ledgers. Off: a taken port ends start-up.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&service);
   // A batch of --max_batch items with maximal user agents must fit; anything far larger is
   // refused before it is parsed.
@@ -889,7 +893,10 @@ int Run() {
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, s.max_concurrent_streams);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    spdlog::critical("verdictd cannot start: cannot listen on {}", s.listen);
+    spdlog::critical(
+        "verdictd cannot start: cannot listen on {}: the address is in use (another verdictd or "
+        "another program listens there; verdictd never shares a port) or cannot be bound",
+        s.listen);
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();

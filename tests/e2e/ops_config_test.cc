@@ -69,6 +69,33 @@ StartupResult StartWithConfig(const TempDir& dir, const std::string& config) {
   return result;
 }
 
+// gRPC's default SO_REUSEPORT would let a second verdictd listen on the first one's port, and
+// the kernel would split callers between two stores and ledgers. The second must exit instead.
+TEST_F(OpsTest, ASecondServerOnATakenPortExitsNamingTheAddress) {
+  StartVerdictd();
+  const std::string address = absl::StrCat("127.0.0.1:", verdictd_->port());
+  const std::string log = dir_.File("second.log");
+  absl::StatusOr<std::unique_ptr<ChildProcess>> second =
+      ChildProcess::Start({VERDICTD_BIN, "--listen=" + address, "--db=" + dir_.File("second.db"),
+                           "--upstream_url=" + sim_->url()},
+                          {{"CLICKPATROL_TOKEN", kToken}}, log);
+  ASSERT_TRUE(second.ok()) << second.status();
+  absl::StatusOr<int> code = (*second)->Wait(absl::Seconds(10));
+  ASSERT_TRUE(code.ok()) << "a second verdictd kept running on the taken port " << address
+                         << "; its log:\n"
+                         << ReadFileOrEmpty(log);
+  EXPECT_EQ(*code, 1);
+  const std::string text = ReadFileOrEmpty(log);
+  EXPECT_THAT(text, HasSubstr("verdictd cannot start: cannot listen on " + address));
+  EXPECT_THAT(text, Not(HasSubstr("listening on")));
+
+  // The first one still holds the port alone and answers.
+  pb::GetServerInfoResponse info;
+  grpc::Status status =
+      verdictd_->stub().GetServerInfo(CallerContext().get(), pb::GetServerInfoRequest(), &info);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
 TEST_F(OpsTest, ConfigFileErrorsAreFatalAndNamed) {
   StartupResult unknown = StartWithConfig(dir_, R"({"max_age": "1h", "no_such_flag_xyz": 3})");
   EXPECT_EQ(unknown.exit_code, 2);
