@@ -22,6 +22,9 @@ PACKAGES=(
   libnetty-java libperfmark-java libgoogle-gson-java libgoogle-common-protos-java
   libanimal-sniffer-java libgeronimo-annotation-1.3-spec-java libnetty-tcnative-java
   libnetty-tcnative-jni junit4
+  # deploy/prometheus: promtool checks and tests the alerting rules, and an e2e test scrapes
+  # verdictd with a real Prometheus server on loopback.
+  prometheus
 )
 
 # Extra packages for optional checks, named by argument. `deps.sh fuzz` (fuzz/run.sh): clang with
