@@ -21,6 +21,7 @@ import java.nio.file.attribute.PosixFilePermissions;
 import java.security.MessageDigest;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.Comparator;
 import java.util.HexFormat;
 import java.util.List;
@@ -52,7 +53,7 @@ public class VerdictClientTest {
   private static final String GOOD_KEY = "vk_java_good_7d41c9e0b2a65f38";
   private static final String OTHER_KEY = "vk_java_other_3e8a0f6c91d2b475";
 
-  private static final List<Process> children = new ArrayList<>();
+  private static final List<Process> children = Collections.synchronizedList(new ArrayList<>());
   private static Path tmp;
   private static Path pki;
   private static Path otherPki;
@@ -92,7 +93,8 @@ public class VerdictClientTest {
   }
 
   private static List<String> sim(String... extra) {
-    List<String> args = new ArrayList<>(List.of(SIM_BIN, "--listen=127.0.0.1:0", "--token=" + TOKEN));
+    List<String> args =
+        new ArrayList<>(List.of(SIM_BIN, "--listen=127.0.0.1:0", "--token=" + TOKEN));
     args.addAll(List.of(extra));
     return args;
   }
@@ -112,6 +114,10 @@ public class VerdictClientTest {
 
   @BeforeClass
   public static void startServers() throws Exception {
+    // @AfterClass stops them however the tests end; the hook covers the JVM itself being told
+    // to stop (SIGTERM, ^C) on the way.
+    Runtime.getRuntime().addShutdownHook(
+        new Thread(() -> children.forEach(Process::destroyForcibly)));
     tmp = Files.createTempDirectory("verdict_java_test_");
     pki = tmp.resolve("pki");
     otherPki = tmp.resolve("other_pki");
