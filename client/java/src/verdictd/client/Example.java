@@ -36,6 +36,7 @@ public final class Example {
       builder.trustedCertificates(ca);
     }
     List<String> ips = Arrays.asList(args).subList(first + 1, args.length);
+    int exitCode = 0;
     try (VerdictClient client = builder.build()) {
       List<CheckBatchResult> results = client.checkBatchIps(ips);
       for (int i = 0; i < results.size(); i++) {
@@ -52,7 +53,8 @@ public final class Example {
     } catch (StatusRuntimeException e) {
       System.err.printf("verdictd: %s: %s%n", e.getStatus().getCode(),
           e.getStatus().getDescription());
-      System.exit(1);
+      exitCode = 1;
     }
+    System.exit(exitCode);  // after close(), so the channel is shut down first
   }
 }
