@@ -21,7 +21,7 @@ PACKAGES=(
   openjdk-17-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java
   libnetty-java libperfmark-java libgoogle-gson-java libgoogle-common-protos-java
   libanimal-sniffer-java libgeronimo-annotation-1.3-spec-java libnetty-tcnative-java
-  libnetty-tcnative-jni junit4
+  libnetty-tcnative-jni libguava-java junit4
   # deploy/prometheus: promtool checks and tests the alerting rules, and an e2e test scrapes
   # verdictd with a real Prometheus server on loopback.
   prometheus

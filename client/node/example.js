@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// verdict-check HOST:PORT IP...   (VERDICTD_API_KEY or VERDICTD_CALLER from the environment)
+// verdict-check HOST:PORT IP...   (VERDICT_API_KEY or VERDICT_CALLER from the environment)
 const { VerdictClient } = require('./verdict_client');
 
 async function main() {
@@ -10,8 +10,8 @@ async function main() {
     process.exit(2);
   }
   const client = new VerdictClient(address, {
-    apiKey: process.env.VERDICTD_API_KEY,
-    caller: process.env.VERDICTD_CALLER || 'node-example',
+    apiKey: process.env.VERDICT_API_KEY,
+    caller: process.env.VERDICT_CALLER || 'node-example',
   });
   try {
     const results = await client.checkBatch(ips);
