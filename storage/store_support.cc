@@ -21,6 +21,40 @@ int64_t CeilUnixMicros(absl::Time t) {
   return us != std::numeric_limits<int64_t>::max() && absl::FromUnixMicros(us) < t ? us + 1 : us;
 }
 
+std::optional<PageBounds> NewestFirstPage(absl::Time since, absl::Time until,
+                                          std::optional<absl::Time> after_time, int64_t after_id) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  PageBounds page;
+  page.since_us = CeilUnixMicros(since);
+  page.until_us = CeilUnixMicros(until);
+  page.cursor_us = kMax;
+  page.cursor_id = kMax;
+  if (after_time.has_value()) {
+    page.cursor_us = absl::ToUnixMicros(*after_time);
+    page.cursor_id = after_id;
+    // Start the index scan at the cursor instead of filtering every newer entry on each page.
+    if (page.cursor_us < page.until_us) {
+      page.until_us = page.cursor_us + 1;
+    }
+  }
+  if (page.since_us >= page.until_us) {
+    return std::nullopt;
+  }
+  return page;
+}
+
+std::optional<PageBounds> HistoryPage(const HistoryQuery& query) {
+  return query.after.has_value()
+             ? NewestFirstPage(query.since, query.until, query.after->checked_at, query.after->id)
+             : NewestFirstPage(query.since, query.until, std::nullopt, 0);
+}
+
+std::optional<PageBounds> LedgerPage(const ClickQuery& query) {
+  return query.after.has_value()
+             ? NewestFirstPage(query.since, query.until, query.after->requested_at, query.after->id)
+             : NewestFirstPage(query.since, query.until, std::nullopt, 0);
+}
+
 std::optional<DayRange> UsageDays(absl::Time since, absl::Time until) {
   const absl::TimeZone utc = absl::UTCTimeZone();
   const absl::CivilDay first = std::max(absl::ToCivilDay(since, utc), kEpochDay);

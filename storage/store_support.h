@@ -40,6 +40,22 @@ inline int64_t DayOfMicros(int64_t us) {
   return us / kMicrosPerDay - (us % kMicrosPerDay < 0 ? 1 : 0);
 }
 
+// One newest-first page over a (time, id) index, as History and Clicks read it: the stored
+// microseconds in [since_us, until_us), where until_us is already lowered to just past the
+// cursor so that the index scan starts there, and the cursor (cursor_us, cursor_id) that drops
+// the entries of its microsecond already returned (INT64_MAX, INT64_MAX for the first page).
+struct PageBounds {
+  int64_t since_us = 0;
+  int64_t until_us = 0;
+  int64_t cursor_us = 0;
+  int64_t cursor_id = 0;
+};
+// nullopt when the page is empty whatever is stored.
+std::optional<PageBounds> NewestFirstPage(absl::Time since, absl::Time until,
+                                          std::optional<absl::Time> after_time, int64_t after_id);
+std::optional<PageBounds> HistoryPage(const HistoryQuery& query);
+std::optional<PageBounds> LedgerPage(const ClickQuery& query);
+
 // Usage's days, [first_day, last_day], or nullopt for an empty range.
 struct DayRange {
   int64_t first_day = 0;

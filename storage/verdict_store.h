@@ -63,6 +63,38 @@ struct HistoryQuery {
   std::optional<HistoryCursor> after;         // resume after this entry
 };
 
+// One row of the click ledger (one request to ClickPatrol, or one that provably never left),
+// with the verdict it produced.
+struct ClickRecord {
+  int64_t id = 0;  // unique; orders the clicks of one requested_at together with it
+  std::string caller;
+  std::string ip;  // canonical form
+  absl::Time requested_at;
+  std::optional<absl::Time> completed_at;  // nullopt while pending
+  ClickOutcome outcome = ClickOutcome::kPending;
+  int http_status = 0;  // 0 when none was received
+  std::string error;    // as completed ("" on success or while pending)
+  absl::Duration latency;
+  // The verdict the click produced (outcome kVerdict), unless it was pruned since.
+  std::optional<Verdict> verdict;
+};
+
+// Where a ledger page ends: the next page holds the clicks strictly older than this one in
+// (requested_at, id) order.
+struct ClickCursor {
+  absl::Time requested_at;
+  int64_t id = 0;
+};
+
+struct ClickQuery {
+  std::string caller;                         // "" means every caller
+  std::string ip;                             // "" means every IP; else canonical form
+  absl::Time since = absl::InfinitePast();    // requested_at, inclusive
+  absl::Time until = absl::InfiniteFuture();  // requested_at, exclusive
+  int limit = 100;                            // REQUIRES: > 0
+  std::optional<ClickCursor> after;           // resume after this click
+};
+
 // Counters for one caller on one UTC day.
 struct UsageCounts {
   int64_t clicks = 0;           // billed requests (ledger rows not marked not-sent)
@@ -244,6 +276,14 @@ class VerdictStore {
   // as the next cursor returns each entry exactly once, even when entries share a checked_at.
   // INVALID_ARGUMENT when query.limit <= 0.
   virtual void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) = 0;
+
+  // The ledger's clicks with since <= requested_at < until, of query.caller and query.ip when
+  // set, newest first (then by id descending), at most query.limit, starting after query.after,
+  // each with the verdict it produced. Like History, an index range scan that starts at the
+  // cursor (by IP, by caller, or by time, whichever the query narrows to), so every page costs
+  // about the same however large the ledger grows; paging with the last click of each page as
+  // the next cursor returns each click exactly once. INVALID_ARGUMENT when query.limit <= 0.
+  virtual void Clicks(ClickQuery query, ReadCallback<std::vector<ClickRecord>> done) = 0;
 
   // Adds batched counters (upsert per caller and day). The deltas are applied all or none.
   // INVALID_ARGUMENT for a negative delta.

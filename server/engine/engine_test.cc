@@ -204,6 +204,9 @@ class FakeStore : public VerdictStore {
   void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) override {
     done(std::vector<HistoryEntry>());
   }
+  void Clicks(ClickQuery, ReadCallback<std::vector<ClickRecord>> done) override {
+    done(absl::UnimplementedError("the engine never reads the ledger's clicks"));
+  }
   void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override {
     {
       absl::MutexLock lock(&mu_);

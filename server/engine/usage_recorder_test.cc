@@ -62,6 +62,7 @@ class UsageOnlyStore : public VerdictStore {
   void History(HistoryQuery, ReadCallback<std::vector<HistoryEntry>> done) override {
     done(Unused());
   }
+  void Clicks(ClickQuery, ReadCallback<std::vector<ClickRecord>> done) override { done(Unused()); }
   void Usage(std::string, absl::Time, absl::Time,
              ReadCallback<std::vector<DailyUsage>> done) override {
     done(Unused());

@@ -52,6 +52,9 @@ class TimedStore : public VerdictStore {
   void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) override {
     inner_.History(std::move(query), std::move(done));
   }
+  void Clicks(ClickQuery query, ReadCallback<std::vector<ClickRecord>> done) override {
+    inner_.Clicks(std::move(query), std::move(done));
+  }
   void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override {
     inner_.AddUsage(std::move(deltas), std::move(done));
   }

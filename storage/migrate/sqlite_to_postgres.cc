@@ -25,10 +25,10 @@ namespace verdictd {
 namespace {
 
 // The SQLite schema versions whose tables this copier reads (storage/sqlite/sqlite_schema.h): 3
-// added the per-day click counters; 4 only added flights and leases, which are not copied. A
-// newer file may have columns this build would silently drop, so it is refused.
+// added the per-day click counters; 4 only added flights and leases, which are not copied, and 5
+// only indexes. A newer file may have columns this build would silently drop, so it is refused.
 constexpr int kOldestSqliteSchema = 3;
-constexpr int kNewestSqliteSchema = 4;
+constexpr int kNewestSqliteSchema = 5;
 
 // How a SQLite value becomes the text of a PostgreSQL COPY field. The PostgreSQL schema
 // (storage/postgres/postgres_schema.h) mirrors SQLite's column for column, with bytea wherever

@@ -125,6 +125,12 @@ void PostgresStore::History(HistoryQuery query, ReadCallback<std::vector<History
   });
 }
 
+void PostgresStore::Clicks(ClickQuery query, ReadCallback<std::vector<ClickRecord>> done) {
+  PostRead([this, query = std::move(query), done = std::move(done)](Slot& slot) {
+    done(ReadClicks(slot, query));
+  });
+}
+
 void PostgresStore::Usage(std::string caller, absl::Time since, absl::Time until,
                           ReadCallback<std::vector<DailyUsage>> done) {
   PostRead([this, caller = std::move(caller), since, until, done = std::move(done)](Slot& slot) {
@@ -172,20 +178,8 @@ absl::StatusOr<std::vector<HistoryEntry>> PostgresStore::ReadHistory(Slot& slot,
     return absl::InvalidArgumentError(
         absl::StrCat("history limit must be positive, got ", query.limit));
   }
-  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-  const int64_t since_us = CeilUnixMicros(query.since);
-  int64_t until_us = CeilUnixMicros(query.until);
-  int64_t cursor_us = kMax;
-  int64_t cursor_id = kMax;
-  if (query.after.has_value()) {
-    cursor_us = absl::ToUnixMicros(query.after->checked_at);
-    cursor_id = query.after->id;
-    // Start the index scan at the cursor instead of filtering every newer entry on each page.
-    if (cursor_us < until_us) {
-      until_us = cursor_us + 1;
-    }
-  }
-  if (since_us >= until_us) {
+  const std::optional<store_support::PageBounds> page = store_support::HistoryPage(query);
+  if (!page.has_value()) {
     return std::vector<HistoryEntry>();
   }
   return WithReader<std::vector<HistoryEntry>>(
@@ -193,10 +187,10 @@ absl::StatusOr<std::vector<HistoryEntry>> PostgresStore::ReadHistory(Slot& slot,
         absl::StatusOr<Result> result = Exec(conn, kHistory,
                                              Params()
                                                  .Bytes(query.ip)
-                                                 .Int64(since_us)
-                                                 .Int64(until_us)
-                                                 .Int64(cursor_us)
-                                                 .Int64(cursor_id)
+                                                 .Int64(page->since_us)
+                                                 .Int64(page->until_us)
+                                                 .Int64(page->cursor_us)
+                                                 .Int64(page->cursor_id)
                                                  .Int64(query.limit));
         if (!result.ok()) {
           return result.status();
@@ -210,6 +204,62 @@ absl::StatusOr<std::vector<HistoryEntry>> PostgresStore::ReadHistory(Slot& slot,
           entry.verdict = RowVerdict(result->get(), row, 1);
         }
         return entries;
+      });
+}
+
+absl::StatusOr<std::vector<ClickRecord>> PostgresStore::ReadClicks(Slot& slot,
+                                                                   const ClickQuery& query) {
+  if (query.limit <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("clicks limit must be positive, got ", query.limit));
+  }
+  const std::optional<store_support::PageBounds> page = store_support::LedgerPage(query);
+  if (!page.has_value()) {
+    return std::vector<ClickRecord>();
+  }
+  return WithReader<std::vector<ClickRecord>>(
+      slot, [&](Connection& conn) -> absl::StatusOr<std::vector<ClickRecord>> {
+        Params params;
+        params.Int64(page->since_us)
+            .Int64(page->until_us)
+            .Int64(page->cursor_us)
+            .Int64(page->cursor_id)
+            .Int64(query.limit);
+        absl::StatusOr<Result> result;
+        if (!query.ip.empty()) {
+          params.Bytes(query.ip).Bytes(query.caller);
+          result = Exec(conn, kClicksByIp, params);
+        } else if (!query.caller.empty()) {
+          params.Bytes(query.caller);
+          result = Exec(conn, kClicksByCaller, params);
+        } else {
+          result = Exec(conn, kClicksByTime, params);
+        }
+        if (!result.ok()) {
+          return result.status();
+        }
+        const PGresult* rows = result->get();
+        std::vector<ClickRecord> clicks;
+        const int count = PQntuples(rows);
+        clicks.reserve(count);
+        for (int row = 0; row < count; ++row) {
+          ClickRecord& click = clicks.emplace_back();
+          click.id = GetInt64(rows, row, 0);
+          click.caller = GetBytes(rows, row, 1);
+          click.ip = GetBytes(rows, row, 2);
+          click.requested_at = absl::FromUnixMicros(GetInt64(rows, row, 3));
+          if (!IsNull(rows, row, 4)) {
+            click.completed_at = absl::FromUnixMicros(GetInt64(rows, row, 4));
+          }
+          click.outcome = static_cast<ClickOutcome>(GetInt64(rows, row, 5));
+          click.http_status = static_cast<int>(GetInt64(rows, row, 6));
+          click.error = GetBytes(rows, row, 7);
+          click.latency = absl::Microseconds(GetInt64(rows, row, 8));
+          if (!IsNull(rows, row, 9)) {
+            click.verdict = RowVerdict(rows, row, 10);
+          }
+        }
+        return clicks;
       });
 }
 

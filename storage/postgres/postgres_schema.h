@@ -35,7 +35,7 @@ namespace postgres_store_internal {
 
 // The schema version this build writes. A database at a higher version was migrated by a newer
 // build and is refused rather than misread.
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
 
 // The session advisory lock every opener holds while it checks and migrates the schema, so that
 // of many replicas starting at once one migrates and the others wait, then find nothing to do.
@@ -108,6 +108,11 @@ inline constexpr const char* kMigrations[] = {
         name text PRIMARY KEY,
         owner text NOT NULL,
         lease_until timestamptz NOT NULL);
+    )sql",
+    // 2: the click audit (Clicks): the ledger by IP, and each click's verdict by its click id.
+    R"sql(
+      CREATE INDEX clicks_by_ip ON clicks(ip, requested_at_us);
+      CREATE INDEX verdicts_by_click ON verdicts(click_id);
     )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion,
@@ -287,6 +292,31 @@ inline constexpr Sql kHistory{
     "AND checked_at_us < $3::int8 "
     "AND (checked_at_us < $4::int8 OR (checked_at_us = $4::int8 AND id < $5::int8)) "
     "ORDER BY checked_at_us DESC, id DESC LIMIT $6::int8"};
+// One page of Clicks, newest first, each click joined to the verdict it produced: [$1, $2) the
+// requested_at_us range ($2 already lowered to just past the cursor), ($3, $4) the cursor
+// (INT64_MAX for the first page), $5 the limit; by IP ($6, with $7 a caller or '' for any: callers
+// are never empty), by caller ($6), or by time. Range scans of clicks_by_ip, clicks_by_caller and
+// clicks_by_time (the id breaks ties within a microsecond), the verdict through
+// verdicts_by_click. As kClicksBy*Sql in sqlite_store_internal.h.
+#define VERDICTD_PG_CLICKS_COLUMNS                                                        \
+  "SELECT c.id, c.caller, c.ip, c.requested_at_us, c.completed_at_us, c.outcome::int8, "  \
+  "c.http_status::int8, c.error, c.latency_us, v.id, v.ip, v.user_agent, v.score::int8, " \
+  "v.proxy, v.tor, v.vpn, v.crawler, v.bot, v.checked_at_us, v.caller FROM clicks AS c "  \
+  "LEFT JOIN verdicts AS v ON v.click_id = c.id WHERE "
+#define VERDICTD_PG_CLICKS_PAGE                                                               \
+  "c.requested_at_us >= $1::int8 AND c.requested_at_us < $2::int8 "                           \
+  "AND (c.requested_at_us < $3::int8 OR (c.requested_at_us = $3::int8 AND c.id < $4::int8)) " \
+  "ORDER BY c.requested_at_us DESC, c.id DESC LIMIT $5::int8"
+inline constexpr Sql kClicksByIp{"clicks_by_ip", VERDICTD_PG_CLICKS_COLUMNS
+                                 "c.ip = $6::text AND ($7::bytea = ''::bytea OR c.caller = "
+                                 "$7::bytea) AND " VERDICTD_PG_CLICKS_PAGE};
+inline constexpr Sql kClicksByCaller{"clicks_by_caller", VERDICTD_PG_CLICKS_COLUMNS
+                                     "c.caller = $6::bytea AND " VERDICTD_PG_CLICKS_PAGE};
+inline constexpr Sql kClicksByTime{"clicks_by_time",
+                                   VERDICTD_PG_CLICKS_COLUMNS VERDICTD_PG_CLICKS_PAGE};
+#undef VERDICTD_PG_CLICKS_COLUMNS
+#undef VERDICTD_PG_CLICKS_PAGE
+
 // ClicksSince in one statement (one snapshot): whole UTC days from day $2 on from the counters,
 // the partial day before them from the ledger over [$1, $3] (empty when $1 > $3).
 inline constexpr Sql kClicksSince{
@@ -321,10 +351,12 @@ inline constexpr const Sql* kWriterStatements[] = {
     &kReplaceMeta,         &kReadMetaForUpdate,
 };
 inline constexpr const Sql* kReaderStatements[] = {
-    &kLatestForIp, &kLatestForIpAndUserAgent,
-    &kHistory,     &kClicksSince,
-    &kUsageAll,    &kUsageOne,
-    &kReadMeta,    &kPing,
+    &kLatestForIp,  &kLatestForIpAndUserAgent,
+    &kHistory,      &kClicksSince,
+    &kClicksByIp,   &kClicksByCaller,
+    &kClicksByTime, &kUsageAll,
+    &kUsageOne,     &kReadMeta,
+    &kPing,
 };
 
 }  // namespace postgres_store_internal

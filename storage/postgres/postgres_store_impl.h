@@ -159,6 +159,7 @@ class PostgresStore final : public VerdictStore {
                 ReadCallback<bool> done) override;
   void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override;
   void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) override;
+  void Clicks(ClickQuery query, ReadCallback<std::vector<ClickRecord>> done) override;
   void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override;
   void Usage(std::string caller, absl::Time since, absl::Time until,
              ReadCallback<std::vector<DailyUsage>> done) override;
@@ -265,6 +266,7 @@ class PostgresStore final : public VerdictStore {
   absl::StatusOr<std::optional<Verdict>> ReadLatestFor(Slot& slot, absl::string_view ip,
                                                        std::optional<absl::string_view> user_agent);
   absl::StatusOr<std::vector<HistoryEntry>> ReadHistory(Slot& slot, const HistoryQuery& query);
+  absl::StatusOr<std::vector<ClickRecord>> ReadClicks(Slot& slot, const ClickQuery& query);
   absl::StatusOr<std::vector<DailyUsage>> ReadUsage(Slot& slot, absl::string_view caller,
                                                     absl::Time since, absl::Time until);
   absl::StatusOr<ClickCounts> ReadClicksSince(Slot& slot, absl::Time since);

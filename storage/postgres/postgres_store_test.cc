@@ -235,7 +235,7 @@ TEST_F(PostgresStoreClusterTest, SeveralStoresOpeningAtOnceMigrateOnce) {
   absl::StatusOr<std::string> version =
       cluster_->Query(database_, "SELECT string_agg(version::text, ',') FROM schema_version");
   ASSERT_TRUE(version.ok()) << version.status();
-  EXPECT_EQ(*version, "1");
+  EXPECT_EQ(*version, std::to_string(postgres_store_internal::kSchemaVersion));
   // Every one of them works on the one schema.
   for (auto& store : stores) {
     EXPECT_TRUE(BeginClickSync(**store, "alice", "192.0.2.1", kT0).ok());

@@ -73,6 +73,9 @@ struct ReadConnection {
   Stmt latest_for_ip;
   Stmt latest_for_ip_and_user_agent;
   Stmt history;
+  Stmt clicks_by_ip;
+  Stmt clicks_by_caller;
+  Stmt clicks_by_time;
   Stmt usage_all;
   Stmt usage_one;
   Stmt clicks_since;

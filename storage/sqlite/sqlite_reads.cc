@@ -99,6 +99,12 @@ void SqliteStore::History(HistoryQuery query, ReadCallback<std::vector<HistoryEn
   });
 }
 
+void SqliteStore::Clicks(ClickQuery query, ReadCallback<std::vector<ClickRecord>> done) {
+  PostRead([this, query = std::move(query), done = std::move(done)](Reader& reader) {
+    done(ReadClicks(reader, query));
+  });
+}
+
 void SqliteStore::Usage(std::string caller, absl::Time since, absl::Time until,
                         ReadCallback<std::vector<DailyUsage>> done) {
   PostRead([this, caller = std::move(caller), since, until, done = std::move(done)](
@@ -137,20 +143,8 @@ absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::ReadHistory(Reader& reade
     return absl::InvalidArgumentError(
         absl::StrCat("history limit must be positive, got ", query.limit));
   }
-  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-  const int64_t since_us = CeilUnixMicros(query.since);
-  int64_t until_us = CeilUnixMicros(query.until);
-  int64_t cursor_us = kMax;
-  int64_t cursor_id = kMax;
-  if (query.after.has_value()) {
-    cursor_us = absl::ToUnixMicros(query.after->checked_at);
-    cursor_id = query.after->id;
-    // Start the index scan at the cursor instead of filtering every newer entry on each page.
-    if (cursor_us < until_us) {
-      until_us = cursor_us + 1;
-    }
-  }
-  if (since_us >= until_us) {
+  const std::optional<store_support::PageBounds> page = store_support::HistoryPage(query);
+  if (!page.has_value()) {
     return std::vector<HistoryEntry>();
   }
   return WithReader<std::vector<HistoryEntry>>(
@@ -158,10 +152,10 @@ absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::ReadHistory(Reader& reade
         sqlite3_stmt* stmt = reader.history.get();
         ScopedReset reset(stmt);
         BindText(stmt, 1, query.ip);
-        sqlite3_bind_int64(stmt, 2, since_us);
-        sqlite3_bind_int64(stmt, 3, until_us);
-        sqlite3_bind_int64(stmt, 4, cursor_us);
-        sqlite3_bind_int64(stmt, 5, cursor_id);
+        sqlite3_bind_int64(stmt, 2, page->since_us);
+        sqlite3_bind_int64(stmt, 3, page->until_us);
+        sqlite3_bind_int64(stmt, 4, page->cursor_us);
+        sqlite3_bind_int64(stmt, 5, page->cursor_id);
         sqlite3_bind_int64(stmt, 6, query.limit);
         std::vector<HistoryEntry> entries;
         int rc;
@@ -174,6 +168,59 @@ absl::StatusOr<std::vector<HistoryEntry>> SqliteStore::ReadHistory(Reader& reade
           return ReadFailed(reader.db.get());
         }
         return entries;
+      });
+}
+
+absl::StatusOr<std::vector<ClickRecord>> SqliteStore::ReadClicks(Reader& reader_slot,
+                                                                 const ClickQuery& query) {
+  if (query.limit <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("clicks limit must be positive, got ", query.limit));
+  }
+  const std::optional<store_support::PageBounds> page = store_support::LedgerPage(query);
+  if (!page.has_value()) {
+    return std::vector<ClickRecord>();
+  }
+  return WithReader<std::vector<ClickRecord>>(
+      reader_slot, [&](ReadConnection& reader) -> absl::StatusOr<std::vector<ClickRecord>> {
+        sqlite3_stmt* stmt = !query.ip.empty()       ? reader.clicks_by_ip.get()
+                             : !query.caller.empty() ? reader.clicks_by_caller.get()
+                                                     : reader.clicks_by_time.get();
+        ScopedReset reset(stmt);
+        sqlite3_bind_int64(stmt, 1, page->since_us);
+        sqlite3_bind_int64(stmt, 2, page->until_us);
+        sqlite3_bind_int64(stmt, 3, page->cursor_us);
+        sqlite3_bind_int64(stmt, 4, page->cursor_id);
+        sqlite3_bind_int64(stmt, 5, query.limit);
+        if (!query.caller.empty()) {
+          BindText(stmt, 6, query.caller);
+        }
+        if (!query.ip.empty()) {
+          BindText(stmt, 7, query.ip);
+        }
+        std::vector<ClickRecord> clicks;
+        int rc;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+          ClickRecord& click = clicks.emplace_back();
+          click.id = sqlite3_column_int64(stmt, 0);
+          click.caller = ColumnBytes(stmt, 1);
+          click.ip = ColumnBytes(stmt, 2);
+          click.requested_at = absl::FromUnixMicros(sqlite3_column_int64(stmt, 3));
+          if (sqlite3_column_type(stmt, 4) != SQLITE_NULL) {
+            click.completed_at = absl::FromUnixMicros(sqlite3_column_int64(stmt, 4));
+          }
+          click.outcome = static_cast<ClickOutcome>(sqlite3_column_int(stmt, 5));
+          click.http_status = sqlite3_column_int(stmt, 6);
+          click.error = ColumnBytes(stmt, 7);
+          click.latency = absl::Microseconds(sqlite3_column_int64(stmt, 8));
+          if (sqlite3_column_type(stmt, 9) != SQLITE_NULL) {
+            click.verdict = ColumnVerdict(stmt, 10);
+          }
+        }
+        if (rc != SQLITE_DONE) {
+          return ReadFailed(reader.db.get());
+        }
+        return clicks;
       });
 }
 

@@ -97,6 +97,11 @@ inline constexpr const char* kMigrations[] = {
         owner TEXT NOT NULL,
         lease_until_us INTEGER NOT NULL) WITHOUT ROWID;
     )sql",
+    // 5: the click audit (Clicks): the ledger by IP, and each click's verdict by its click id.
+    R"sql(
+      CREATE INDEX clicks_by_ip ON clicks(ip, requested_at_us);
+      CREATE INDEX verdicts_by_click ON verdicts(click_id);
+    )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion,
               "kSchemaVersion must equal the number of migrations");

@@ -77,6 +77,7 @@ class SqliteStore final : public VerdictStore {
                   ClickCallback done) override;
   void CompleteClick(int64_t click_id, ClickCompletion completion, DoneCallback done) override;
   void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) override;
+  void Clicks(ClickQuery query, ReadCallback<std::vector<ClickRecord>> done) override;
   void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override;
   void Usage(std::string caller, absl::Time since, absl::Time until,
              ReadCallback<std::vector<DailyUsage>> done) override;
@@ -185,6 +186,7 @@ class SqliteStore final : public VerdictStore {
   absl::StatusOr<std::optional<Verdict>> ReadLatestFor(Reader& reader, absl::string_view ip,
                                                        std::optional<absl::string_view> user_agent);
   absl::StatusOr<std::vector<HistoryEntry>> ReadHistory(Reader& reader, const HistoryQuery& query);
+  absl::StatusOr<std::vector<ClickRecord>> ReadClicks(Reader& reader, const ClickQuery& query);
   absl::StatusOr<std::vector<DailyUsage>> ReadUsage(Reader& reader, absl::string_view caller,
                                                     absl::Time since, absl::Time until);
   absl::StatusOr<ClickCounts> ReadClicksSince(Reader& reader, absl::Time since);

@@ -449,6 +449,26 @@ TEST_F(SqliteStoreTest, LatestForQueriesSearchAnIndex) {
 
 // --- History ---------------------------------------------------------------------------
 
+// Every page of the click audit is a range scan of one ledger index in order (no sort, no
+// scan), and each row finds its verdict through verdicts_by_click.
+TEST_F(SqliteStoreTest, ClicksQueriesSearchALedgerIndexInOrder) {
+  ASSERT_NE(Open(), nullptr);
+  RawDb raw(path_);
+  const std::pair<const char*, const char*> queries[] = {
+      {sqlite_store_internal::kClicksByIpSql, "clicks_by_ip (ip=? AND "},
+      {sqlite_store_internal::kClicksByCallerSql, "clicks_by_caller (caller=? AND "},
+      {sqlite_store_internal::kClicksByTimeSql, "clicks_by_time (requested_at_us>? AND "},
+  };
+  for (const auto& [sql, index] : queries) {
+    const std::string plan = Plan(raw, sql);
+    std::cout << "[ plan     ] " << plan << "\n";
+    EXPECT_THAT(plan, HasSubstr(std::string("SEARCH c USING INDEX ") + index));
+    EXPECT_THAT(plan, HasSubstr("SEARCH v USING INDEX verdicts_by_click (click_id=?)"));
+    EXPECT_THAT(plan, Not(HasSubstr("SCAN")));
+    EXPECT_THAT(plan, Not(HasSubstr("TEMP B-TREE")));
+  }
+}
+
 // Every page is a range scan of the (ip, checked_at_us DESC, id DESC) index: no sort, no scan.
 TEST_F(SqliteStoreTest, HistoryQuerySearchesTheIpIndexInOrder) {
   ASSERT_NE(Open(), nullptr);
@@ -575,7 +595,7 @@ TEST_F(SqliteStoreTest, VersionOneDatabaseIsMigratedInPlace) {
   RawDb raw(path_);
   EXPECT_THAT(raw.Query("PRAGMA user_version"),
               ElementsAre(ElementsAre(std::to_string(sqlite_store_internal::kSchemaVersion))));
-  EXPECT_EQ(sqlite_store_internal::kSchemaVersion, 4);
+  EXPECT_EQ(sqlite_store_internal::kSchemaVersion, 5);
   EXPECT_THAT(raw.Query("SELECT name FROM sqlite_schema WHERE name IN "
                         "('usage', 'meta', 'verdicts_by_time', 'usage_by_day') ORDER BY name"),
               ElementsAre(ElementsAre("meta"), ElementsAre("usage"), ElementsAre("usage_by_day"),
