@@ -20,14 +20,18 @@ namespace verdictd {
 namespace {
 
 // Token layout (before base64url):
-//   [0]        version, kVersion
+//   [0]        version: kHistoryVersion (a history page) or kClicksVersion (a ledger page)
 //   [1]        ip length n, 0..kMaxIpLength
 //   [2, 2+n)   ip bytes
+//   kClicks:   caller length m (one byte), then m caller bytes
 //   then       since_us, until_us, checked_at_us, id: each 8 bytes, big-endian two's complement
 //   then       tag: HMAC-SHA256(secret, all of the above), truncated to kTagSize bytes
 // The tag is truncated to 128 bits, which is ample for a MAC: forging a token needs ~2^128
-// online guesses, each of which costs a request.
-constexpr uint8_t kVersion = 1;
+// online guesses, each of which costs a request. The version byte is under the tag, so a token
+// of one kind cannot be passed off as the other.
+constexpr uint8_t kHistoryVersion = 1;
+constexpr uint8_t kClicksVersion = 2;
+constexpr size_t kMaxCallerLength = 255;
 constexpr size_t kMaxIpLength = 45;  // INET6_ADDRSTRLEN - 1: the longest textual IP address
 constexpr size_t kTagSize = 16;
 constexpr size_t kFixedSize = 1 + 1 + 4 * 8;  // version, ip length, four int64 fields
@@ -75,15 +79,21 @@ PageTokenCodec::PageTokenCodec(std::string secret) : secret_(std::move(secret)) 
 }
 
 std::string PageTokenCodec::Encode(const PageCursor& cursor) const {
+  const bool clicks = cursor.kind == PageCursor::Kind::kClicks;
   std::string bytes;
-  bytes.reserve(kFixedSize + cursor.ip.size() + kTagSize);
-  bytes.push_back(static_cast<char>(kVersion));
-  if (cursor.ip.size() <= kMaxIpLength) {
+  bytes.reserve(kFixedSize + cursor.ip.size() + 1 + cursor.caller.size() + kTagSize);
+  bytes.push_back(static_cast<char>(clicks ? kClicksVersion : kHistoryVersion));
+  if (cursor.ip.size() <= kMaxIpLength && cursor.caller.size() <= kMaxCallerLength) {
     bytes.push_back(static_cast<char>(cursor.ip.size()));
     bytes.append(cursor.ip);
+    if (clicks) {
+      bytes.push_back(static_cast<char>(cursor.caller.size()));
+      bytes.append(cursor.caller);
+    }
   } else {
-    // Not an IP address: a caller bug. Returning "" would read as "no more pages" and silently
-    // cut the listing short, so produce a well-formed-looking token that Decode always refuses.
+    // Not an IP address or a caller: a caller bug. Returning "" would read as "no more pages"
+    // and silently cut the listing short, so produce a well-formed-looking token that Decode
+    // always refuses.
     bytes.push_back(static_cast<char>(0xff));
   }
   AppendInt64(cursor.since_us, &bytes);
@@ -113,11 +123,21 @@ absl::StatusOr<PageCursor> PageTokenCodec::Decode(absl::string_view token) const
     return invalid;
   }
   const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
-  if (data[0] != kVersion) {
+  if (data[0] != kHistoryVersion && data[0] != kClicksVersion) {
     return invalid;
   }
+  const bool clicks = data[0] == kClicksVersion;
   const size_t ip_length = data[1];
-  if (ip_length > kMaxIpLength || bytes.size() != kFixedSize + ip_length + kTagSize) {
+  if (ip_length > kMaxIpLength || bytes.size() < kFixedSize + ip_length + kTagSize) {
+    return invalid;
+  }
+  size_t caller_length = 0;
+  if (clicks) {
+    // kFixedSize + ip_length + kTagSize > 2 + ip_length, so the length byte is there.
+    caller_length = data[2 + ip_length];
+  }
+  const size_t header = 2 + ip_length + (clicks ? 1 + caller_length : 0);
+  if (bytes.size() != header + 4 * 8 + kTagSize) {
     return invalid;
   }
   const size_t tagged = bytes.size() - kTagSize;
@@ -128,7 +148,11 @@ absl::StatusOr<PageCursor> PageTokenCodec::Decode(absl::string_view token) const
 
   PageCursor cursor;
   cursor.ip.assign(bytes, 2, ip_length);
-  const unsigned char* p = data + 2 + ip_length;
+  if (clicks) {
+    cursor.kind = PageCursor::Kind::kClicks;
+    cursor.caller.assign(bytes, 3 + ip_length, caller_length);
+  }
+  const unsigned char* p = data + header;
   cursor.since_us = ReadInt64(p);
   cursor.until_us = ReadInt64(p + 8);
   cursor.checked_at_us = ReadInt64(p + 16);

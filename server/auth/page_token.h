@@ -9,17 +9,23 @@
 
 namespace verdictd {
 
-// Where a ListVerdictHistory page ended, and the query it belongs to.
+// Where a page of a listing ended, and the query it belongs to: a ListVerdictHistory page
+// (kHistory) or a ListClicks page (kClicks). A token of one kind never decodes as the other.
 struct PageCursor {
-  std::string ip;        // canonical
+  enum class Kind { kHistory, kClicks };
+
+  std::string ip;        // canonical; for kClicks the IP filter ("" for every IP)
   int64_t since_us = 0;  // the query's range, unix micros (INT64_MIN / INT64_MAX if unset)
   int64_t until_us = 0;
-  int64_t checked_at_us = 0;  // the last entry returned
+  int64_t checked_at_us = 0;  // the last entry returned (for kClicks its requested_at)
   int64_t id = 0;
+  Kind kind = Kind::kHistory;
+  std::string caller;  // kClicks: the caller filter ("" for every caller); at most 255 bytes
 
   friend bool operator==(const PageCursor& a, const PageCursor& b) {
     return a.ip == b.ip && a.since_us == b.since_us && a.until_us == b.until_us &&
-           a.checked_at_us == b.checked_at_us && a.id == b.id;
+           a.checked_at_us == b.checked_at_us && a.id == b.id && a.kind == b.kind &&
+           a.caller == b.caller;
   }
 };
 

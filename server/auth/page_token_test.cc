@@ -42,6 +42,10 @@ std::vector<PageCursor> Cursors() {
       {"10.0.0.1", -1, -1, -1, -1},
       {"::", kMin, kMin, kMin, kMin},
       {"255.255.255.255", kMax, kMax, kMax, kMax},
+      // ListClicks pages: the IP filter may be empty, the caller filter too, or up to 255 bytes.
+      {"", kMin, kMax, 1'700'000'000'000'000, 7, PageCursor::Kind::kClicks, ""},
+      {"192.0.2.1", 0, kMax, 5, 9, PageCursor::Kind::kClicks, "checkout"},
+      {"", kMin, kMax, kMax, kMax, PageCursor::Kind::kClicks, std::string(255, 'c')},
   };
 }
 
@@ -153,7 +157,8 @@ TEST(PageTokenTest, TruncatedAndExtendedTokensFail) {
 TEST(PageTokenTest, StructuralChecksHoldEvenWithValidTag) {
   const PageTokenCodec codec(kSecret);
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(0, 3, "::1"))));    // version 0
-  ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(2, 3, "::1"))));    // version 2
+  ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(2, 3, "::1"))));    // 2: no caller
+  ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(3, 3, "::1"))));    // version 3
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(1, 4, "::1"))));    // length too big
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(1, 2, "::1"))));    // length too small
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(1, 255, "::1"))));  // absurd length
@@ -161,6 +166,45 @@ TEST(PageTokenTest, StructuralChecksHoldEvenWithValidTag) {
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(1, 46, ip46))));  // over 45
   ExpectInvalid(codec.Decode(SignedToken(kSecret, "\x01")));             // too short
   ExpectInvalid(codec.Decode(SignedToken(kSecret, "")));
+}
+
+// The kind is signed with the rest: a history token never reads as a ledger page, nor back.
+TEST(PageTokenTest, KindsNeverMix) {
+  const PageTokenCodec codec(kSecret);
+  PageCursor history{"192.0.2.1", kMin, kMax, 5, 9};
+  PageCursor clicks = history;
+  clicks.kind = PageCursor::Kind::kClicks;
+  const std::string history_token = codec.Encode(history);
+  const std::string clicks_token = codec.Encode(clicks);
+  EXPECT_NE(history_token, clicks_token);
+  absl::StatusOr<PageCursor> a = codec.Decode(history_token);
+  absl::StatusOr<PageCursor> b = codec.Decode(clicks_token);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->kind, PageCursor::Kind::kHistory);
+  EXPECT_EQ(b->kind, PageCursor::Kind::kClicks);
+  // A ledger token's layout, hand-built: version 2, ip, caller length, caller, four int64s.
+  std::string body = Body(2, 3, "::1");
+  body.insert(5, std::string("\x02"
+                             "ab",
+                             3));
+  absl::StatusOr<PageCursor> built = codec.Decode(SignedToken(kSecret, body));
+  ASSERT_TRUE(built.ok()) << built.status();
+  EXPECT_EQ(built->ip, "::1");
+  EXPECT_EQ(built->caller, "ab");
+  EXPECT_EQ(built->id, 0x0101010101010101);
+  // A caller length past the end, or short of it, is refused.
+  body[5] = 3;
+  ExpectInvalid(codec.Decode(SignedToken(kSecret, body)));
+  body[5] = 1;
+  ExpectInvalid(codec.Decode(SignedToken(kSecret, body)));
+}
+
+TEST(PageTokenTest, OverlongCallerEncodesToATokenThatNeverDecodes) {
+  const PageTokenCodec codec(kSecret);
+  PageCursor cursor{"", 1, 2, 3, 4, PageCursor::Kind::kClicks, std::string(256, 'c')};
+  const std::string token = codec.Encode(cursor);
+  EXPECT_FALSE(token.empty());
+  ExpectInvalid(codec.Decode(token));
 }
 
 TEST(PageTokenTest, OverlongIpEncodesToATokenThatNeverDecodes) {

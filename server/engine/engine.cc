@@ -1497,13 +1497,45 @@ void Engine::History(HistoryQuery query, HistoryCallback done) {
                  });
 }
 
+namespace {
+
+// Who may read whose usage and clicks: a caller its own, an auditor everyone's.
+absl::Status MayRead(absl::string_view what, const std::string& requester, bool auditor,
+                     const std::string& caller) {
+  if (auditor || caller == requester) {
+    return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(
+      caller.empty()
+          ? absl::StrCat("only auditors may read every caller's ", what, "; ask for your own")
+          : absl::StrCat("caller ", QuoteForError(requester), " may read only its own ", what,
+                         ", not that of ", QuoteForError(caller)));
+}
+
+}  // namespace
+
+void Engine::Clicks(ClicksQuery query, ClicksCallback done) {
+  if (absl::Status may = MayRead("clicks", query.requester, query.auditor, query.query.caller);
+      !may.ok()) {
+    done(std::move(may));
+    return;
+  }
+  BeginStoreRead();
+  store_.Clicks(std::move(query.query), [this, done = std::move(done)](
+                                            absl::StatusOr<std::vector<ClickRecord>> clicks) {
+    if (!clicks.ok() && clicks.status().code() != absl::StatusCode::kInvalidArgument) {
+      clicks = absl::UnavailableError(
+          absl::StrCat("verdict store unavailable: ", clicks.status().message()));
+    }
+    done(std::move(clicks));
+    EndStoreRead();
+  });
+}
+
 void Engine::Usage(UsageQuery query, UsageCallback done) {
-  if (!query.auditor && query.caller != query.requester) {
-    done(absl::PermissionDeniedError(
-        query.caller.empty() ? "only auditors may read every caller's usage; ask for your own"
-                             : absl::StrCat("caller ", QuoteForError(query.requester),
-                                            " may read only its own usage, not that of ",
-                                            QuoteForError(query.caller))));
+  if (absl::Status may = MayRead("usage", query.requester, query.auditor, query.caller);
+      !may.ok()) {
+    done(std::move(may));
     return;
   }
   for (const auto* t : {&query.since, &query.until}) {

@@ -112,6 +112,13 @@ struct UsageQuery {
   absl::StatusOr<std::optional<absl::Time>> until = std::optional<absl::Time>();
 };
 
+// A ListClicks request: whose clicks, asked by whom.
+struct ClicksQuery {
+  std::string requester;  // the authenticated caller asking
+  bool auditor = false;   // the requester may read every caller's clicks
+  ClickQuery query;       // query.caller "" for every caller's
+};
+
 // A caller's monthly budget and what is left of it this month.
 struct BudgetStatus {
   std::string caller;
@@ -199,6 +206,7 @@ class Engine : private FlightListener {
   using Callback = std::function<void(absl::StatusOr<CheckResult>)>;
   using HistoryCallback = std::function<void(absl::StatusOr<std::vector<HistoryEntry>>)>;
   using UsageCallback = std::function<void(absl::StatusOr<UsageReport>)>;
+  using ClicksCallback = std::function<void(absl::StatusOr<std::vector<ClickRecord>>)>;
 
   // Loads this month's spending from the store's ledger. `store`, `client`, `clock` and
   // `scheduler` must outlive the engine; `observer` may be null.
@@ -241,6 +249,10 @@ class Engine : private FlightListener {
   // usage counters first, so the answer includes every check made before. `done` runs once: at
   // once for a refused query, otherwise on a store thread; UNAVAILABLE when the store fails.
   void Usage(UsageQuery query, UsageCallback done);
+  // ListClicks: the ledger's clicks, with the access rule of Usage (a caller its own, an auditor
+  // everyone's; PERMISSION_DENIED at once otherwise). `done` runs once; UNAVAILABLE when the
+  // store fails.
+  void Clicks(ClicksQuery query, ClicksCallback done);
   // Every caller with a monthly budget (EngineOptions::monthly_budgets), in that order.
   std::vector<BudgetStatus> Budgets();
   AllowanceStatus Allowance() { return spend_.Allowance(); }

@@ -1,12 +1,15 @@
 #include "server/service/server_metrics.h"
 
+#include <iterator>
+
 #include "absl/strings/str_cat.h"
 
 namespace verdictd {
 namespace {
 
-constexpr const char* kMethodNames[] = {"CheckIp", "CheckBatch", "ListVerdictHistory", "GetUsage",
-                                        "GetServerInfo"};
+constexpr const char* kMethodNames[] = {"CheckIp",  "CheckBatch",    "ListVerdictHistory",
+                                        "GetUsage", "GetServerInfo", "ListClicks"};
+static_assert(std::size(kMethodNames) == ServerMetrics::kMethods, "a name for every method");
 constexpr const char* kCodeNames[] = {
     "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
     "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",

@@ -16,7 +16,15 @@ namespace verdictd {
 // lock on that family) and only on the upstream path.
 class ServerMetrics : public EngineObserver {
  public:
-  enum Method { kCheckIp, kCheckBatch, kListVerdictHistory, kGetUsage, kGetServerInfo, kMethods };
+  enum Method {
+    kCheckIp,
+    kCheckBatch,
+    kListVerdictHistory,
+    kGetUsage,
+    kGetServerInfo,
+    kListClicks,
+    kMethods
+  };
 
   explicit ServerMetrics(metrics::Registry& registry);
 

@@ -80,6 +80,40 @@ void ToProto(const Verdict& v, pb::Verdict* out) {
   out->set_caller(v.caller);
 }
 
+pb::ClickOutcome ToProto(ClickOutcome outcome) {
+  switch (outcome) {
+    case ClickOutcome::kPending:
+      return pb::CLICK_OUTCOME_PENDING;
+    case ClickOutcome::kVerdict:
+      return pb::CLICK_OUTCOME_VERDICT;
+    case ClickOutcome::kUpstreamError:
+      return pb::CLICK_OUTCOME_ERROR;
+    case ClickOutcome::kNotSent:
+      return pb::CLICK_OUTCOME_NOT_SENT;
+  }
+  return pb::CLICK_OUTCOME_UNSPECIFIED;
+}
+
+void ToProto(const ClickRecord& click, pb::Click* out) {
+  out->set_id(click.id);
+  ToProto(click.requested_at, out->mutable_requested_at());
+  out->set_caller(click.caller);
+  out->set_ip(click.ip);
+  out->set_outcome(ToProto(click.outcome));
+  out->set_billed(click.outcome != ClickOutcome::kNotSent);
+  out->set_http_status(click.http_status);
+  const int64_t latency_us = absl::ToInt64Microseconds(click.latency);
+  out->mutable_latency()->set_seconds(latency_us / 1'000'000);
+  out->mutable_latency()->set_nanos(static_cast<int32_t>(latency_us % 1'000'000) * 1000);
+  out->set_error(click.error);
+  if (click.completed_at.has_value()) {
+    ToProto(*click.completed_at, out->mutable_completed_at());
+  }
+  if (click.verdict.has_value()) {
+    ToProto(*click.verdict, out->mutable_verdict());
+  }
+}
+
 void ToProto(const CheckResult& result, pb::CheckIpResponse* out) {
   ToProto(result.verdict, out->mutable_verdict());
   out->set_source(static_cast<pb::Source>(result.source));
@@ -412,6 +446,122 @@ absl::Status VerdictServiceImpl::FillHistory(HistoryPage page,
     bound.checked_at_us = absl::ToUnixMicros(entries->back().verdict.checked_at);
     bound.id = entries->back().id;
     response->set_next_page_token(page_tokens_.Encode(bound));
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* VerdictServiceImpl::ListClicks(grpc::CallbackServerContext* context,
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<pb::ListClicksRequest, pb::ListClicksResponse>(response);
+  absl::StatusOr<Identity> identity = Accept(*context, *request, &call->request);
+  if (!identity.ok()) {
+    call->Complete(metrics_, ServerMetrics::kListClicks, identity.status());
+    return call;
+  }
+  absl::StatusOr<ClicksPage> page = ClicksPageFor(call->request);
+  if (!page.ok()) {
+    call->Complete(metrics_, ServerMetrics::kListClicks, page.status());
+    return call;
+  }
+  ClicksQuery query;
+  query.requester = identity->caller;
+  query.auditor = identity->auditor;
+  query.query = page->query;
+  // Who may read whose clicks is the engine's; finished from the store's thread.
+  engine_.Clicks(std::move(query), [this, call, page = *std::move(page)](
+                                       absl::StatusOr<std::vector<ClickRecord>> clicks) mutable {
+    call->Complete(metrics_, ServerMetrics::kListClicks,
+                   FillClicks(std::move(page), std::move(clicks), &call->response));
+  });
+  return call;
+}
+
+absl::StatusOr<VerdictServiceImpl::ClicksPage> VerdictServiceImpl::ClicksPageFor(
+    const pb::ListClicksRequest& request) const {
+  ClickQuery query;
+  // A caller is named as x-caller names one, and checked the same way, before anything else.
+  if (!request.caller().empty()) {
+    if (absl::Status valid = CheckCallerName(request.caller(), "caller"); !valid.ok()) {
+      return valid;
+    }
+    query.caller = request.caller();
+  }
+  if (!request.ip().empty()) {
+    absl::StatusOr<IpAddress> ip = ParseIp(request.ip());
+    if (!ip.ok()) {
+      return ip.status();
+    }
+    query.ip = ip->canonical();
+  }
+  if (request.has_since()) {
+    absl::StatusOr<absl::Time> since = FromProto(request.since(), "since");
+    if (!since.ok()) {
+      return since.status();
+    }
+    query.since = *since;
+  }
+  if (request.has_until()) {
+    absl::StatusOr<absl::Time> until = FromProto(request.until(), "until");
+    if (!until.ok()) {
+      return until.status();
+    }
+    query.until = *until;
+  }
+  if (query.since >= query.until) {
+    return absl::InvalidArgumentError("since must be before until");
+  }
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError("page_size must not be negative");
+  }
+  const int page_size = request.page_size() == 0
+                            ? options_.default_page_size
+                            : std::min(request.page_size(), options_.max_page_size);
+  PageCursor bound{query.ip,
+                   MicrosOrLimit(query.since),
+                   MicrosOrLimit(query.until),
+                   0,
+                   0,
+                   PageCursor::Kind::kClicks,
+                   query.caller};
+  if (!request.page_token().empty()) {
+    absl::StatusOr<PageCursor> cursor = page_tokens_.Decode(request.page_token());
+    if (!cursor.ok()) {
+      return cursor.status();
+    }
+    if (cursor->kind != PageCursor::Kind::kClicks) {
+      return absl::InvalidArgumentError(
+          "page_token belongs to another method (a ListVerdictHistory token)");
+    }
+    if (cursor->ip != bound.ip || cursor->caller != bound.caller ||
+        cursor->since_us != bound.since_us || cursor->until_us != bound.until_us) {
+      return absl::InvalidArgumentError(
+          "page_token belongs to a different request (caller, ip, since and until must not "
+          "change between pages)");
+    }
+    query.after = ClickCursor{absl::FromUnixMicros(cursor->checked_at_us), cursor->id};
+  }
+  query.limit = page_size + 1;  // one more tells whether another page exists
+  return ClicksPage{std::move(query), page_size, std::move(bound)};
+}
+
+absl::Status VerdictServiceImpl::FillClicks(ClicksPage page,
+                                            absl::StatusOr<std::vector<ClickRecord>> clicks,
+                                            pb::ListClicksResponse* response) const {
+  if (!clicks.ok()) {
+    return clicks.status();
+  }
+  const bool more = static_cast<int>(clicks->size()) > page.page_size;
+  if (more) {
+    clicks->resize(page.page_size);
+  }
+  for (const ClickRecord& click : *clicks) {
+    ToProto(click, response->add_clicks());
+  }
+  if (more) {
+    page.bound.checked_at_us = absl::ToUnixMicros(clicks->back().requested_at);
+    page.bound.id = clicks->back().id;
+    response->set_next_page_token(page_tokens_.Encode(page.bound));
   }
   return absl::OkStatus();
 }

@@ -32,7 +32,8 @@ using RawVerdictService = pb::VerdictService::WithRawCallbackMethod_CheckIp<
         pb::VerdictService::WithRawCallbackMethod_ListVerdictHistory<
             pb::VerdictService::WithRawCallbackMethod_GetUsage<
                 pb::VerdictService::WithRawCallbackMethod_GetServerInfo<
-                    pb::VerdictService::Service>>>>>;
+                    pb::VerdictService::WithRawCallbackMethod_ListClicks<
+                        pb::VerdictService::Service>>>>>>;
 }  // namespace internal
 
 // The gRPC face of the engine: authenticates the caller, decodes requests, and finishes each call
@@ -58,6 +59,9 @@ class VerdictServiceImpl final : public internal::RawVerdictService {
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const grpc::ByteBuffer* request,
                                           grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListClicks(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
  private:
   absl::StatusOr<Identity> Identify(const grpc::CallbackServerContext& context) const;
@@ -76,6 +80,15 @@ class VerdictServiceImpl final : public internal::RawVerdictService {
   // Fills `response` from the store's answer to page.query.
   absl::Status FillHistory(HistoryPage page, absl::StatusOr<std::vector<HistoryEntry>> entries,
                            verdict::v1::ListVerdictHistoryResponse* response) const;
+  // A decoded ListClicks request, as HistoryPage is for ListVerdictHistory.
+  struct ClicksPage {
+    ClickQuery query;
+    int page_size = 0;
+    PageCursor bound;  // the request's filters; the cursor fields are filled in
+  };
+  absl::StatusOr<ClicksPage> ClicksPageFor(const verdict::v1::ListClicksRequest& request) const;
+  absl::Status FillClicks(ClicksPage page, absl::StatusOr<std::vector<ClickRecord>> clicks,
+                          verdict::v1::ListClicksResponse* response) const;
 
   const ServiceOptions options_;
   Engine& engine_;
