@@ -1,10 +1,12 @@
 #include "client/verdictctl/commands.h"
 
 #include <algorithm>
+#include <functional>
 #include <future>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/verdictctl/format.h"
 #include "google/protobuf/unknown_field_set.h"
@@ -162,10 +164,91 @@ int RunBatch(Connection& connection, const std::vector<BatchItem>& items,
   return some_failed ? kExitItemsFailed : 0;
 }
 
+namespace {
+
+// Pages through a listing: `call` sends one request for at most `page_size` rows (0: the
+// server's default) and `print` takes its rows, until the last page or `limit` rows (0: all).
+// The rows of each page are handed over as they arrive.
+template <typename Request, typename Response, typename Row>
+grpc::Status Paginate(
+    Request request, int64_t limit, int32_t page_size,
+    const std::function<grpc::Status(const Request&, Response*)>& call,
+    const std::function<const google::protobuf::RepeatedPtrField<Row>&(const Response&)>& rows,
+    const std::function<void(const Row&)>& print) {
+  int64_t printed = 0;
+  while (true) {
+    // Never ask for more rows than --limit still needs.
+    int64_t size = page_size;
+    if (limit > 0 && (size == 0 || size > limit - printed)) {
+      size = limit - printed;
+    }
+    request.set_page_size(static_cast<int32_t>(std::min<int64_t>(size, 1000)));
+    Response response;
+    if (grpc::Status status = call(request, &response); !status.ok()) {
+      return status;
+    }
+    for (const Row& row : rows(response)) {
+      if (limit > 0 && printed >= limit) {
+        break;
+      }
+      ++printed;
+      print(row);
+    }
+    if (response.next_page_token().empty() || (limit > 0 && printed >= limit)) {
+      return grpc::Status::OK;
+    }
+    request.set_page_token(response.next_page_token());
+  }
+}
+
+// Prints a listing's rows as `output` says: JSON lines and CSV as they come (CSV after its
+// header), a table once every row is in.
+class Listing {
+ public:
+  Listing(Output output, std::vector<std::string> header) : output_(output), table_(header) {
+    if (output_ == Output::kCsv) {
+      std::cout << CsvRecord(header);
+    }
+  }
+  void Add(const google::protobuf::Message& message, std::vector<std::string> cells) {
+    switch (output_) {
+      case Output::kJson:
+        std::cout << ToJsonLine(message) << '\n';
+        break;
+      case Output::kCsv:
+        std::cout << CsvRecord(cells);
+        break;
+      case Output::kTable:
+        table_.AddRow(std::move(cells));
+        break;
+    }
+  }
+  // The table (also the rows before a failure), then the exit status.
+  int Finish(const grpc::Status& status) {
+    if (output_ == Output::kTable && (status.ok() || table_.size() > 0)) {
+      table_.Print(std::cout);
+    }
+    std::cout.flush();
+    return status.ok() ? 0 : ReportError(status);
+  }
+
+ private:
+  const Output output_;
+  Table table_;
+};
+
+std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+}  // namespace
+
 int RunHistory(Connection& connection, const std::string& ip, const HistoryOptions& options,
-               bool json) {
-  Table table({"CHECKED_AT", "IP", "SCORE", "PROXY", "TOR", "VPN", "CRAWLER", "BOT", "CALLER",
-               "USER_AGENT"});
+               Output output) {
+  const bool csv = output == Output::kCsv;
+  Listing listing(output,
+                  csv ? std::vector<std::string>{"checked_at", "ip", "score", "proxy", "tor", "vpn",
+                                                 "crawler", "bot", "caller", "user_agent"}
+                      : std::vector<std::string>{"CHECKED_AT", "IP", "SCORE", "PROXY", "TOR", "VPN",
+                                                 "CRAWLER", "BOT", "CALLER", "USER_AGENT"});
   pb::ListVerdictHistoryRequest request;
   request.set_ip(ip);
   if (options.since.has_value()) {
@@ -174,45 +257,78 @@ int RunHistory(Connection& connection, const std::string& ip, const HistoryOptio
   if (options.until.has_value()) {
     SetTimestamp(*options.until, request.mutable_until());
   }
-  int64_t printed = 0;
-  grpc::Status failure;
-  while (true) {
-    // Never ask for more rows than --limit still needs.
-    int64_t page_size = options.page_size;
-    if (options.limit > 0 && (page_size == 0 || page_size > options.limit - printed)) {
-      page_size = options.limit - printed;
-    }
-    request.set_page_size(static_cast<int32_t>(std::min<int64_t>(page_size, 1000)));
-    pb::ListVerdictHistoryResponse response;
-    failure =
-        connection.stub().ListVerdictHistory(connection.NewContext().get(), request, &response);
-    if (!failure.ok()) {
-      break;
-    }
-    for (const pb::Verdict& v : response.verdicts()) {
-      if (options.limit > 0 && printed >= options.limit) {
-        break;
-      }
-      ++printed;
-      if (json) {
-        std::cout << ToJsonLine(v) << '\n';
-      } else {
-        table.AddRow({FormatTimestamp(v.checked_at()), v.ip(), ScoreWord(v.score()),
-                      YesNo(v.proxy()), YesNo(v.tor()), YesNo(v.vpn()), YesNo(v.crawler()),
-                      YesNo(v.bot()), v.caller().empty() ? "-" : v.caller(),
-                      v.user_agent().empty() ? "-" : v.user_agent()});
-      }
-    }
-    if (response.next_page_token().empty() || (options.limit > 0 && printed >= options.limit)) {
-      break;
-    }
-    request.set_page_token(response.next_page_token());
+  const grpc::Status status =
+      Paginate<pb::ListVerdictHistoryRequest, pb::ListVerdictHistoryResponse, pb::Verdict>(
+          std::move(request), options.limit, options.page_size,
+          [&](const pb::ListVerdictHistoryRequest& r, pb::ListVerdictHistoryResponse* response) {
+            return connection.stub().ListVerdictHistory(connection.NewContext().get(), r, response);
+          },
+          [](const pb::ListVerdictHistoryResponse& r) -> const auto& { return r.verdicts(); },
+          [&](const pb::Verdict& v) {
+            if (csv) {
+              listing.Add(v, {FormatTimestampMicros(v.checked_at()), v.ip(), ScoreWord(v.score()),
+                              v.proxy() ? "true" : "false", v.tor() ? "true" : "false",
+                              v.vpn() ? "true" : "false", v.crawler() ? "true" : "false",
+                              v.bot() ? "true" : "false", v.caller(), v.user_agent()});
+            } else {
+              listing.Add(v, {FormatTimestamp(v.checked_at()), v.ip(), ScoreWord(v.score()),
+                              YesNo(v.proxy()), YesNo(v.tor()), YesNo(v.vpn()), YesNo(v.crawler()),
+                              YesNo(v.bot()), OrDash(v.caller()), OrDash(v.user_agent())});
+            }
+          });
+  return listing.Finish(status);
+}
+
+int RunClicks(Connection& connection, const ClicksOptions& options, Output output) {
+  const bool csv = output == Output::kCsv;
+  Listing listing(
+      output, csv ? std::vector<std::string>{"id", "requested_at", "caller", "ip", "outcome",
+                                             "billed", "http_status", "latency_ms", "error",
+                                             "completed_at", "score", "proxy", "tor", "vpn",
+                                             "crawler", "bot", "verdict_checked_at", "user_agent"}
+                  : std::vector<std::string>{"REQUESTED_AT", "CALLER", "IP", "OUTCOME", "HTTP",
+                                             "LATENCY", "SCORE", "ERROR"});
+  pb::ListClicksRequest request;
+  request.set_caller(options.caller);
+  request.set_ip(options.ip);
+  if (options.since.has_value()) {
+    SetTimestamp(*options.since, request.mutable_since());
   }
-  if (!json && (failure.ok() || table.size() > 0)) {
-    table.Print(std::cout);
+  if (options.until.has_value()) {
+    SetTimestamp(*options.until, request.mutable_until());
   }
-  std::cout.flush();
-  return failure.ok() ? 0 : ReportError(failure);
+  const grpc::Status status = Paginate<pb::ListClicksRequest, pb::ListClicksResponse, pb::Click>(
+      std::move(request), options.limit, options.page_size,
+      [&](const pb::ListClicksRequest& r, pb::ListClicksResponse* response) {
+        return connection.stub().ListClicks(connection.NewContext().get(), r, response);
+      },
+      [](const pb::ListClicksResponse& r) -> const auto& { return r.clicks(); },
+      [&](const pb::Click& c) {
+        const int64_t latency_us = c.latency().seconds() * 1'000'000 + c.latency().nanos() / 1000;
+        const std::string latency_ms = absl::StrFormat("%.1f", latency_us / 1000.0);
+        const bool verdict = c.has_verdict();
+        const pb::Verdict& v = c.verdict();
+        if (csv) {
+          auto flag = [verdict](bool b) -> std::string {
+            return verdict ? (b ? "true" : "false") : "";
+          };
+          listing.Add(
+              c, {absl::StrCat(c.id()), FormatTimestampMicros(c.requested_at()), c.caller(), c.ip(),
+                  OutcomeWord(c.outcome()), c.billed() ? "true" : "false",
+                  c.http_status() == 0 ? "" : absl::StrCat(c.http_status()), latency_ms, c.error(),
+                  FormatTimestampMicros(c.completed_at()), verdict ? ScoreWord(v.score()) : "",
+                  flag(v.proxy()), flag(v.tor()), flag(v.vpn()), flag(v.crawler()), flag(v.bot()),
+                  verdict ? FormatTimestampMicros(v.checked_at()) : "",
+                  verdict ? v.user_agent() : ""});
+        } else {
+          listing.Add(
+              c, {FormatTimestamp(c.requested_at()), c.caller(), c.ip(), OutcomeWord(c.outcome()),
+                  c.http_status() == 0 ? "-" : absl::StrCat(c.http_status()),
+                  c.outcome() == pb::CLICK_OUTCOME_PENDING ? "-" : latency_ms + " ms",
+                  verdict ? ScoreWord(v.score()) : "-", OrDash(c.error())});
+        }
+      });
+  return listing.Finish(status);
 }
 
 int RunUsage(Connection& connection, const UsageOptions& options, bool json) {

@@ -12,6 +12,7 @@
 
 #include "absl/time/time.h"
 #include "client/cpp/verdict_client.h"
+#include "client/verdictctl/format.h"
 #include "client/verdictctl/input.h"
 #include "grpcpp/grpcpp.h"
 #include "verdict/v1/verdict.grpc.pb.h"
@@ -72,9 +73,23 @@ struct HistoryOptions {
   int32_t page_size = 0;  // rows per call; 0: the server's default
 };
 
-// ListVerdictHistory, following next_page_token until the end or `limit` rows.
+// ListVerdictHistory, following next_page_token until the end or `limit` rows. JSON lines and
+// CSV are printed page by page as they arrive; a table at the end.
 int RunHistory(Connection& connection, const std::string& ip, const HistoryOptions& options,
-               bool json);
+               Output output);
+
+struct ClicksOptions {
+  std::string caller;  // "" = every caller (auditors, open mode)
+  std::string ip;      // "" = every IP
+  std::optional<absl::Time> since;
+  std::optional<absl::Time> until;
+  int64_t limit = 0;      // 0: every row
+  int32_t page_size = 0;  // rows per call; 0: the server's default
+};
+
+// ListClicks, following next_page_token until the end or `limit` rows, printed as RunHistory
+// prints.
+int RunClicks(Connection& connection, const ClicksOptions& options, Output output);
 
 struct UsageOptions {
   std::string caller;  // "" = every caller

@@ -35,6 +35,57 @@ void Table::Print(std::ostream& out) const {
   }
 }
 
+std::string CsvRecord(const std::vector<std::string>& cells) {
+  std::string line;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    if (i > 0) {
+      line += ',';
+    }
+    std::string cell = cells[i];
+    if (!cell.empty() && (cell[0] == '=' || cell[0] == '+' || cell[0] == '-' || cell[0] == '@' ||
+                          cell[0] == '\t' || cell[0] == '\r')) {
+      cell.insert(0, 1, '\'');
+    }
+    if (cell.find_first_of(",\"\r\n") == std::string::npos) {
+      line += cell;
+      continue;
+    }
+    line += '"';
+    for (const char c : cell) {
+      if (c == '"') {
+        line += '"';
+      }
+      line += c;
+    }
+    line += '"';
+  }
+  line += "\r\n";
+  return line;
+}
+
+std::string FormatTimestampMicros(const google::protobuf::Timestamp& ts) {
+  if (ts.seconds() == 0 && ts.nanos() == 0) {
+    return "";
+  }
+  const absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
+}
+
+std::string OutcomeWord(pb::ClickOutcome outcome) {
+  switch (outcome) {
+    case pb::CLICK_OUTCOME_PENDING:
+      return "pending";
+    case pb::CLICK_OUTCOME_VERDICT:
+      return "verdict";
+    case pb::CLICK_OUTCOME_ERROR:
+      return "error";
+    case pb::CLICK_OUTCOME_NOT_SENT:
+      return "not_sent";
+    default:
+      return "?";
+  }
+}
+
 std::string ScoreWord(pb::Score score) {
   switch (score) {
     case pb::SCORE_SAFE:

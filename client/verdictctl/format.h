@@ -30,6 +30,21 @@ class Table {
   std::vector<std::vector<std::string>> rows_;
 };
 
+// How a listing is printed: an aligned table, JSON lines, or CSV.
+enum class Output { kTable, kJson, kCsv };
+
+// One CSV record (RFC 4180), with its CRLF: every cell quoted when it holds a comma, a quote,
+// CR or LF (quotes doubled). A cell that starts with =, +, -, @, a tab or CR is prefixed with '
+// so that a spreadsheet shows it instead of running it as a formula: user agents and callers
+// come from the network (OWASP's advice on CSV injection).
+std::string CsvRecord(const std::vector<std::string>& cells);
+
+// RFC 3339 in UTC to the microsecond (`2026-11-27T20:00:09.123456Z`); "" when unset.
+std::string FormatTimestampMicros(const google::protobuf::Timestamp& ts);
+
+// "pending", "verdict", "error", "not_sent" ("?" for anything else).
+std::string OutcomeWord(verdict::v1::ClickOutcome outcome);
+
 // "Safe", "Suspicious", "Fake" ("?" for anything else).
 std::string ScoreWord(verdict::v1::Score score);
 // "cache", "upstream", "stale" ("?" for anything else).

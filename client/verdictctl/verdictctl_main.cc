@@ -44,6 +44,8 @@ ABSL_FLAG(std::string, api_key, "",
 ABSL_FLAG(std::string, caller, "",
           "x-caller metadata (open mode); for `usage`, also whose usage to show");
 ABSL_FLAG(bool, json, false, "One JSON object per line instead of a table");
+ABSL_FLAG(bool, csv, false, "history, clicks: CSV (RFC 4180, with a header) instead of a table");
+ABSL_FLAG(std::string, ip, "", "clicks: only the clicks for this IP");
 ABSL_FLAG(std::string, timeout, "30s", "Deadline of each RPC (0: none)");
 ABSL_FLAG(std::string, tls_ca, "", "PEM file of root CAs: use TLS and trust these roots");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate chain for mTLS (needs --tls_ca)");
@@ -57,10 +59,9 @@ ABSL_FLAG(std::string, max_age, "",
 ABSL_FLAG(bool, cache_only, false, "Answer only from the store; never spend a click");
 ABSL_FLAG(std::string, since, "", "Start of the range, inclusive: RFC 3339, YYYY-MM-DD or -24h");
 ABSL_FLAG(std::string, until, "", "End of the range, exclusive: RFC 3339, YYYY-MM-DD or -24h");
-ABSL_FLAG(int64_t, limit, 0, "Most history rows to print (0: all)");
-ABSL_FLAG(
-    int32_t, page_size, 0,
-    "history: rows asked per ListVerdictHistory call (0: the server's default, at most 1000)");
+ABSL_FLAG(int64_t, limit, 0, "Most history or clicks rows to print (0: all)");
+ABSL_FLAG(int32_t, page_size, 0,
+          "history, clicks: rows asked per call (0: the server's default, at most 1000)");
 ABSL_FLAG(bool, days, false, "usage: also print the per-day rows");
 ABSL_FLAG(std::string, from, "", "migrate: the SQLite store to copy (opened read-only)");
 ABSL_FLAG(std::string, to, "",
@@ -74,7 +75,8 @@ namespace {
 constexpr char kShortUsage[] = R"(usage: verdictctl [FLAGS] SUBCOMMAND [OPERANDS] [FLAGS]
   check IP [--ua=UA] [--max_age=DURATION] [--cache_only]
   batch FILE|- [--ua=UA] [--max_age=DURATION] [--cache_only]
-  history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N]
+  history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N] [--csv]
+  clicks [IP] [--caller=NAME] [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N] [--csv]
   usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
   health [SERVICE]
   hash-key < KEY
@@ -91,8 +93,14 @@ subcommands:
       One verdict per input line: `IP` or `IP,USER_AGENT` (the first comma splits); blank
       lines and `#` comments are skipped; `-` reads stdin. Sent in batches of the server's
       max_batch; results in input order. Progress bar on stderr when it is a terminal.
-  history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N]
+  history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N] [--csv]
       Stored verdicts for IP, newest first, following page tokens to the end or N rows.
+  clicks [IP] [--caller=NAME] [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N] [--csv]
+      The click ledger, newest first: every request sent to ClickPatrol (and every one that
+      never left), who it was spent for, its outcome (verdict, error, pending, not_sent),
+      HTTP status, latency and the verdict it produced; of one IP and/or one caller (no
+      --caller: every caller, for auditors and in open mode); --since/--until bound the
+      time it was requested.
   usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
       Clicks, cache hits and requests per caller (no --caller: every caller), and the
       ClickPatrol allowance; --days adds per-day rows.
@@ -118,8 +126,10 @@ flags for every subcommand:
   --caller=NAME        sent as x-caller (the caller's name in open mode)
   --json               one JSON object per line (proto JSON, lowerCamelCase, defaults
                        included): check: the response; batch: one result per input line,
-                       in order; history: one verdict per line; usage: the whole response;
-                       migrate: the summary
+                       in order; history: one verdict per line; clicks: one click per
+                       line; usage: the whole response; migrate: the summary
+  --csv                history, clicks: CSV (RFC 4180, CRLF, a header row; cells that
+                       begin with = + - @ are prefixed with ' against spreadsheet formulas)
   --timeout=DURATION   deadline of each RPC (default 30s; 0: none)
   --tls_ca=PEM         use TLS, trusting these roots (plaintext otherwise)
   --tls_cert=PEM --tls_key=PEM   client certificate for mTLS
@@ -252,10 +262,12 @@ std::optional<std::string> MisplacedFlag(const std::string& command) {
       {"ua", !absl::GetFlag(FLAGS_ua).empty(), {"check", "batch"}},
       {"max_age", !absl::GetFlag(FLAGS_max_age).empty(), {"check", "batch"}},
       {"cache_only", absl::GetFlag(FLAGS_cache_only), {"check", "batch"}},
-      {"since", !absl::GetFlag(FLAGS_since).empty(), {"history", "usage"}},
-      {"until", !absl::GetFlag(FLAGS_until).empty(), {"history", "usage"}},
-      {"limit", absl::GetFlag(FLAGS_limit) != 0, {"history"}},
-      {"page_size", absl::GetFlag(FLAGS_page_size) != 0, {"history"}},
+      {"since", !absl::GetFlag(FLAGS_since).empty(), {"history", "usage", "clicks"}},
+      {"until", !absl::GetFlag(FLAGS_until).empty(), {"history", "usage", "clicks"}},
+      {"limit", absl::GetFlag(FLAGS_limit) != 0, {"history", "clicks"}},
+      {"page_size", absl::GetFlag(FLAGS_page_size) != 0, {"history", "clicks"}},
+      {"csv", absl::GetFlag(FLAGS_csv), {"history", "clicks"}},
+      {"ip", !absl::GetFlag(FLAGS_ip).empty(), {"clicks"}},
       {"days", absl::GetFlag(FLAGS_days), {"usage"}},
       {"from", !absl::GetFlag(FLAGS_from).empty(), {"migrate"}},
       {"to", !absl::GetFlag(FLAGS_to).empty(), {"migrate"}},
@@ -343,18 +355,25 @@ int Main(int argc, char** argv) {
   const size_t want_operands =
       (command == "usage" || command == "hash-key" || command == "migrate") ? 0 : 1;
   if (command != "check" && command != "batch" && command != "history" && command != "usage" &&
-      command != "hash-key" && command != "health" && command != "migrate") {
+      command != "clicks" && command != "hash-key" && command != "health" && command != "migrate") {
     return UsageError(absl::StrCat("unknown subcommand \"", command, "\""));
   }
-  if (command == "health" ? operands.size() > 1 : operands.size() != want_operands) {
-    if (command == "health") {
-      return UsageError(absl::StrCat("health takes at most 1 operand, got ", operands.size()));
+  const bool optional_operand = command == "health" || command == "clicks";
+  if (optional_operand ? operands.size() > 1 : operands.size() != want_operands) {
+    if (optional_operand) {
+      return UsageError(absl::StrCat(command, " takes at most 1 operand, got ", operands.size()));
     }
     return UsageError(absl::StrCat(command, " takes ", want_operands, " operand",
                                    want_operands == 1 ? "" : "s", ", got ", operands.size()));
   }
   if (std::optional<std::string> problem = MisplacedFlag(command)) {
     return UsageError(*problem);
+  }
+  if (absl::GetFlag(FLAGS_json) && absl::GetFlag(FLAGS_csv)) {
+    return UsageError("--json and --csv are two formats: choose one");
+  }
+  if (command == "clicks" && !operands.empty() && !absl::GetFlag(FLAGS_ip).empty()) {
+    return UsageError("clicks: give the IP as the operand or as --ip, not both");
   }
   if (command == "hash-key") {
     return HashKey();
@@ -422,6 +441,8 @@ int Main(int argc, char** argv) {
   Connection connection(*std::move(channel), std::move(api_key), absl::GetFlag(FLAGS_caller),
                         *timeout);
   const bool json = absl::GetFlag(FLAGS_json);
+  const Output output =
+      json ? Output::kJson : (absl::GetFlag(FLAGS_csv) ? Output::kCsv : Output::kTable);
   if (command == "health") {
     return RunHealth(connection, operands.empty() ? "" : operands[0], json);
   }
@@ -437,7 +458,17 @@ int Main(int argc, char** argv) {
     history.until = until;
     history.limit = absl::GetFlag(FLAGS_limit);
     history.page_size = absl::GetFlag(FLAGS_page_size);
-    return RunHistory(connection, operands[0], history, json);
+    return RunHistory(connection, operands[0], history, output);
+  }
+  if (command == "clicks") {
+    ClicksOptions clicks;
+    clicks.caller = absl::GetFlag(FLAGS_caller);
+    clicks.ip = operands.empty() ? absl::GetFlag(FLAGS_ip) : operands[0];
+    clicks.since = since;
+    clicks.until = until;
+    clicks.limit = absl::GetFlag(FLAGS_limit);
+    clicks.page_size = absl::GetFlag(FLAGS_page_size);
+    return RunClicks(connection, clicks, output);
   }
   UsageOptions usage;
   usage.caller = absl::GetFlag(FLAGS_caller);
