@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <csignal>
 #include <cstdio>
@@ -683,9 +684,10 @@ bool IsLoopbackListen(absl::string_view listen) {
 // thread), so a slow store is never pinged twice at once.
 class StoreHealthWatch {
  public:
+  // `serving` follows each ping's result (the verdictd_store_serving gauge).
   StoreHealthWatch(VerdictStore& store, grpc::HealthCheckServiceInterface& health,
-                   Scheduler& scheduler)
-      : state_(std::make_shared<State>(store, health, scheduler)) {}
+                   Scheduler& scheduler, std::shared_ptr<std::atomic<bool>> serving)
+      : state_(std::make_shared<State>(store, health, scheduler, std::move(serving))) {}
   ~StoreHealthWatch() { Stop(); }
 
   void Start() { Ping(state_, /*previously_ok=*/true); }
@@ -699,11 +701,13 @@ class StoreHealthWatch {
 
  private:
   struct State {
-    State(VerdictStore& store, grpc::HealthCheckServiceInterface& health, Scheduler& scheduler)
-        : store(store), health(health), scheduler(scheduler) {}
+    State(VerdictStore& store, grpc::HealthCheckServiceInterface& health, Scheduler& scheduler,
+          std::shared_ptr<std::atomic<bool>> serving)
+        : store(store), health(health), scheduler(scheduler), serving(std::move(serving)) {}
     VerdictStore& store;
     grpc::HealthCheckServiceInterface& health;
     Scheduler& scheduler;
+    const std::shared_ptr<std::atomic<bool>> serving;
     absl::Mutex mu;
     bool stopped ABSL_GUARDED_BY(mu) = false;
   };
@@ -727,6 +731,7 @@ class StoreHealthWatch {
         }
       }
       state->health.SetServingStatus(ping.ok());
+      state->serving->store(ping.ok(), std::memory_order_relaxed);
       state->scheduler.RunAfter(absl::Seconds(1), [state, ok = ping.ok()] { Ping(state, ok); });
     });
   }
@@ -829,6 +834,14 @@ int Run() {
                             "Clicks left of --monthly_allowance in the current period.",
                             [engine_ptr] { return engine_ptr->Allowance().clicks_left; });
   registry.AddCallbackGauge(
+      "verdictd_allowance_clicks",
+      "--monthly_allowance: the ClickPatrol plan's clicks per period (0: not configured).",
+      [engine_ptr] { return engine_ptr->Allowance().monthly_allowance; });
+  registry.AddCallbackGauge(
+      "verdictd_allowance_clicks_used",
+      "Clicks billed in the current allowance period, as this replica counts them.",
+      [engine_ptr] { return engine_ptr->Allowance().clicks_used; });
+  registry.AddCallbackGauge(
       "verdictd_allowance_exhausted",
       "1 while ClickPatrol says the allowance is exhausted (misses refused until the reset).",
       [engine_ptr] { return engine_ptr->Allowance().exhausted_upstream ? 1.0 : 0.0; });
@@ -837,6 +850,17 @@ int Run() {
       "1 while the circuit breaker refuses to send to ClickPatrol.", [engine_ptr] {
         return engine_ptr->breaker_state() == CircuitBreaker::State::kOpen ? 1.0 : 0.0;
       });
+  registry.AddCallbackGauge(
+      "verdictd_token_rejected",
+      "1 while ClickPatrol rejects the API token (HTTP 401/403): misses fail fast until it works.",
+      [engine_ptr] { return engine_ptr->TokenRejected() ? 1.0 : 0.0; });
+  // The store opened at start-up, so it serves until the health watch's first ping says not.
+  auto store_serving = std::make_shared<std::atomic<bool>>(true);
+  registry.AddCallbackGauge(
+      "verdictd_store_serving",
+      "1 while the verdict store answers the health check's ping (every second); 0 while it "
+      "makes health NOT_SERVING.",
+      [store_serving] { return store_serving->load(std::memory_order_relaxed) ? 1.0 : 0.0; });
   registry.AddCallbackGauge(
       "verdictd_budget_clicks_left", "Clicks left of each caller's monthly budget.", {"caller"},
       [engine_ptr] {
@@ -903,7 +927,7 @@ int Run() {
   // Answers for the service by name too (clients that ask per service, e.g. Envoy), and follows
   // the store like the whole server does ("").
   health->SetServingStatus(verdict::v1::VerdictService::service_full_name(), true);
-  StoreHealthWatch health_watch(store, *health, *scheduler);
+  StoreHealthWatch health_watch(store, *health, *scheduler, store_serving);
   health_watch.Start();
   spdlog::info("verdictd {} listening on {} (port {}, {})", VERDICTD_VERSION, s.listen, port,
                s.tls_cert.empty() ? "plaintext" : (s.tls_client_ca.empty() ? "TLS" : "mutual TLS"));

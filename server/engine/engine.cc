@@ -733,6 +733,11 @@ size_t Engine::QueuedMisses() {
   return queued_;
 }
 
+bool Engine::TokenRejected() {
+  absl::MutexLock lock(&mu_);
+  return token_rejected_;
+}
+
 bool Engine::SlotFreeLocked() const {
   return options_.max_upstream_in_flight <= 0 || slots_in_use_ < options_.max_upstream_in_flight;
 }

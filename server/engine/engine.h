@@ -266,6 +266,9 @@ class Engine : private FlightListener {
   bool WaitIdleUntil(absl::Time deadline);
   // Misses waiting for an upstream slot now.
   size_t QueuedMisses();
+  // Whether ClickPatrol rejected the token (HTTP 401/403) and no request has succeeded since:
+  // misses fail fast but for one probe per interval.
+  bool TokenRejected();
 
  private:
   struct Waiter {

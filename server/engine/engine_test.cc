@@ -1753,5 +1753,24 @@ TEST_F(EngineTest, AWaitingMissPollsOncePerIntervalHoweverOftenItWasWoken) {
   store_.EndRemoteFlight("8.8.8.8", RemoteVerdict("8.8.8.8", clock_.Now()));
 }
 
+// TokenRejected (the verdictd_token_rejected gauge) is true from a 401/403 until a request
+// succeeds again, and not set by other failures.
+TEST_F(EngineTest, TokenRejectedHoldsFromARejectionUntilASuccess) {
+  options_.token_probe_interval = absl::Minutes(1);
+  Start(Request("11.9.1.1"));
+  EXPECT_FALSE(engine().TokenRejected());
+  client_.Answer(absl::UnavailableError("ClickPatrol returned HTTP 503"));
+  EXPECT_FALSE(engine().TokenRejected()) << "a 503 is not a rejected token";
+  Start(Request("11.9.1.2"));
+  client_.Answer(absl::FailedPreconditionError("ClickPatrol rejected the API token (HTTP 403)"));
+  EXPECT_TRUE(engine().TokenRejected());
+  clock_.Advance(absl::Minutes(1));
+  auto probe = Start(Request("11.9.1.3"));
+  EXPECT_TRUE(engine().TokenRejected()) << "while the probe is out";
+  client_.Answer(Safe());
+  ASSERT_TRUE((*probe)->ok());
+  EXPECT_FALSE(engine().TokenRejected());
+}
+
 }  // namespace
 }  // namespace verdictd

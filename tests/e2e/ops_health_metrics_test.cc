@@ -1,6 +1,7 @@
 // End-to-end health, reflection and metrics: the health status follows the verdict store (moved
-// away, replaced, back), reflection lists the services, and /metrics counts misses and hits and
-// never shows the token. Against the real verdictd binary and the simulated ClickPatrol.
+// away, replaced, back), reflection lists the services, and /metrics counts misses and hits,
+// follows the allowance, the token's rejection and the store, and never shows the token. Against
+// the real verdictd binary and the simulated ClickPatrol.
 
 #include <cstdio>
 #include <map>
@@ -8,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -104,6 +106,50 @@ TEST_F(OpsTest, MetricsCountMissHitAndNeverShowTheToken) {
   EXPECT_EQ(value(R"(verdictd_upstream_latency_seconds_bucket{le="+Inf"})"), 1);
   EXPECT_THAT(scrape, Not(HasSubstr(kToken)));
   EXPECT_EQ(sim_->Requests(), 1);
+}
+
+// The gauges the alerting rules (deploy/prometheus/) read, against what really happens: the
+// allowance's size and the clicks used of it, the token gauge after ClickPatrol rejects the
+// token, and the store gauge while the database is moved away and back.
+TEST_F(OpsTest, MetricsShowAllowanceTokenAndStoreAsTheyChange) {
+  StartVerdictd({"--metrics_listen=127.0.0.1:0", "--monthly_allowance=10"});
+  const int metrics_port = MetricsPortFromLog(*verdictd_);
+  ASSERT_GT(metrics_port, 0) << verdictd_->Log();
+  auto value = [metrics_port](const std::string& series) {
+    const std::map<std::string, double> samples = ParseSamples(Scrape(metrics_port));
+    auto it = samples.find(series);
+    return it == samples.end() ? -1.0 : it->second;
+  };
+  auto wait_for = [&value](const std::string& series, double want) {
+    return WaitUntil(
+        absl::StrCat(series, " == ", want), [&] { return value(series); },
+        [want](double v) { return v == want; }, absl::Seconds(5), absl::Milliseconds(50));
+  };
+  EXPECT_EQ(value("verdictd_allowance_clicks"), 10);
+  EXPECT_EQ(value("verdictd_allowance_clicks_used"), 0);
+  EXPECT_EQ(value("verdictd_token_rejected"), 0);
+  EXPECT_EQ(value("verdictd_store_serving"), 1);
+
+  pb::CheckIpResponse r;
+  ASSERT_TRUE(CheckIp(verdictd_->stub(), "8.8.8.8", &r, "ads").ok());
+  EXPECT_EQ(value("verdictd_allowance_clicks_used"), 1);
+  EXPECT_EQ(value("verdictd_allowance_clicks_left"), 9);
+  EXPECT_EQ(value("verdictd_token_rejected"), 0) << "a verdict is not a rejection";
+
+  sim_->Configure({{"mode", "unauthorized"}});
+  const grpc::Status rejected = CheckIp(verdictd_->stub(), "9.9.9.9", &r, "ads");
+  ASSERT_EQ(rejected.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << rejected.error_message();
+  EXPECT_TRUE(wait_for("verdictd_token_rejected", 1));
+  EXPECT_EQ(value("verdictd_allowance_clicks_used"), 2) << "the rejected request was billed";
+  EXPECT_EQ(sim_->Requests(), 2);
+
+  const std::string moved = verdictd_->db_path() + ".moved";
+  ASSERT_EQ(std::rename(verdictd_->db_path().c_str(), moved.c_str()), 0);
+  EXPECT_TRUE(wait_for("verdictd_store_serving", 0)) << "with the database moved away";
+  ASSERT_EQ(std::rename(moved.c_str(), verdictd_->db_path().c_str()), 0);
+  EXPECT_TRUE(wait_for("verdictd_store_serving", 1)) << "with the database back";
+  EXPECT_EQ(value("verdictd_token_rejected"), 1) << "still rejected: nothing has succeeded";
 }
 
 }  // namespace
