@@ -39,8 +39,9 @@
 #include "storage/postgres/postgres_store.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "verdictd address");
-ABSL_FLAG(std::string, api_key, "",
-          "API key, sent as `authorization: Bearer <key>` (default: $VERDICT_API_KEY)");
+ABSL_FLAG(std::string, api_key_file, "",
+          "File holding the API key (one trailing newline stripped), sent as `authorization: "
+          "Bearer <key>`; default: $VERDICT_API_KEY. Never a flag's value: flags show in ps");
 ABSL_FLAG(std::string, caller, "",
           "x-caller metadata (open mode); for `usage`, also whose usage to show");
 ABSL_FLAG(bool, json, false, "One JSON object per line instead of a table");
@@ -121,8 +122,9 @@ subcommands:
 
 flags for every subcommand:
   --server=HOST:PORT   verdictd address (default 127.0.0.1:50051)
-  --api_key=KEY        sent as `authorization: Bearer KEY`; default $VERDICT_API_KEY
-                       (prefer the variable: flags show up in `ps`)
+  --api_key_file=PATH  a file holding the API key (one trailing newline stripped), sent
+                       as `authorization: Bearer KEY`; else $VERDICT_API_KEY. There is no
+                       flag that takes the key itself: flags show up in `ps`
   --caller=NAME        sent as x-caller (the caller's name in open mode)
   --json               one JSON object per line (proto JSON, lowerCamelCase, defaults
                        included): check: the response; batch: one result per input line,
@@ -176,6 +178,11 @@ std::optional<std::string> CheckFlags(int argc, char** argv) {
     std::optional<absl::string_view> value;
     if (eq != absl::string_view::npos) {
       value = body.substr(eq + 1);
+    }
+    if (name == "api_key") {
+      // Never echo the value: it is the secret.
+      return "--api_key is not a flag: a key on the command line shows in `ps` and shell "
+             "history; set $VERDICT_API_KEY or --api_key_file=PATH";
     }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     if (flag == nullptr && absl::StartsWith(name, "no")) {
@@ -406,11 +413,20 @@ int Main(int argc, char** argv) {
   if (std::optional<std::string> problem = TimeRange(&since, &until)) {
     return UsageError(*problem);
   }
-  std::string api_key = absl::GetFlag(FLAGS_api_key);
-  if (api_key.empty()) {
-    if (const char* env = std::getenv("VERDICT_API_KEY"); env != nullptr) {
-      api_key = env;
+  std::string api_key;
+  if (const std::string file = absl::GetFlag(FLAGS_api_key_file); !file.empty()) {
+    absl::StatusOr<std::string> contents = ReadFileToString(file);
+    if (!contents.ok()) {
+      std::cerr << "verdictctl: " << contents.status().message() << '\n';
+      return kExitNoInput;
     }
+    api_key = StripOneNewline(*std::move(contents));
+    if (api_key.empty()) {
+      std::cerr << "verdictctl: --api_key_file " << file << " is empty\n";
+      return kExitNoInput;
+    }
+  } else if (const char* env = std::getenv("VERDICT_API_KEY"); env != nullptr) {
+    api_key = env;
   }
 
   // Read batch input before connecting, so a missing file is reported as such.

@@ -2,6 +2,7 @@
 // ClickPatrol: `clicks` as a table, JSON lines and CSV, with its filters and --limit, and
 // `history --csv`; CSV that a spreadsheet reads back exactly and cannot run as formulas.
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/e2e/audit_fixture.h"
 #include "tests/support/harness.h"
 #include "tests/support/process.h"
 
@@ -163,6 +165,53 @@ TEST_F(VerdictctlAuditTest, HistoryCsvHasAHeaderAndEveryVerdict) {
   EXPECT_EQ(row[9], std::string("'") + kFormulaAgent);
   EXPECT_THAT(row[0], ::testing::MatchesRegex(
                           "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{6}Z"));
+}
+
+// In keyed mode verdictctl takes the key from $VERDICT_API_KEY or --api_key_file, never from a
+// flag's value; each caller lists its own clicks and the auditor everyone's.
+TEST(VerdictctlKeyedTest, TheKeyComesFromTheEnvironmentOrAFileAndDecidesWhoseClicks) {
+  TempDir dir;
+  Simulator sim(dir, kToken);
+  const std::string keys = dir.File("api_keys");
+  audit::WriteFile(keys,
+                   audit::KeysFileLine("alice", audit::kAliceKey) +
+                       audit::KeysFileLine("audit", audit::kAuditKey, "- auditor"),
+                   0600);
+  Verdictd verdictd(dir, sim.url(), kToken, {"--api_keys_file=" + keys});
+  const std::string server = absl::StrCat("--server=127.0.0.1:", verdictd.port());
+  auto ctl = [&](std::vector<std::string> args, std::map<std::string, std::string> env) {
+    args.insert(args.begin(), {VERDICTCTL_BIN, server});
+    absl::StatusOr<CommandResult> result = RunCommand(args, "", env, absl::Seconds(30));
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : CommandResult();
+  };
+  CommandResult check = ctl({"check", "8.8.8.8"}, {{"VERDICT_API_KEY", audit::kAliceKey}});
+  ASSERT_EQ(check.exit_code, 0) << check.err;
+
+  CommandResult own =
+      ctl({"clicks", "--caller=alice", "--json"}, {{"VERDICT_API_KEY", audit::kAliceKey}});
+  ASSERT_EQ(own.exit_code, 0) << own.err;
+  ASSERT_EQ(Lines(own.out).size(), 1u) << own.out;
+  EXPECT_EQ(nlohmann::json::parse(own.out).at("caller"), "alice");
+  CommandResult everyone = ctl({"clicks"}, {{"VERDICT_API_KEY", audit::kAliceKey}});
+  EXPECT_EQ(everyone.exit_code, 7) << "PERMISSION_DENIED: " << everyone.err;
+
+  const std::string key_file = dir.File("audit.key");
+  audit::WriteFile(key_file, std::string(audit::kAuditKey) + "\n", 0600);
+  CommandResult audited = ctl({"clicks", "--api_key_file=" + key_file, "--json"}, {});
+  ASSERT_EQ(audited.exit_code, 0) << audited.err;
+  EXPECT_EQ(Lines(audited.out).size(), 1u);
+
+  CommandResult wrong = ctl({"clicks", "--caller=alice"}, {{"VERDICT_API_KEY", "vk_wrong"}});
+  EXPECT_EQ(wrong.exit_code, 16) << "UNAUTHENTICATED: " << wrong.err;
+  CommandResult missing = ctl({"clicks", "--api_key_file=" + dir.File("none")}, {});
+  EXPECT_EQ(missing.exit_code, 66) << missing.err;
+  // A key given as a flag is refused before anything is sent, and never repeated.
+  CommandResult flag = ctl({"clicks", std::string("--api_key=") + audit::kAliceKey}, {});
+  EXPECT_EQ(flag.exit_code, 64);
+  EXPECT_THAT(flag.err, HasSubstr("VERDICT_API_KEY"));
+  EXPECT_THAT(flag.err, ::testing::Not(HasSubstr(audit::kAliceKey)));
+  EXPECT_EQ(sim.Requests(), 1);
 }
 
 }  // namespace
