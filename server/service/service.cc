@@ -377,6 +377,33 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::ListVerdictHistory(
   return call;
 }
 
+template <typename ListingRequest>
+absl::StatusOr<int> VerdictServiceImpl::ListingBounds(const ListingRequest& request,
+                                                      absl::Time* since, absl::Time* until) const {
+  if (request.has_since()) {
+    absl::StatusOr<absl::Time> t = FromProto(request.since(), "since");
+    if (!t.ok()) {
+      return t.status();
+    }
+    *since = *t;
+  }
+  if (request.has_until()) {
+    absl::StatusOr<absl::Time> t = FromProto(request.until(), "until");
+    if (!t.ok()) {
+      return t.status();
+    }
+    *until = *t;
+  }
+  if (*since >= *until) {
+    return absl::InvalidArgumentError("since must be before until");
+  }
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError("page_size must not be negative");
+  }
+  return request.page_size() == 0 ? options_.default_page_size
+                                  : std::min(request.page_size(), options_.max_page_size);
+}
+
 absl::StatusOr<VerdictServiceImpl::HistoryPage> VerdictServiceImpl::HistoryPageFor(
     const pb::ListVerdictHistoryRequest& request) const {
   absl::StatusOr<IpAddress> ip = ParseIp(request.ip());
@@ -385,29 +412,10 @@ absl::StatusOr<VerdictServiceImpl::HistoryPage> VerdictServiceImpl::HistoryPageF
   }
   HistoryQuery query;
   query.ip = ip->canonical();
-  if (request.has_since()) {
-    absl::StatusOr<absl::Time> since = FromProto(request.since(), "since");
-    if (!since.ok()) {
-      return since.status();
-    }
-    query.since = *since;
+  absl::StatusOr<int> page_size = ListingBounds(request, &query.since, &query.until);
+  if (!page_size.ok()) {
+    return page_size.status();
   }
-  if (request.has_until()) {
-    absl::StatusOr<absl::Time> until = FromProto(request.until(), "until");
-    if (!until.ok()) {
-      return until.status();
-    }
-    query.until = *until;
-  }
-  if (query.since >= query.until) {
-    return absl::InvalidArgumentError("since must be before until");
-  }
-  if (request.page_size() < 0) {
-    return absl::InvalidArgumentError("page_size must not be negative");
-  }
-  const int page_size = request.page_size() == 0
-                            ? options_.default_page_size
-                            : std::min(request.page_size(), options_.max_page_size);
   PageCursor bound{query.ip, MicrosOrLimit(query.since), MicrosOrLimit(query.until), 0, 0};
   if (!request.page_token().empty()) {
     absl::StatusOr<PageCursor> cursor = page_tokens_.Decode(request.page_token());
@@ -422,8 +430,8 @@ absl::StatusOr<VerdictServiceImpl::HistoryPage> VerdictServiceImpl::HistoryPageF
     }
     query.after = HistoryCursor{absl::FromUnixMicros(cursor->checked_at_us), cursor->id};
   }
-  query.limit = page_size + 1;  // one more tells whether another page exists
-  return HistoryPage{std::move(query), page_size, std::move(bound)};
+  query.limit = *page_size + 1;  // one more tells whether another page exists
+  return HistoryPage{std::move(query), *page_size, std::move(bound)};
 }
 
 absl::Status VerdictServiceImpl::FillHistory(HistoryPage page,
@@ -494,29 +502,10 @@ absl::StatusOr<VerdictServiceImpl::ClicksPage> VerdictServiceImpl::ClicksPageFor
     }
     query.ip = ip->canonical();
   }
-  if (request.has_since()) {
-    absl::StatusOr<absl::Time> since = FromProto(request.since(), "since");
-    if (!since.ok()) {
-      return since.status();
-    }
-    query.since = *since;
+  absl::StatusOr<int> page_size = ListingBounds(request, &query.since, &query.until);
+  if (!page_size.ok()) {
+    return page_size.status();
   }
-  if (request.has_until()) {
-    absl::StatusOr<absl::Time> until = FromProto(request.until(), "until");
-    if (!until.ok()) {
-      return until.status();
-    }
-    query.until = *until;
-  }
-  if (query.since >= query.until) {
-    return absl::InvalidArgumentError("since must be before until");
-  }
-  if (request.page_size() < 0) {
-    return absl::InvalidArgumentError("page_size must not be negative");
-  }
-  const int page_size = request.page_size() == 0
-                            ? options_.default_page_size
-                            : std::min(request.page_size(), options_.max_page_size);
   PageCursor bound{query.ip,
                    MicrosOrLimit(query.since),
                    MicrosOrLimit(query.until),
@@ -541,8 +530,8 @@ absl::StatusOr<VerdictServiceImpl::ClicksPage> VerdictServiceImpl::ClicksPageFor
     }
     query.after = ClickCursor{absl::FromUnixMicros(cursor->checked_at_us), cursor->id};
   }
-  query.limit = page_size + 1;  // one more tells whether another page exists
-  return ClicksPage{std::move(query), page_size, std::move(bound)};
+  query.limit = *page_size + 1;  // one more tells whether another page exists
+  return ClicksPage{std::move(query), *page_size, std::move(bound)};
 }
 
 absl::Status VerdictServiceImpl::FillClicks(ClicksPage page,

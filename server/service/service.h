@@ -69,6 +69,11 @@ class VerdictServiceImpl final : public internal::RawVerdictService {
   absl::StatusOr<Identity> Accept(const grpc::CallbackServerContext& context,
                                   const grpc::ByteBuffer& wire,
                                   google::protobuf::Message* request) const;
+  // A listing request's (ListVerdictHistory, ListClicks) [since, until) into *since and *until
+  // (left as they are where unset), and its page size: the default for 0, at most the maximum.
+  template <typename ListingRequest>
+  absl::StatusOr<int> ListingBounds(const ListingRequest& request, absl::Time* since,
+                                    absl::Time* until) const;
   // A decoded ListVerdictHistory request: the store query, and what its answer needs.
   struct HistoryPage {
     HistoryQuery query;
