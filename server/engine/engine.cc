@@ -124,6 +124,9 @@ Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& cl
       usage_(store, clock),
       hot_(options_.hot_cache_entries) {
   ScheduleUsageFlush();
+  if (options_.spend_sync_interval > absl::ZeroDuration()) {
+    ScheduleSpendSync();
+  }
   if (options_.history_retention > absl::ZeroDuration()) {
     SchedulePrune(absl::ZeroDuration());
   }
@@ -176,6 +179,59 @@ void Engine::ScheduleUsageFlush() {
     }
     usage_.Flush();
     ScheduleUsageFlush();
+  });
+}
+
+void Engine::ScheduleSpendSync() {
+  scheduler_.RunAfter(options_.spend_sync_interval, [this, life = lifeline_] {
+    VerdictStore* store = nullptr;
+    absl::Time month;
+    absl::Time period;
+    {
+      absl::MutexLock lock(&life->mu);
+      if (!life->alive) {
+        return;
+      }
+      store = &store_;  // outlives the engine
+      const absl::Time now = clock_.Now();
+      month = SpendTracker::MonthStart(now);
+      period = SpendTracker::Period(now, options_.allowance.reset_day).first;
+    }
+    // As SyncSpendThen, but each callback finds out first whether the engine still exists (the
+    // destructor does not wait for a chore), and uses it only under the lifeline's lock. Not
+    // under that lock while asking: a store may answer on this thread.
+    store->ClicksSince(
+        month, [this, life, store, period](absl::StatusOr<VerdictStore::ClickCounts> month_clicks) {
+          {
+            absl::MutexLock lock(&life->mu);
+            if (!life->alive) {
+              return;
+            }
+            if (month_clicks.ok()) {
+              for (const auto& [caller, clicks] : *month_clicks) {
+                spend_.Observe(caller, clicks);
+              }
+            }
+          }
+          store->ClicksSince(
+              period, [this, life](absl::StatusOr<VerdictStore::ClickCounts> period_clicks) {
+                absl::MutexLock lock(&life->mu);
+                if (!life->alive) {
+                  return;
+                }
+                if (period_clicks.ok()) {
+                  int64_t total = 0;
+                  for (const auto& [caller, clicks] : *period_clicks) {
+                    total += clicks;
+                  }
+                  spend_.ObservePeriod(total);
+                } else {
+                  spdlog::warn("reading the clicks of the allowance period failed: {}",
+                               period_clicks.status().message());
+                }
+                ScheduleSpendSync();
+              });
+        });
   });
 }
 

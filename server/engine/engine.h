@@ -81,6 +81,12 @@ struct EngineOptions {
   size_t hot_cache_entries = 100'000;
   // How often batched usage counters are written. Default: 1 s.
   absl::Duration usage_flush_interval = absl::Seconds(1);
+  // How often the budgets' and the allowance's counts are read again from the store, so that
+  // what this process reports (GetUsage, Budgets, Allowance, the metrics) includes the clicks
+  // of every other process sharing it, also when nobody asks GetUsage. The store enforces the
+  // budgets itself; this is only what is reported. Zero: only at start-up and on GetUsage.
+  // Default: 30 s.
+  absl::Duration spend_sync_interval = absl::Seconds(30);
   // Each caller's clicks per calendar month, as the API keys file gives them (a caller listed
   // twice: the last one counts), for the budgets reported by Usage and Budgets. 0: unlimited.
   // Checks carry their own (CheckRequest::monthly_budget). Default: none.
@@ -442,6 +448,7 @@ class Engine : private FlightListener {
   // The report for `days` (sorted by caller, then day); `caller` is the one asked for, or "".
   UsageReport MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days);
   void ScheduleUsageFlush();
+  void ScheduleSpendSync();
   // Brings this process's budget and allowance counts up to the store's (which counts every
   // process sharing it), then runs `then` on a store thread. A failed read leaves them as they
   // are: they are reports, and the store enforces budgets itself.

@@ -1604,6 +1604,30 @@ TEST_F(EngineTest, UsageReportsBudgetsAndTheAllowanceAsTheStoreCountsThem) {
   EXPECT_EQ(report->callers[0].budget->left, 2);
 }
 
+// What this process reports (the allowance, the budgets: GetUsage and the metrics) takes in the
+// clicks of every other process sharing the store every spend_sync_interval, also when nobody
+// asks GetUsage (else a cluster's "80 % of the allowance used" alert would trail its clicks).
+TEST_F(EngineTest, OtherProcessesClicksAreReadAgainEverySpendSyncInterval) {
+  options_.allowance.monthly_allowance = 100;
+  options_.monthly_budgets = {{"team-a", 10}};
+  options_.spend_sync_interval = absl::Seconds(30);
+  EXPECT_EQ(engine().Allowance().clicks_used, 0);
+  store_.initial_clicks = {{"team-a", 8}, {"team-b", 3}};  // other replicas' clicks since
+  clock_.Advance(absl::Seconds(29));
+  scheduler_.RunDue();
+  EXPECT_EQ(engine().Allowance().clicks_used, 0) << "not before the interval";
+  clock_.Advance(absl::Seconds(1));
+  scheduler_.RunDue();
+  EXPECT_EQ(engine().Allowance().clicks_used, 11);
+  ASSERT_EQ(engine().Budgets().size(), 1u);
+  EXPECT_EQ(engine().Budgets()[0].left, 2);
+  store_.initial_clicks = {{"team-a", 9}, {"team-b", 3}};
+  clock_.Advance(absl::Seconds(30));
+  scheduler_.RunDue();
+  EXPECT_EQ(engine().Allowance().clicks_used, 12) << "and again, every interval";
+  EXPECT_EQ(engine().Budgets()[0].left, 1);
+}
+
 // A completion the store could not write (it went away mid-request) is written again once it is
 // back: the verdict that was paid for is kept and the key's claim released, not left to its
 // lease.
