@@ -113,6 +113,7 @@ Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& cl
                const std::vector<std::pair<std::string, int64_t>>& month_clicks,
                int64_t period_clicks)
     : options_(std::move(options)),
+      monthly_budgets_(options_.monthly_budgets),
       budget_by_caller_(BudgetByCaller(options_.monthly_budgets)),
       store_(store),
       client_(client),
@@ -1595,17 +1596,40 @@ UsageReport Engine::MakeUsageReport(const std::string& caller, std::vector<Daily
 }
 
 std::optional<BudgetStatus> Engine::BudgetOf(const std::string& caller) {
-  auto it = budget_by_caller_.find(caller);
-  if (it == budget_by_caller_.end() || it->second <= 0) {
+  int64_t budget = 0;
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    auto it = budget_by_caller_.find(caller);
+    if (it != budget_by_caller_.end()) {
+      budget = it->second;
+    }
+  }
+  if (budget <= 0) {
     return std::nullopt;
   }
-  return BudgetStatus{caller, it->second,
-                      std::max<int64_t>(0, it->second - spend_.SpentThisMonth(caller))};
+  return BudgetStatus{caller, budget, std::max<int64_t>(0, budget - spend_.SpentThisMonth(caller))};
+}
+
+void Engine::SetMonthlyBudgets(std::vector<std::pair<std::string, int64_t>> monthly_budgets) {
+  absl::flat_hash_map<std::string, int64_t> by_caller = BudgetByCaller(monthly_budgets);
+  absl::MutexLock lock(&budgets_mu_);
+  monthly_budgets_ = std::move(monthly_budgets);
+  budget_by_caller_ = std::move(by_caller);
+}
+
+void Engine::OnTokenReplaced() {
+  absl::MutexLock lock(&mu_);
+  token_rejected_ = false;
 }
 
 std::vector<BudgetStatus> Engine::Budgets() {
+  std::vector<std::pair<std::string, int64_t>> monthly_budgets;
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    monthly_budgets = monthly_budgets_;
+  }
   std::vector<BudgetStatus> budgets;
-  for (const auto& [caller, budget] : options_.monthly_budgets) {
+  for (const auto& [caller, budget] : monthly_budgets) {
     if (budget > 0) {
       budgets.push_back(BudgetStatus{caller, budget,
                                      std::max<int64_t>(0, budget - spend_.SpentThisMonth(caller))});

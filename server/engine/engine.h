@@ -241,8 +241,15 @@ class Engine : private FlightListener {
   // usage counters first, so the answer includes every check made before. `done` runs once: at
   // once for a refused query, otherwise on a store thread; UNAVAILABLE when the store fails.
   void Usage(UsageQuery query, UsageCallback done);
-  // Every caller with a monthly budget (EngineOptions::monthly_budgets), in that order.
+  // Every caller with a monthly budget (EngineOptions::monthly_budgets, or the last
+  // SetMonthlyBudgets), in that order.
   std::vector<BudgetStatus> Budgets();
+  // Replaces EngineOptions::monthly_budgets (a keys-file reload): Usage and Budgets report the new
+  // ones from now on. Checks carry their own budget, so this changes no enforcement.
+  void SetMonthlyBudgets(std::vector<std::pair<std::string, int64_t>> monthly_budgets);
+  // The upstream client now sends a new token (a token reload): forgets a token rejection, so
+  // that the next miss is sent at once instead of waiting for the probe interval.
+  void OnTokenReplaced();
   AllowanceStatus Allowance() { return spend_.Allowance(); }
   int64_t SpentThisMonth(const std::string& caller) { return spend_.SpentThisMonth(caller); }
   CircuitBreaker::State breaker_state() const { return breaker_.state(); }
@@ -440,8 +447,11 @@ class Engine : private FlightListener {
   };
 
   const EngineOptions options_;
-  // options_.monthly_budgets by caller, the last entry of a caller winning.
-  const absl::flat_hash_map<std::string, int64_t> budget_by_caller_;
+  // options_.monthly_budgets (or the last SetMonthlyBudgets), and the same by caller, the last
+  // entry of a caller winning.
+  absl::Mutex budgets_mu_;
+  std::vector<std::pair<std::string, int64_t>> monthly_budgets_ ABSL_GUARDED_BY(budgets_mu_);
+  absl::flat_hash_map<std::string, int64_t> budget_by_caller_ ABSL_GUARDED_BY(budgets_mu_);
   std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>();
   VerdictStore& store_;
   ClickPatrolClient& client_;
