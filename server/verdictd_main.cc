@@ -734,6 +734,126 @@ class StoreHealthWatch {
   std::shared_ptr<State> state_;
 };
 
+// The monthly budgets the engine reports (GetUsage, the budget gauge), from the keys file.
+std::vector<std::pair<std::string, int64_t>> BudgetsOf(const std::vector<ApiKeyEntry>& entries) {
+  std::vector<std::pair<std::string, int64_t>> budgets;
+  for (const ApiKeyEntry& entry : entries) {
+    budgets.emplace_back(entry.caller, entry.monthly_budget);
+  }
+  return budgets;
+}
+
+// SIGHUP: re-reads --api_keys_file and --token_file and swaps them in. All or nothing: both
+// files are read and checked first, and a failure in either leaves the whole configuration as it
+// was (and is counted and logged, naming the file and line, never a secret). Then the keys (with
+// the budgets the engine reports) and the token are swapped, each atomically: a call already
+// past authentication finishes as it started, a request already sent keeps its token. The TLS
+// files are not reloaded (a restart changes them).
+class ConfigReloader {
+ public:
+  ConfigReloader(const Settings& s, Authenticator& auth, ClickPatrolClient& client, Engine& engine,
+                 metrics::Registry& registry)
+      : api_keys_file_(s.api_keys_file),
+        token_file_(absl::GetFlag(FLAGS_token_file)),
+        token_hash_(HashApiKey(s.upstream.token)),
+        auth_(auth),
+        client_(client),
+        engine_(engine),
+        failures_(registry
+                      .AddCounter("verdictd_config_reload_failures_total",
+                                  "SIGHUP reloads refused because a file did not load (the "
+                                  "configuration in force stayed as it was).")
+                      .WithLabels({})),
+        last_success_(registry
+                          .AddGauge("verdictd_config_last_reload_success_timestamp_seconds",
+                                    "Unix time of the last successful configuration load (start-up "
+                                    "or SIGHUP).")
+                          .WithLabels({})) {
+    last_success_.Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  }
+
+  void Reload() {
+    spdlog::info("received SIGHUP: reloading --api_keys_file and --token_file");
+    // Read and check everything before changing anything.
+    std::optional<std::vector<ApiKeyEntry>> entries;
+    if (!api_keys_file_.empty()) {
+      absl::StatusOr<std::vector<ApiKeyEntry>> loaded = LoadApiKeysFile(api_keys_file_);
+      if (!loaded.ok()) {
+        Fail(absl::StrCat("--api_keys_file ", loaded.status().message()));
+        return;
+      }
+      entries = *std::move(loaded);
+    }
+    std::optional<std::string> token;
+    if (!token_file_.empty()) {
+      std::string source;
+      absl::StatusOr<std::string> read = ReadToken(&source);
+      if (!read.ok()) {
+        Fail(read.status().message());
+        return;
+      }
+      token = *std::move(read);
+    }
+
+    std::string keys_summary = "open mode, unchanged (no --api_keys_file)";
+    if (entries.has_value()) {
+      std::vector<std::pair<std::string, int64_t>> budgets = BudgetsOf(*entries);
+      absl::StatusOr<KeySetChange> change = auth_.Replace(*std::move(entries));
+      if (!change.ok()) {  // not reached: keyed at start whenever --api_keys_file is set
+        Fail(change.status().message());
+        return;
+      }
+      engine_.SetMonthlyBudgets(std::move(budgets));
+      keys_summary =
+          absl::StrFormat("%d callers (%d added, %d removed, %d changed)", change->callers,
+                          change->added, change->removed, change->changed);
+    }
+    std::string token_summary;
+    if (token.has_value()) {
+      const Sha256 hash = HashApiKey(*token);
+      const bool replaced = hash != token_hash_;
+      if (replaced) {
+        if (absl::Status st = client_.SetToken(*std::move(token)); !st.ok()) {
+          Fail(st.message());  // keys are already swapped: said so in the log line
+          return;
+        }
+        token_hash_ = hash;
+      }
+      // A reload is the operator saying the token is fixed: the next miss goes out at once.
+      engine_.OnTokenReplaced();
+      token_summary = replaced ? "replaced" : "unchanged";
+    } else {
+      token_summary = "from $CLICKPATROL_TOKEN, not reloadable";
+      if (!warned_token_from_environment_) {
+        warned_token_from_environment_ = true;
+        spdlog::warn(
+            "SIGHUP cannot change the ClickPatrol token: it comes from the CLICKPATROL_TOKEN "
+            "environment variable (use --token_file to rotate it without a restart)");
+      }
+    }
+    last_success_.Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+    spdlog::info("configuration reloaded: keys: {}; token: {}; tls: not reloaded (restart)",
+                 keys_summary, token_summary);
+  }
+
+ private:
+  void Fail(absl::string_view why) {
+    failures_.Increment();
+    spdlog::error("configuration reload failed, the previous configuration stays in force: {}",
+                  why);
+  }
+
+  const std::string api_keys_file_;
+  const std::string token_file_;
+  Sha256 token_hash_;  // of the token in use: tells "replaced" from "unchanged" without a copy
+  Authenticator& auth_;
+  ClickPatrolClient& client_;
+  Engine& engine_;
+  metrics::Counter& failures_;
+  metrics::Gauge& last_success_;
+  bool warned_token_from_environment_ = false;
+};
+
 int Run() {
   absl::StatusOr<Settings> settings = LoadSettings();
   if (!settings.ok()) {
@@ -814,9 +934,7 @@ int Run() {
     return 1;
   }
   // The engine reports budgets (GetUsage, the budget gauge); checks carry their caller's own.
-  for (const ApiKeyEntry& entry : auth.entries()) {
-    s.engine.monthly_budgets.emplace_back(entry.caller, entry.monthly_budget);
-  }
+  s.engine.monthly_budgets = BudgetsOf(auth.entries());
   auto scheduler = std::make_unique<ThreadScheduler>();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(s.engine, store, **client, *Clock::Real(), *scheduler, &server_metrics);
@@ -846,6 +964,8 @@ int Run() {
         }
         return values;
       });
+  ConfigReloader reloader(s, auth, **client, **engine, registry);
+
   std::unique_ptr<metrics::MetricsHttpServer> metrics_server;
   if (!s.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> started =
@@ -915,8 +1035,13 @@ int Run() {
   }
 
   // Signals were blocked in main() before any thread started, so only this sigwait sees them.
+  // SIGHUP reloads (ConfigReloader); SIGTERM or SIGINT ends the loop.
+  sigset_t serving_signals = signals;
+  sigaddset(&serving_signals, SIGHUP);
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (sigwait(&serving_signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    reloader.Reload();
+  }
   spdlog::info("received signal {}: draining in-flight calls (grace {})", signal_number,
                DurationToString(s.shutdown_grace));
 
@@ -958,6 +1083,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);  // a reload: taken by the serving loop's sigwait
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
   // Debian's Abseil checks lock ordering on every Mutex acquisition (about 6% of a cache hit's
