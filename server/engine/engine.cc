@@ -939,8 +939,10 @@ void Engine::ClaimAndSend(std::string key) {
     std::string ip;
     std::string user_agent;
     absl::Status drop;  // why the request will not leave after all
+    uint64_t token_generation = 0;
     {
       absl::MutexLock lock(&mu_);
+      token_generation = token_generation_;
       Flight& flight = flights_.at(key);
       caller = flight.caller;
       if (claimed.ok() && claimed->month_clicks > 0) {
@@ -964,8 +966,8 @@ void Engine::ClaimAndSend(std::string key) {
     Deliver(out);
     if (drop.ok()) {
       client_.Fetch(std::move(ip), std::move(user_agent),
-                    [this, key, id = *click_id](FetchOutcome outcome) {
-                      OnFetched(key, id, std::move(outcome));
+                    [this, key, id = *click_id, token_generation](FetchOutcome outcome) {
+                      OnFetched(key, id, token_generation, std::move(outcome));
                     });
       return;
     }
@@ -1250,7 +1252,8 @@ void Engine::OnFlightsMayHaveEnded() {
   }
 }
 
-void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome) {
+void Engine::OnFetched(const std::string& key, int64_t click_id, uint64_t token_generation,
+                       FetchOutcome outcome) {
   std::string ip;
   std::string user_agent;
   std::string caller;
@@ -1325,7 +1328,9 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
     absl::MutexLock lock(&mu_);
     if (status.ok()) {
       token_rejected_ = false;
-    } else if (status.code() == absl::StatusCode::kFailedPrecondition && !not_sent) {
+    } else if (status.code() == absl::StatusCode::kFailedPrecondition && !not_sent &&
+               token_generation == token_generation_) {
+      // (A rejection of a token replaced since this request left says nothing about the new one.)
       token_rejected_ = true;
       next_token_probe_ = clock_.Now() + options_.token_probe_interval;
     }
@@ -1620,6 +1625,7 @@ void Engine::SetMonthlyBudgets(std::vector<std::pair<std::string, int64_t>> mont
 void Engine::OnTokenReplaced() {
   absl::MutexLock lock(&mu_);
   token_rejected_ = false;
+  ++token_generation_;
 }
 
 std::vector<BudgetStatus> Engine::Budgets() {

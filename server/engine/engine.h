@@ -248,7 +248,8 @@ class Engine : private FlightListener {
   // ones from now on. Checks carry their own budget, so this changes no enforcement.
   void SetMonthlyBudgets(std::vector<std::pair<std::string, int64_t>> monthly_budgets);
   // The upstream client now sends a new token (a token reload): forgets a token rejection, so
-  // that the next miss is sent at once instead of waiting for the probe interval.
+  // that the next miss is sent at once instead of waiting for the probe interval; and a
+  // rejection answering a request sent before this call is not taken as one of the new token.
   void OnTokenReplaced();
   AllowanceStatus Allowance() { return spend_.Allowance(); }
   int64_t SpentThisMonth(const std::string& caller) { return spend_.SpentThisMonth(caller); }
@@ -393,7 +394,9 @@ class Engine : private FlightListener {
   void OnPreClaimRead(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest);
   // Claims the key and begins the click, then sends the request.
   void ClaimAndSend(std::string key);
-  void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
+  // `token_generation`: token_generation_ when the request was handed to the client.
+  void OnFetched(const std::string& key, int64_t click_id, uint64_t token_generation,
+                 FetchOutcome outcome);
   // Once the completion of `key`'s click is committed (`stored`): retries, or resolves the
   // flight with `status` or `verdict`.
   // Writes `completion` of `click_id` again after `delay`, until the store takes it.
@@ -479,6 +482,9 @@ class Engine : private FlightListener {
   // ClickPatrol rejected the token: misses fail fast but for one probe per interval.
   bool token_rejected_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time next_token_probe_ ABSL_GUARDED_BY(mu_);
+  // How many times OnTokenReplaced ran: a rejection of a request sent before the latest token
+  // replacement does not set token_rejected_.
+  uint64_t token_generation_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace verdictd

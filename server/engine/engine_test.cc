@@ -1772,6 +1772,28 @@ TEST_F(EngineTest, AWaitingMissPollsOncePerIntervalHoweverOftenItWasWoken) {
   store_.EndRemoteFlight("8.8.8.8", RemoteVerdict("8.8.8.8", clock_.Now()));
 }
 
+// A request sent with the old token and rejected after the token was replaced says nothing
+// about the new token: the misses after it still go out.
+TEST_F(EngineTest, ARejectionOfTheOldTokenAfterTheReplacementDoesNotStopMisses) {
+  options_.token_probe_interval = absl::Minutes(1);
+  auto old = Start(Request("11.1.9.5"));
+  ASSERT_EQ(client_.pending.size(), 1u);
+  engine().OnTokenReplaced();  // while the request is on the wire
+  client_.Answer(absl::FailedPreconditionError("ClickPatrol rejected the API token (HTTP 401)"));
+  EXPECT_EQ((*old)->status().code(), absl::StatusCode::kFailedPrecondition);
+  auto next = Start(Request("11.1.9.6"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "sent, not refused for the probe interval";
+  client_.Answer(Safe());
+  EXPECT_TRUE((*next)->ok());
+  // A rejection of the new token does count.
+  Start(Request("11.1.9.7"));
+  client_.Answer(absl::FailedPreconditionError("ClickPatrol rejected the API token (HTTP 401)"));
+  auto refused = Start(Request("11.1.9.8"));
+  EXPECT_TRUE(client_.pending.empty());
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 // A keys-file reload replaces the budgets the engine reports.
 TEST_F(EngineTest, SetMonthlyBudgetsReplacesTheReportedBudgets) {
   options_.monthly_budgets = {{"team-a", 10}, {"team-b", 5}};
