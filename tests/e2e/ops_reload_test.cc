@@ -5,12 +5,14 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -202,6 +204,78 @@ TEST_F(OpsTest, ATokenFromTheEnvironmentIsNotReloadedAndSighupSaysSoOnce) {
   EXPECT_THAT(log, HasSubstr("keys: open mode, unchanged"));
   pb::CheckIpResponse response;
   EXPECT_TRUE(CheckIp(verdictd_->stub(), "8.8.8.1", &response).ok());
+}
+
+// The serial of the certificate verdictd serves to a new connection ("serial=02"), read with
+// openssl s_client; "" when the handshake fails.
+std::string ServedSerial(int port, const TestPki& pki) {
+  const std::string openssl = FindOnPath("openssl");
+  absl::StatusOr<CommandResult> result = RunCommand(
+      {"/bin/sh", "-c",
+       absl::StrCat(openssl, " s_client -connect 127.0.0.1:", port, " -alpn h2 -CAfile ", pki.ca(),
+                    " </dev/null 2>/dev/null | ", openssl, " x509 -noout -serial")},
+      "", {}, absl::Seconds(10));
+  return result.ok() && result->exit_code == 0
+             ? std::string(absl::StripAsciiWhitespace(result->out))
+             : "";
+}
+
+// A certificate renewed in place (same key, new serial, renamed over --tls_cert as certbot
+// would) is served to new connections after SIGHUP; a connection made before keeps working; a
+// certificate that does not match the key is refused and the renewed one stays.
+TEST_F(OpsTest, ARenewedCertificateIsServedToNewConnectionsAfterSighup) {
+  TestPki pki(dir_);
+  ASSERT_TRUE(pki.Generate());
+  StartVerdictd({"--tls_cert=" + pki.server_cert(), "--tls_key=" + pki.server_key(),
+                 "--metrics_listen=127.0.0.1:0"});
+  const int metrics_port = MetricsPortFromLog(*verdictd_);
+  ASSERT_GT(metrics_port, 0);
+  EXPECT_EQ(ServedSerial(verdictd_->port(), pki), "serial=02");
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  std::unique_ptr<pb::VerdictService::Stub> before =
+      pb::VerdictService::NewStub(grpc::CreateCustomChannel(
+          absl::StrCat("127.0.0.1:", verdictd_->port()), pki.Credentials(false), args));
+  pb::CheckIpResponse response;
+  ASSERT_TRUE(CheckIp(*before, "8.8.9.1", &response).ok());
+
+  const std::string renewed = dir_.File("server-renewed.pem");
+  absl::StatusOr<CommandResult> signed_cert = RunCommand(
+      {FindOnPath("openssl"), "x509", "-req", "-in", dir_.File("server.csr"), "-CA", pki.ca(),
+       "-CAkey", dir_.File("ca.key"), "-set_serial", "9", "-days", "2", "-extfile",
+       dir_.File("openssl.cnf"), "-extensions", "server_ext", "-out", renewed},
+      "", {}, absl::Seconds(30));
+  ASSERT_TRUE(signed_cert.ok() && signed_cert->exit_code == 0);
+  ASSERT_EQ(std::rename(renewed.c_str(), pki.server_cert().c_str()), 0);
+  ASSERT_EQ(kill(verdictd_->pid(), SIGHUP), 0);
+  EXPECT_TRUE(WaitUntil(
+      "the reload in the log", [&] { return Occurrences(verdictd_->Log(), "tls: replaced"); },
+      [](size_t n) { return n == 1; }, absl::Seconds(10)));
+  WaitResult<std::string> served = WaitUntil(
+      "the renewed certificate served", [&] { return ServedSerial(verdictd_->port(), pki); },
+      [](const std::string& serial) { return serial == "serial=09"; }, absl::Seconds(5),
+      absl::Milliseconds(100));
+  EXPECT_TRUE(served);
+  std::fprintf(stderr, "renewed certificate served %s after the reload was logged\n",
+               absl::FormatDuration(served.elapsed()).c_str());
+  grpc::Status status = CheckIp(*before, "8.8.9.2", &response);
+  EXPECT_TRUE(status.ok()) << "the connection made before: " << status.error_message();
+  status = CheckIpOver(verdictd_->port(), pki.Credentials(false), absl::Seconds(10), &response);
+  EXPECT_TRUE(status.ok()) << "a new connection: " << status.error_message();
+
+  // The CA's certificate as --tls_cert: it does not match the server key.
+  ASSERT_TRUE(RunCommand({"/bin/cp", pki.ca(), pki.server_cert()}, "", {}, absl::Seconds(5)).ok());
+  ASSERT_EQ(kill(verdictd_->pid(), SIGHUP), 0);
+  EXPECT_TRUE(WaitUntil(
+      "one reload failure counted",
+      [&] {
+        std::map<std::string, double> samples = ParseSamples(Scrape(metrics_port));
+        return samples["verdictd_config_reload_failures_total"];
+      },
+      [](double failures) { return failures == 1; }, absl::Seconds(10)));
+  EXPECT_THAT(verdictd_->Log(), HasSubstr("does not match the certificate"));
+  absl::SleepFor(absl::Seconds(2));  // longer than the watcher's refresh: nothing may change
+  EXPECT_EQ(ServedSerial(verdictd_->port(), pki), "serial=09");
 }
 
 }  // namespace
