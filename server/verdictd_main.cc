@@ -5,6 +5,11 @@
 // $CLICKPATROL_TOKEN or --token_file, never from a flag; so does a PostgreSQL password
 // (--db_password_file, or libpq's own PGPASSWORD / PGPASSFILE / ~/.pgpass).
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,6 +48,9 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "server/config_file.h"
 #include "server/engine/engine.h"
 #include "server/engine/scheduler.h"
@@ -655,23 +663,163 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_
   return buffer.str();
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const Settings& s) {
+// The gRPC TLS files, served through grpc's FileWatcherCertificateProvider from copies in a
+// private directory (mode 0700, under $TMPDIR) that only verdictd writes: Load checks the
+// configured files (PEM parses, the key matches the certificate, the CA bundle has a
+// certificate) and only then renames fresh copies into place, so the watcher never sees a file
+// that does not load. The watcher looks once a second; existing connections keep their
+// session, new handshakes get the new files.
+class TlsFiles {
+ public:
+  static constexpr unsigned kRefreshSeconds = 1;
+
+  ~TlsFiles() {
+    for (const std::string& file : {Key(), Cert(), Ca()}) {
+      std::remove(file.c_str());
+    }
+    if (!dir_.empty()) {
+      rmdir(dir_.c_str());
+    }
+  }
+
+  absl::Status Init() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern =
+        absl::StrCat(tmp != nullptr && tmp[0] != '\0' ? tmp : "/tmp", "/verdictd-tls-XXXXXX");
+    if (mkdtemp(pattern.data()) == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot make a private directory for the TLS files: ", pattern));
+    }
+    dir_ = pattern;
+    return absl::OkStatus();
+  }
+
+  // The configured files, read and checked (nothing is written yet).
+  struct Files {
+    std::string cert, key, ca;
+    Sha256 digest{};
+  };
+  absl::StatusOr<Files> Read(const Settings& s) const {
+    Files files;
+    absl::StatusOr<std::string> cert = ReadSmallFile(s.tls_cert, "tls_cert");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadSmallFile(s.tls_key, "tls_key");
+    if (!key.ok()) return key.status();
+    files.cert = *std::move(cert);
+    files.key = *std::move(key);
+    if (!s.tls_client_ca.empty()) {
+      absl::StatusOr<std::string> ca = ReadSmallFile(s.tls_client_ca, "tls_client_ca");
+      if (!ca.ok()) return ca.status();
+      files.ca = *std::move(ca);
+    }
+    if (absl::Status st = Check(s, files.cert, files.key, files.ca); !st.ok()) return st;
+    files.digest = HashApiKey(absl::StrCat(files.cert, "\n--\n", files.key, "\n--\n", files.ca));
+    return files;
+  }
+
+  bool Differs(const Files& files) const { return files.digest != digest_; }
+
+  // Puts copies of `files` where the watcher reads them (the key first: the watcher reads the
+  // key, then the certificate, and grpc keeps the old pair, trying again a second later, when
+  // the two it read do not match).
+  absl::Status Install(const Files& files) {
+    for (const auto& [path, contents] :
+         {std::pair<std::string, const std::string*>{Key(), &files.key},
+          {Cert(), &files.cert},
+          {Ca(), &files.ca}}) {
+      if (absl::Status st = WriteAtomically(path, *contents); !st.ok()) return st;
+    }
+    digest_ = files.digest;
+    return absl::OkStatus();
+  }
+
+  std::shared_ptr<grpc::ServerCredentials> Credentials(bool mutual) const {
+    auto provider = mutual ? std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+                                 Key(), Cert(), Ca(), kRefreshSeconds)
+                           : std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+                                 Key(), Cert(), kRefreshSeconds);
+    grpc::experimental::TlsServerCredentialsOptions options(provider);
+    options.watch_identity_key_cert_pairs();
+    if (mutual) {
+      options.watch_root_certs();
+      options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    }
+    return grpc::experimental::TlsServerCredentials(options);
+  }
+
+ private:
+  std::string Key() const { return dir_.empty() ? "" : dir_ + "/key.pem"; }
+  std::string Cert() const { return dir_.empty() ? "" : dir_ + "/cert.pem"; }
+  std::string Ca() const { return dir_.empty() ? "" : dir_ + "/ca.pem"; }
+
+  static absl::Status Check(const Settings& s, const std::string& cert, const std::string& key,
+                            const std::string& ca) {
+    std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(
+        BIO_new_mem_buf(cert.data(), static_cast<int>(cert.size())), &BIO_free);
+    std::unique_ptr<X509, decltype(&X509_free)> leaf(
+        PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr), &X509_free);
+    if (leaf == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls_cert ", s.tls_cert, ": no PEM certificate in it"));
+    }
+    std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(
+        BIO_new_mem_buf(key.data(), static_cast<int>(key.size())), &BIO_free);
+    std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> pkey(
+        PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr), &EVP_PKEY_free);
+    if (pkey == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls_key ", s.tls_key, ": no PEM private key in it"));
+    }
+    if (X509_check_private_key(leaf.get(), pkey.get()) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("--tls_key ", s.tls_key,
+                                                     " does not match the certificate of "
+                                                     "--tls_cert ",
+                                                     s.tls_cert));
+    }
+    if (!s.tls_client_ca.empty()) {
+      std::unique_ptr<BIO, decltype(&BIO_free)> ca_bio(
+          BIO_new_mem_buf(ca.data(), static_cast<int>(ca.size())), &BIO_free);
+      std::unique_ptr<X509, decltype(&X509_free)> first(
+          PEM_read_bio_X509(ca_bio.get(), nullptr, nullptr, nullptr), &X509_free);
+      if (first == nullptr) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--tls_client_ca ", s.tls_client_ca, ": no PEM certificate in it"));
+      }
+    }
+    ERR_clear_error();
+    return absl::OkStatus();
+  }
+
+  static absl::Status WriteAtomically(const std::string& path, const std::string& contents) {
+    const std::string tmp = path + ".new";
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out << contents;
+      out.close();
+      if (!out) {
+        return absl::FailedPreconditionError(absl::StrCat("cannot write ", tmp));
+      }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat("cannot rename ", tmp, " to ", path));
+    }
+    return absl::OkStatus();
+  }
+
+  std::string dir_;
+  Sha256 digest_{};
+};
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const Settings& s,
+                                                                           TlsFiles* tls) {
   if (s.tls_cert.empty()) {
     return grpc::InsecureServerCredentials();
   }
-  absl::StatusOr<std::string> cert = ReadSmallFile(s.tls_cert, "tls_cert");
-  if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = ReadSmallFile(s.tls_key, "tls_key");
-  if (!key.ok()) return key.status();
-  grpc::SslServerCredentialsOptions options;
-  options.pem_key_cert_pairs.push_back({*key, *cert});
-  if (!s.tls_client_ca.empty()) {
-    absl::StatusOr<std::string> ca = ReadSmallFile(s.tls_client_ca, "tls_client_ca");
-    if (!ca.ok()) return ca.status();
-    options.pem_root_certs = *ca;
-    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-  }
-  return grpc::SslServerCredentials(options);
+  if (absl::Status st = tls->Init(); !st.ok()) return st;
+  absl::StatusOr<TlsFiles::Files> files = tls->Read(s);
+  if (!files.ok()) return files.status();
+  if (absl::Status st = tls->Install(*files); !st.ok()) return st;
+  return tls->Credentials(!s.tls_client_ca.empty());
 }
 
 bool IsLoopbackListen(absl::string_view listen) {
@@ -739,6 +887,154 @@ class StoreHealthWatch {
   std::shared_ptr<State> state_;
 };
 
+// The monthly budgets the engine reports (GetUsage, the budget gauge), from the keys file.
+std::vector<std::pair<std::string, int64_t>> BudgetsOf(const std::vector<ApiKeyEntry>& entries) {
+  std::vector<std::pair<std::string, int64_t>> budgets;
+  for (const ApiKeyEntry& entry : entries) {
+    budgets.emplace_back(entry.caller, entry.monthly_budget);
+  }
+  return budgets;
+}
+
+// SIGHUP: re-reads --api_keys_file, --token_file and the TLS files and swaps them in. All or
+// nothing: every file is read and checked first, and a failure in any leaves the whole
+// configuration as it was (and is counted and logged, naming the file and line, never a
+// secret). Then the TLS copies (TlsFiles), the keys (with the budgets the engine reports) and
+// the token are swapped, each atomically, one after the other: a call already past
+// authentication finishes as it started, a request already sent keeps its token, a connection
+// already made keeps its TLS session.
+class ConfigReloader {
+ public:
+  ConfigReloader(const Settings& s, Authenticator& auth, ClickPatrolClient& client, Engine& engine,
+                 TlsFiles& tls, metrics::Registry& registry)
+      : settings_(s),
+        tls_(tls),
+        api_keys_file_(s.api_keys_file),
+        token_file_(absl::GetFlag(FLAGS_token_file)),
+        token_hash_(HashApiKey(s.upstream.token)),
+        auth_(auth),
+        client_(client),
+        engine_(engine),
+        failures_(registry
+                      .AddCounter("verdictd_config_reload_failures_total",
+                                  "SIGHUP reloads refused because a file did not load (the "
+                                  "configuration in force stayed as it was).")
+                      .WithLabels({})),
+        last_success_(registry
+                          .AddGauge("verdictd_config_last_reload_success_timestamp_seconds",
+                                    "Unix time of the last successful configuration load (start-up "
+                                    "or SIGHUP).")
+                          .WithLabels({})) {
+    last_success_.Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  }
+
+  void Reload() {
+    spdlog::info("received SIGHUP: reloading --api_keys_file, --token_file and the TLS files");
+    // Read and check everything before changing anything.
+    std::optional<std::vector<ApiKeyEntry>> entries;
+    if (!api_keys_file_.empty()) {
+      absl::StatusOr<std::vector<ApiKeyEntry>> loaded = LoadApiKeysFile(api_keys_file_);
+      if (!loaded.ok()) {
+        Fail(absl::StrCat("--api_keys_file ", loaded.status().message()));
+        return;
+      }
+      entries = *std::move(loaded);
+    }
+    std::optional<std::string> token;
+    if (!token_file_.empty()) {
+      std::string source;
+      absl::StatusOr<std::string> read = ReadToken(&source);
+      if (!read.ok()) {
+        Fail(read.status().message());
+        return;
+      }
+      token = *std::move(read);
+    }
+
+    std::optional<TlsFiles::Files> tls;
+    if (!settings_.tls_cert.empty()) {
+      absl::StatusOr<TlsFiles::Files> read = tls_.Read(settings_);
+      if (!read.ok()) {
+        Fail(read.status().message());
+        return;
+      }
+      tls = *std::move(read);
+    }
+
+    // Everything loads: swap it in.
+    std::string tls_summary = "none (plaintext)";
+    if (tls.has_value()) {
+      tls_summary = "unchanged";
+      if (tls_.Differs(*tls)) {
+        if (absl::Status st = tls_.Install(*tls); !st.ok()) {
+          Fail(st.message());
+          return;
+        }
+        tls_summary = absl::StrFormat("replaced (served to new connections within %ds)",
+                                      TlsFiles::kRefreshSeconds + 1);
+      }
+    }
+    std::string keys_summary = "open mode, unchanged (no --api_keys_file)";
+    if (entries.has_value()) {
+      std::vector<std::pair<std::string, int64_t>> budgets = BudgetsOf(*entries);
+      absl::StatusOr<KeySetChange> change = auth_.Replace(*std::move(entries));
+      if (!change.ok()) {  // not reached: keyed at start whenever --api_keys_file is set
+        Fail(change.status().message());
+        return;
+      }
+      engine_.SetMonthlyBudgets(std::move(budgets));
+      keys_summary =
+          absl::StrFormat("%d callers (%d added, %d removed, %d changed)", change->callers,
+                          change->added, change->removed, change->changed);
+    }
+    std::string token_summary;
+    if (token.has_value()) {
+      const Sha256 hash = HashApiKey(*token);
+      const bool replaced = hash != token_hash_;
+      if (replaced) {
+        if (absl::Status st = client_.SetToken(*std::move(token)); !st.ok()) {
+          Fail(st.message());  // keys are already swapped: said so in the log line
+          return;
+        }
+        token_hash_ = hash;
+      }
+      // A reload is the operator saying the token is fixed: the next miss goes out at once.
+      engine_.OnTokenReplaced();
+      token_summary = replaced ? "replaced" : "unchanged";
+    } else {
+      token_summary = "from $CLICKPATROL_TOKEN, not reloadable";
+      if (!warned_token_from_environment_) {
+        warned_token_from_environment_ = true;
+        spdlog::warn(
+            "SIGHUP cannot change the ClickPatrol token: it comes from the CLICKPATROL_TOKEN "
+            "environment variable (use --token_file to rotate it without a restart)");
+      }
+    }
+    last_success_.Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+    spdlog::info("configuration reloaded: keys: {}; token: {}; tls: {}", keys_summary,
+                 token_summary, tls_summary);
+  }
+
+ private:
+  void Fail(absl::string_view why) {
+    failures_.Increment();
+    spdlog::error("configuration reload failed, the previous configuration stays in force: {}",
+                  why);
+  }
+
+  const Settings& settings_;
+  TlsFiles& tls_;
+  const std::string api_keys_file_;
+  const std::string token_file_;
+  Sha256 token_hash_;  // of the token in use: tells "replaced" from "unchanged" without a copy
+  Authenticator& auth_;
+  ClickPatrolClient& client_;
+  Engine& engine_;
+  metrics::Counter& failures_;
+  metrics::Gauge& last_success_;
+  bool warned_token_from_environment_ = false;
+};
+
 int Run() {
   absl::StatusOr<Settings> settings = LoadSettings();
   if (!settings.ok()) {
@@ -769,7 +1065,8 @@ int Run() {
     spdlog::info("keyed mode: {} callers from {}", entries->size(), s.api_keys_file);
     auth = Authenticator::Keyed(*std::move(entries));
   }
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials(s);
+  TlsFiles tls;
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials(s, &tls);
   if (!credentials.ok()) {
     spdlog::critical("verdictd cannot start: {}", credentials.status().message());
     return 2;
@@ -819,9 +1116,7 @@ int Run() {
     return 1;
   }
   // The engine reports budgets (GetUsage, the budget gauge); checks carry their caller's own.
-  for (const ApiKeyEntry& entry : auth.entries()) {
-    s.engine.monthly_budgets.emplace_back(entry.caller, entry.monthly_budget);
-  }
+  s.engine.monthly_budgets = BudgetsOf(auth.entries());
   auto scheduler = std::make_unique<ThreadScheduler>();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(s.engine, store, **client, *Clock::Real(), *scheduler, &server_metrics);
@@ -870,6 +1165,8 @@ int Run() {
         }
         return values;
       });
+  ConfigReloader reloader(s, auth, **client, **engine, tls, registry);
+
   std::unique_ptr<metrics::MetricsHttpServer> metrics_server;
   if (!s.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> started =
@@ -939,8 +1236,13 @@ int Run() {
   }
 
   // Signals were blocked in main() before any thread started, so only this sigwait sees them.
+  // SIGHUP reloads (ConfigReloader); SIGTERM or SIGINT ends the loop.
+  sigset_t serving_signals = signals;
+  sigaddset(&serving_signals, SIGHUP);
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (sigwait(&serving_signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    reloader.Reload();
+  }
   spdlog::info("received signal {}: draining in-flight calls (grace {})", signal_number,
                DurationToString(s.shutdown_grace));
 
@@ -982,6 +1284,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);  // a reload: taken by the serving loop's sigwait
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
   // Debian's Abseil checks lock ordering on every Mutex acquisition (about 6% of a cache hit's

@@ -6,12 +6,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -339,6 +341,41 @@ Authenticator Authenticator::Keyed(std::vector<ApiKeyEntry> entries) {
   return Authenticator(true, std::move(entries));
 }
 
+std::shared_ptr<const Authenticator::Entries> Authenticator::Snapshot() const {
+  return std::atomic_load(&entries_);
+}
+
+absl::StatusOr<KeySetChange> Authenticator::Replace(std::vector<ApiKeyEntry> entries) {
+  if (!keyed_) {
+    return absl::FailedPreconditionError(
+        "open mode (no --api_keys_file at start): keys cannot be loaded");
+  }
+  std::shared_ptr<const Entries> old = Snapshot();
+  std::map<std::string, const ApiKeyEntry*> before;
+  for (const ApiKeyEntry& entry : *old) {
+    before[entry.caller] = &entry;
+  }
+  KeySetChange change;
+  change.callers = entries.size();
+  for (const ApiKeyEntry& entry : entries) {
+    auto it = before.find(entry.caller);
+    if (it == before.end()) {
+      ++change.added;
+      continue;
+    }
+    const ApiKeyEntry& was = *it->second;
+    if (was.key_sha256 != entry.key_sha256 || was.monthly_budget != entry.monthly_budget ||
+        was.auditor != entry.auditor) {
+      ++change.changed;
+    }
+    before.erase(it);
+  }
+  change.removed = before.size();
+  std::atomic_store(&entries_, std::shared_ptr<const Entries>(
+                                   std::make_shared<const Entries>(std::move(entries))));
+  return change;
+}
+
 absl::StatusOr<Identity> Authenticator::Identify(std::optional<absl::string_view> authorization,
                                                  std::optional<absl::string_view> x_caller) const {
   if (!keyed_) {
@@ -364,18 +401,21 @@ absl::StatusOr<Identity> Authenticator::Identify(std::optional<absl::string_view
     return absl::UnauthenticatedError(kMalformedAuthorization);
   }
   const Sha256 digest = HashApiKey(*key);
+  // One snapshot for the whole lookup: a concurrent Replace does not change it under us.
+  const std::shared_ptr<const Entries> snapshot = Snapshot();
+  const Entries& current = *snapshot;
   // Compare against every entry, without stopping at a match, so the time taken does not say
   // where in the file (or whether early or late) the key sits.
-  size_t match = entries_.size();
-  for (size_t i = 0; i < entries_.size(); ++i) {
+  size_t match = current.size();
+  for (size_t i = 0; i < current.size(); ++i) {
     const bool equal =
-        CRYPTO_memcmp(digest.data(), entries_[i].key_sha256.data(), digest.size()) == 0;
-    match = (equal && match == entries_.size()) ? i : match;
+        CRYPTO_memcmp(digest.data(), current[i].key_sha256.data(), digest.size()) == 0;
+    match = (equal && match == current.size()) ? i : match;
   }
-  if (match == entries_.size()) {
+  if (match == current.size()) {
     return absl::UnauthenticatedError("unknown API key");
   }
-  const ApiKeyEntry& entry = entries_[match];
+  const ApiKeyEntry& entry = current[match];
   Identity identity;
   identity.caller = entry.caller;
   identity.auditor = entry.auditor;

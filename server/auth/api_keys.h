@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -51,7 +52,17 @@ struct Identity {
   int64_t monthly_budget = 0;  // 0: none
 };
 
-// Maps request credentials to an Identity. Immutable after construction; thread-safe.
+// What a keys-file reload changed, by caller name (no key material).
+struct KeySetChange {
+  size_t callers = 0;  // after the reload
+  size_t added = 0;    // callers new in the file
+  size_t removed = 0;  // callers no longer in it
+  size_t changed = 0;  // callers kept whose key, budget or auditor flag changed
+};
+
+// Maps request credentials to an Identity. Thread-safe. In keyed mode the key set is an immutable
+// snapshot behind a shared_ptr that Replace swaps atomically: a call that has loaded the old
+// snapshot finishes with it, every later call sees the new one.
 class Authenticator {
  public:
   // Open mode: the caller is the x-caller value (or "anonymous"); everyone may read all usage.
@@ -60,7 +71,12 @@ class Authenticator {
   static Authenticator Keyed(std::vector<ApiKeyEntry> entries);
 
   bool keyed() const { return keyed_; }
-  const std::vector<ApiKeyEntry>& entries() const { return entries_; }
+  // The current key set (a snapshot: a later Replace does not change it).
+  std::vector<ApiKeyEntry> entries() const { return *Snapshot(); }
+
+  // Keyed mode only (an open-mode authenticator stays open; the call is refused with
+  // FAILED_PRECONDITION): swaps in `entries` for every call that starts after it returns.
+  absl::StatusOr<KeySetChange> Replace(std::vector<ApiKeyEntry> entries);
 
   // `authorization` and `x_caller` are the metadata values, nullopt when absent.
   // Keyed mode: UNAUTHENTICATED when the header is missing, not "Bearer <key>", or the key is
@@ -70,10 +86,14 @@ class Authenticator {
                                     std::optional<absl::string_view> x_caller) const;
 
  private:
-  Authenticator(bool keyed, std::vector<ApiKeyEntry> entries)
-      : keyed_(keyed), entries_(std::move(entries)) {}
+  using Entries = std::vector<ApiKeyEntry>;
+  Authenticator(bool keyed, Entries entries)
+      : keyed_(keyed), entries_(std::make_shared<const Entries>(std::move(entries))) {}
+  std::shared_ptr<const Entries> Snapshot() const;
+
   bool keyed_;
-  std::vector<ApiKeyEntry> entries_;
+  // Read and written only with std::atomic_load / std::atomic_store.
+  std::shared_ptr<const Entries> entries_;
 };
 
 }  // namespace verdictd

@@ -3,10 +3,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -464,6 +466,94 @@ TEST(CheckCallerNameTest, SameRuleAsXCaller) {
     }
   }
   EXPECT_EQ(CheckCallerName("has space", "x-caller").message(), kBadXCaller);
+}
+
+// --- Replace (SIGHUP) --------------------------------------------------------------------
+
+std::vector<ApiKeyEntry> Keys(const std::string& contents) {
+  absl::StatusOr<std::vector<ApiKeyEntry>> entries = ParseApiKeys(contents);
+  EXPECT_TRUE(entries.ok()) << entries.status();
+  return entries.ok() ? *entries : std::vector<ApiKeyEntry>();
+}
+
+TEST(ReplaceTest, NewKeysApplyToTheNextCallAndTheChangeIsCountedByCaller) {
+  Authenticator auth = Authenticator::Keyed(Keys("ads " + HashApiKeyHex("ads-key") + " 10\n" +
+                                                 "ops " + HashApiKeyHex("ops-key") + "\n" + "web " +
+                                                 HashApiKeyHex("web-key") + "\n"));
+  ASSERT_TRUE(auth.Identify("Bearer ads-key", std::nullopt).ok());
+  EXPECT_EQ(auth.Identify("Bearer new-key", std::nullopt).status().code(),
+            absl::StatusCode::kUnauthenticated);
+
+  // ads: budget changes; ops: key changes; web: kept as is; new: added.
+  absl::StatusOr<KeySetChange> change =
+      auth.Replace(Keys("ads " + HashApiKeyHex("ads-key") + " 20\n" + "ops " +
+                        HashApiKeyHex("ops-key-2") + "\n" + "web " + HashApiKeyHex("web-key") +
+                        "\n" + "new " + HashApiKeyHex("new-key") + " - auditor\n"));
+  ASSERT_TRUE(change.ok()) << change.status();
+  EXPECT_EQ(change->callers, 4u);
+  EXPECT_EQ(change->added, 1u);
+  EXPECT_EQ(change->removed, 0u);
+  EXPECT_EQ(change->changed, 2u);
+  EXPECT_EQ(auth.entries().size(), 4u);
+
+  absl::StatusOr<Identity> ads = auth.Identify("Bearer ads-key", std::nullopt);
+  ASSERT_TRUE(ads.ok());
+  EXPECT_EQ(ads->monthly_budget, 20);
+  EXPECT_EQ(auth.Identify("Bearer ops-key", std::nullopt).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth.Identify("Bearer ops-key-2", std::nullopt)->caller, "ops");
+  EXPECT_TRUE(auth.Identify("Bearer new-key", std::nullopt)->auditor);
+
+  change = auth.Replace(Keys("web " + HashApiKeyHex("web-key") + "\n"));
+  ASSERT_TRUE(change.ok());
+  EXPECT_EQ(change->callers, 1u);
+  EXPECT_EQ(change->added, 0u);
+  EXPECT_EQ(change->removed, 3u);
+  EXPECT_EQ(change->changed, 0u);
+  EXPECT_EQ(auth.Identify("Bearer ads-key", std::nullopt).status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+TEST(ReplaceTest, AnEntriesSnapshotDoesNotChangeUnderItsHolder) {
+  Authenticator auth = Authenticator::Keyed(Keys("ads " + HashApiKeyHex("ads-key") + "\n"));
+  const std::vector<ApiKeyEntry> before = auth.entries();
+  ASSERT_TRUE(auth.Replace({}).ok());
+  ASSERT_EQ(before.size(), 1u);
+  EXPECT_EQ(before[0].caller, "ads");
+  EXPECT_TRUE(auth.entries().empty());
+}
+
+TEST(ReplaceTest, OpenModeStaysOpen) {
+  Authenticator auth = Authenticator::Open();
+  EXPECT_EQ(auth.Replace(Keys("ads " + HashApiKeyHex("ads-key") + "\n")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(auth.keyed());
+  EXPECT_EQ(auth.Identify(std::nullopt, "someone")->caller, "someone");
+}
+
+// Calls keep authenticating while the key set is swapped underneath them (run under TSan, this
+// is the data-race check): a key in every set always works, one in none never does.
+TEST(ReplaceTest, ConcurrentIdentifyDuringReplace) {
+  const std::string a = "stay " + HashApiKeyHex("stay-key") + "\n";
+  const std::string b = a + "other " + HashApiKeyHex("other-key") + "\n";
+  Authenticator auth = Authenticator::Keyed(Keys(a));
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> readers;
+  for (int i = 0; i < 4; ++i) {
+    readers.emplace_back([&] {
+      while (!stop.load()) {
+        if (!auth.Identify("Bearer stay-key", std::nullopt).ok()) failures.fetch_add(1);
+        if (auth.Identify("Bearer never-key", std::nullopt).ok()) failures.fetch_add(1);
+      }
+    });
+  }
+  for (int i = 0; i < 2000; ++i) {
+    ASSERT_TRUE(auth.Replace(Keys(i % 2 == 0 ? b : a)).ok());
+  }
+  stop.store(true);
+  for (std::thread& reader : readers) reader.join();
+  EXPECT_EQ(failures.load(), 0);
 }
 
 }  // namespace

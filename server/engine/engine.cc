@@ -113,6 +113,7 @@ Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& cl
                const std::vector<std::pair<std::string, int64_t>>& month_clicks,
                int64_t period_clicks)
     : options_(std::move(options)),
+      monthly_budgets_(options_.monthly_budgets),
       budget_by_caller_(BudgetByCaller(options_.monthly_budgets)),
       store_(store),
       client_(client),
@@ -999,8 +1000,10 @@ void Engine::ClaimAndSend(std::string key) {
     std::string ip;
     std::string user_agent;
     absl::Status drop;  // why the request will not leave after all
+    uint64_t token_generation = 0;
     {
       absl::MutexLock lock(&mu_);
+      token_generation = token_generation_;
       Flight& flight = flights_.at(key);
       caller = flight.caller;
       if (claimed.ok() && claimed->month_clicks > 0) {
@@ -1024,8 +1027,8 @@ void Engine::ClaimAndSend(std::string key) {
     Deliver(out);
     if (drop.ok()) {
       client_.Fetch(std::move(ip), std::move(user_agent),
-                    [this, key, id = *click_id](FetchOutcome outcome) {
-                      OnFetched(key, id, std::move(outcome));
+                    [this, key, id = *click_id, token_generation](FetchOutcome outcome) {
+                      OnFetched(key, id, token_generation, std::move(outcome));
                     });
       return;
     }
@@ -1310,7 +1313,8 @@ void Engine::OnFlightsMayHaveEnded() {
   }
 }
 
-void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome) {
+void Engine::OnFetched(const std::string& key, int64_t click_id, uint64_t token_generation,
+                       FetchOutcome outcome) {
   std::string ip;
   std::string user_agent;
   std::string caller;
@@ -1385,7 +1389,9 @@ void Engine::OnFetched(const std::string& key, int64_t click_id, FetchOutcome ou
     absl::MutexLock lock(&mu_);
     if (status.ok()) {
       token_rejected_ = false;
-    } else if (status.code() == absl::StatusCode::kFailedPrecondition && !not_sent) {
+    } else if (status.code() == absl::StatusCode::kFailedPrecondition && !not_sent &&
+               token_generation == token_generation_) {
+      // (A rejection of a token replaced since this request left says nothing about the new one.)
       token_rejected_ = true;
       next_token_probe_ = clock_.Now() + options_.token_probe_interval;
     }
@@ -1688,17 +1694,41 @@ UsageReport Engine::MakeUsageReport(const std::string& caller, std::vector<Daily
 }
 
 std::optional<BudgetStatus> Engine::BudgetOf(const std::string& caller) {
-  auto it = budget_by_caller_.find(caller);
-  if (it == budget_by_caller_.end() || it->second <= 0) {
+  int64_t budget = 0;
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    auto it = budget_by_caller_.find(caller);
+    if (it != budget_by_caller_.end()) {
+      budget = it->second;
+    }
+  }
+  if (budget <= 0) {
     return std::nullopt;
   }
-  return BudgetStatus{caller, it->second,
-                      std::max<int64_t>(0, it->second - spend_.SpentThisMonth(caller))};
+  return BudgetStatus{caller, budget, std::max<int64_t>(0, budget - spend_.SpentThisMonth(caller))};
+}
+
+void Engine::SetMonthlyBudgets(std::vector<std::pair<std::string, int64_t>> monthly_budgets) {
+  absl::flat_hash_map<std::string, int64_t> by_caller = BudgetByCaller(monthly_budgets);
+  absl::MutexLock lock(&budgets_mu_);
+  monthly_budgets_ = std::move(monthly_budgets);
+  budget_by_caller_ = std::move(by_caller);
+}
+
+void Engine::OnTokenReplaced() {
+  absl::MutexLock lock(&mu_);
+  token_rejected_ = false;
+  ++token_generation_;
 }
 
 std::vector<BudgetStatus> Engine::Budgets() {
+  std::vector<std::pair<std::string, int64_t>> monthly_budgets;
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    monthly_budgets = monthly_budgets_;
+  }
   std::vector<BudgetStatus> budgets;
-  for (const auto& [caller, budget] : options_.monthly_budgets) {
+  for (const auto& [caller, budget] : monthly_budgets) {
     if (budget > 0) {
       budgets.push_back(BudgetStatus{caller, budget,
                                      std::max<int64_t>(0, budget - spend_.SpentThisMonth(caller))});

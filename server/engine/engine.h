@@ -259,8 +259,16 @@ class Engine : private FlightListener {
   // everyone's; PERMISSION_DENIED at once otherwise). `done` runs once; UNAVAILABLE when the
   // store fails.
   void Clicks(ClicksQuery query, ClicksCallback done);
-  // Every caller with a monthly budget (EngineOptions::monthly_budgets), in that order.
+  // Every caller with a monthly budget (EngineOptions::monthly_budgets, or the last
+  // SetMonthlyBudgets), in that order.
   std::vector<BudgetStatus> Budgets();
+  // Replaces EngineOptions::monthly_budgets (a keys-file reload): Usage and Budgets report the new
+  // ones from now on. Checks carry their own budget, so this changes no enforcement.
+  void SetMonthlyBudgets(std::vector<std::pair<std::string, int64_t>> monthly_budgets);
+  // The upstream client now sends a new token (a token reload): forgets a token rejection, so
+  // that the next miss is sent at once instead of waiting for the probe interval; and a
+  // rejection answering a request sent before this call is not taken as one of the new token.
+  void OnTokenReplaced();
   AllowanceStatus Allowance() { return spend_.Allowance(); }
   int64_t SpentThisMonth(const std::string& caller) { return spend_.SpentThisMonth(caller); }
   CircuitBreaker::State breaker_state() const { return breaker_.state(); }
@@ -407,7 +415,9 @@ class Engine : private FlightListener {
   void OnPreClaimRead(const std::string& key, absl::StatusOr<std::optional<Verdict>> latest);
   // Claims the key and begins the click, then sends the request.
   void ClaimAndSend(std::string key);
-  void OnFetched(const std::string& key, int64_t click_id, FetchOutcome outcome);
+  // `token_generation`: token_generation_ when the request was handed to the client.
+  void OnFetched(const std::string& key, int64_t click_id, uint64_t token_generation,
+                 FetchOutcome outcome);
   // Once the completion of `key`'s click is committed (`stored`): retries, or resolves the
   // flight with `status` or `verdict`.
   // Writes `completion` of `click_id` again after `delay`, until the store takes it.
@@ -462,8 +472,11 @@ class Engine : private FlightListener {
   };
 
   const EngineOptions options_;
-  // options_.monthly_budgets by caller, the last entry of a caller winning.
-  const absl::flat_hash_map<std::string, int64_t> budget_by_caller_;
+  // options_.monthly_budgets (or the last SetMonthlyBudgets), and the same by caller, the last
+  // entry of a caller winning.
+  absl::Mutex budgets_mu_;
+  std::vector<std::pair<std::string, int64_t>> monthly_budgets_ ABSL_GUARDED_BY(budgets_mu_);
+  absl::flat_hash_map<std::string, int64_t> budget_by_caller_ ABSL_GUARDED_BY(budgets_mu_);
   std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>();
   VerdictStore& store_;
   ClickPatrolClient& client_;
@@ -491,6 +504,9 @@ class Engine : private FlightListener {
   // ClickPatrol rejected the token: misses fail fast but for one probe per interval.
   bool token_rejected_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time next_token_probe_ ABSL_GUARDED_BY(mu_);
+  // How many times OnTokenReplaced ran: a rejection of a request sent before the latest token
+  // replacement does not set token_rejected_.
+  uint64_t token_generation_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace verdictd

@@ -921,6 +921,28 @@ TEST_F(EngineTest, RejectedTokenStopsQueuedAndNewMissesUntilAProbeSucceeds) {
   EXPECT_EQ(store_.clicks.size(), 3u);
 }
 
+// A token reload (SIGHUP) ends the wait for the probe: the next miss goes out at once, with the
+// new token, instead of a minute later.
+TEST_F(EngineTest, AReplacedTokenSendsTheNextMissAtOnce) {
+  options_.token_probe_interval = absl::Minutes(1);
+  Start(Request("11.1.9.1"));
+  client_.Answer(absl::FailedPreconditionError("ClickPatrol rejected the API token (HTTP 401)"));
+  auto refused = Start(Request("11.1.9.2"));
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(client_.pending.empty());
+
+  engine().OnTokenReplaced();  // no time passes
+  auto next = Start(Request("11.1.9.3"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "sent at once";
+  auto beside = Start(Request("11.1.9.4"));
+  ASSERT_EQ(client_.pending.size(), 2u) << "not a probe: every miss goes";
+  client_.Answer(Safe());
+  client_.Answer(Safe());
+  EXPECT_TRUE((*next)->ok());
+  EXPECT_TRUE((*beside)->ok());
+}
+
 // A miss still waiting for a slot when its caller goes away is dropped: no ledger row, no
 // request, its reservation returned. The caller is answered CANCELLED at once.
 TEST_F(EngineTest, CancelledQueuedMissIsDroppedWithoutARequest) {
@@ -1794,6 +1816,50 @@ TEST_F(EngineTest, TokenRejectedHoldsFromARejectionUntilASuccess) {
   client_.Answer(Safe());
   ASSERT_TRUE((*probe)->ok());
   EXPECT_FALSE(engine().TokenRejected());
+}
+
+// A request sent with the old token and rejected after the token was replaced says nothing
+// about the new token: the misses after it still go out.
+TEST_F(EngineTest, ARejectionOfTheOldTokenAfterTheReplacementDoesNotStopMisses) {
+  options_.token_probe_interval = absl::Minutes(1);
+  auto old = Start(Request("11.1.9.5"));
+  ASSERT_EQ(client_.pending.size(), 1u);
+  engine().OnTokenReplaced();  // while the request is on the wire
+  client_.Answer(absl::FailedPreconditionError("ClickPatrol rejected the API token (HTTP 401)"));
+  EXPECT_EQ((*old)->status().code(), absl::StatusCode::kFailedPrecondition);
+  auto next = Start(Request("11.1.9.6"));
+  ASSERT_EQ(client_.pending.size(), 1u) << "sent, not refused for the probe interval";
+  client_.Answer(Safe());
+  EXPECT_TRUE((*next)->ok());
+  // A rejection of the new token does count.
+  Start(Request("11.1.9.7"));
+  client_.Answer(absl::FailedPreconditionError("ClickPatrol rejected the API token (HTTP 401)"));
+  auto refused = Start(Request("11.1.9.8"));
+  EXPECT_TRUE(client_.pending.empty());
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// A keys-file reload replaces the budgets the engine reports.
+TEST_F(EngineTest, SetMonthlyBudgetsReplacesTheReportedBudgets) {
+  options_.monthly_budgets = {{"team-a", 10}, {"team-b", 5}};
+  store_.initial_clicks = {{"team-a", 4}};
+  ASSERT_EQ(engine().Budgets().size(), 2u);
+  engine().SetMonthlyBudgets({{"team-a", 6}, {"team-c", 3}, {"team-d", 0}});
+  std::vector<BudgetStatus> budgets = engine().Budgets();
+  ASSERT_EQ(budgets.size(), 2u);
+  EXPECT_EQ(budgets[0].caller, "team-a");
+  EXPECT_EQ(budgets[0].monthly_budget, 6);
+  EXPECT_EQ(budgets[0].left, 2);
+  EXPECT_EQ(budgets[1].caller, "team-c");
+  absl::StatusOr<UsageReport> report = UsageOf(engine(), UsageQueryBy("team-b", "team-b"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->callers.size(), 1u);
+  EXPECT_FALSE(report->callers[0].budget.has_value()) << "team-b has no budget any more";
+  report = UsageOf(engine(), UsageQueryBy("team-c", "team-c"));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_TRUE(report->callers[0].budget.has_value());
+  EXPECT_EQ(report->callers[0].budget->monthly_budget, 3);
 }
 
 }  // namespace

@@ -44,6 +44,12 @@ class ClickPatrolClient {
   // once, on a thread owned by the client; it must not block for long. Requests beyond the
   // client's concurrency limit wait in a FIFO queue.
   virtual void Fetch(std::string ip, std::string user_agent, Callback done) = 0;
+
+  // Sends `token` (secret) with every request started after this returns; requests already
+  // started keep the one they were sent with. UNIMPLEMENTED unless the client supports it.
+  virtual absl::Status SetToken(std::string token) {
+    return absl::UnimplementedError("this ClickPatrol client cannot change its token");
+  }
 };
 
 }  // namespace verdictd

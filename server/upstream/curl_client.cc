@@ -101,6 +101,7 @@ struct Transfer {
   bool body_too_large = false;
   char error[CURL_ERROR_SIZE] = {};
   std::chrono::steady_clock::time_point started;
+  std::string token;  // the one this request was sent with (secret), to scrub from errors
 
   ~Transfer() {
     if (easy != nullptr) {
@@ -156,7 +157,17 @@ std::string HeaderSafe(absl::string_view s) {
 
 class CurlClickPatrolClient final : public ClickPatrolClient {
  public:
-  explicit CurlClickPatrolClient(CurlClientOptions options) : options_(std::move(options)) {}
+  explicit CurlClickPatrolClient(CurlClientOptions options)
+      : options_(std::move(options)), token_(options_.token) {}
+
+  absl::Status SetToken(std::string token) override {
+    if (token.empty()) {
+      return absl::InvalidArgumentError("ClickPatrol API token is empty");
+    }
+    absl::MutexLock lock(&token_mu_);
+    token_ = std::move(token);
+    return absl::OkStatus();
+  }
 
   ~CurlClickPatrolClient() override {
     {
@@ -328,8 +339,13 @@ class CurlClickPatrolClient final : public ClickPatrolClient {
     if (base.find('?') != std::string::npos) {
       separator = (base.back() == '?' || base.back() == '&') ? "" : "&";
     }
+    {
+      // Taken once per request: a SetToken after this applies to the next request, not this one.
+      absl::MutexLock lock(&token_mu_);
+      transfer->token = token_;
+    }
     std::string url = absl::StrCat(base, separator, "token=");
-    bool escaped = Escape(easy, options_.token, &url);
+    bool escaped = Escape(easy, transfer->token, &url);
     url.append("&ip=");
     escaped = escaped && Escape(easy, request.ip, &url);
     if (!request.user_agent.empty()) {
@@ -421,11 +437,12 @@ class CurlClickPatrolClient final : public ClickPatrolClient {
     curl_off_t pretransfer_us = 0;
     curl_easy_getinfo(transfer.easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer_us);
     outcome.maybe_sent = !ProvablyNotSent(result, pretransfer_us);
-    outcome.assessment = TransportError(result, pretransfer_us, transfer.error);
+    outcome.assessment = TransportError(result, pretransfer_us, transfer.error, transfer.token);
     return outcome;
   }
 
-  absl::Status TransportError(CURLcode code, curl_off_t pretransfer_us, const char* error) {
+  absl::Status TransportError(CURLcode code, curl_off_t pretransfer_us, const char* error,
+                              const std::string& token) {
     std::string summary;
     switch (code) {
       case CURLE_COULDNT_RESOLVE_HOST:
@@ -480,8 +497,8 @@ class CurlClickPatrolClient final : public ClickPatrolClient {
     if (const size_t q = detail.find('?'); q != std::string::npos) {
       detail.resize(q);
     }
-    if (!options_.token.empty()) {
-      absl::StrReplaceAll({{options_.token, "<token>"}}, &detail);
+    if (!token.empty()) {
+      absl::StrReplaceAll({{token, "<token>"}}, &detail);
     }
     while (!detail.empty() && (detail.back() == '\n' || detail.back() == ' ')) {
       detail.pop_back();
@@ -491,6 +508,7 @@ class CurlClickPatrolClient final : public ClickPatrolClient {
 
   void Release(std::unique_ptr<Transfer> transfer) {
     transfer->request = Request();
+    transfer->token.clear();
     if (transfer->easy == nullptr) {
       return;
     }
@@ -504,7 +522,10 @@ class CurlClickPatrolClient final : public ClickPatrolClient {
     completions->clear();
   }
 
-  const CurlClientOptions options_;
+  const CurlClientOptions options_;  // options_.token is only the first token_
+
+  absl::Mutex token_mu_;
+  std::string token_ ABSL_GUARDED_BY(token_mu_);
 
   absl::Mutex mu_;
   std::deque<Request> pending_ ABSL_GUARDED_BY(mu_);

@@ -170,6 +170,50 @@ TEST(CurlClickPatrolClientTest, SendsEscapedParametersAndParsesVerdict) {
   EXPECT_EQ(got_header_ua, httplib::detail::decode_url(user_agent, false));
 }
 
+// A token reload: requests started after SetToken carry the new token; one already on the wire
+// was sent with the old one and is answered as usual.
+TEST(CurlClickPatrolClientTest, SetTokenAppliesToLaterRequests) {
+  constexpr char kNewToken[] = "cp_RotatedSecr3tToken_51";
+  absl::Mutex mu;
+  std::vector<std::string> tokens;
+  absl::Notification release;
+  FakeClickPatrol fake;
+  fake.server.Get("/", [&](const httplib::Request& req, httplib::Response& res) {
+    {
+      absl::MutexLock lock(&mu);
+      tokens.push_back(req.get_param_value("token"));
+    }
+    if (req.get_param_value("ip") == "192.0.2.1") {
+      release.WaitForNotification();
+    }
+    res.set_content(kVerdictBody, "application/json");
+  });
+  fake.Start();
+  auto client = MakeClient(Options(fake));
+  ASSERT_NE(client, nullptr);
+  EXPECT_EQ(client->SetToken("").code(), absl::StatusCode::kInvalidArgument);
+
+  FetchOutcome held;
+  absl::Notification held_done;
+  client->Fetch("192.0.2.1", "", [&](FetchOutcome outcome) {
+    held = std::move(outcome);
+    held_done.Notify();
+  });
+  {
+    absl::MutexLock lock(&mu);  // until the first request is at the server
+    mu.Await(absl::Condition(
+        +[](std::vector<std::string>* seen) { return !seen->empty(); }, &tokens));
+  }
+  ASSERT_TRUE(client->SetToken(kNewToken).ok());
+  const FetchOutcome next = FetchAndWait(*client, "192.0.2.2", "");
+  release.Notify();
+  held_done.WaitForNotification();
+  EXPECT_TRUE(held.assessment.ok()) << held.assessment.status();
+  EXPECT_TRUE(next.assessment.ok()) << next.assessment.status();
+  absl::MutexLock lock(&mu);
+  EXPECT_THAT(tokens, ::testing::ElementsAre(kToken, kNewToken));
+}
+
 TEST(CurlClickPatrolClientTest, BaseUrlWithQueryGetsAmpersand) {
   absl::Mutex mu;
   std::string got_extra, got_token;

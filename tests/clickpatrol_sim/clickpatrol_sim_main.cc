@@ -20,7 +20,9 @@
 // GET  /_sim/stats          counters since start or the last reset (JSON)
 // GET  /_sim/config         {"mode":"ok","latency_ms":0,"allowance":0}
 // POST /_sim/config         any subset of that object; 200 with the new config, 400 on an
-//                           unknown key or bad value (then nothing changes)
+//                           unknown key or bad value (then nothing changes); it may also set
+//                           "token" (a regenerated token: the old one gets 401 at once; never
+//                           echoed back)
 // POST /_sim/rules          body in rules-file syntax; replaces all rules
 // POST /_sim/reset          zeroes the counters (not the config or rules)
 //

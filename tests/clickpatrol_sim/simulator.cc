@@ -327,6 +327,7 @@ struct ClickPatrolSimulator::RequestGuard {
 
 ClickPatrolSimulator::ClickPatrolSimulator(SimulatorOptions options)
     : options_(std::move(options)), rules_(std::make_shared<const Rules>(options_.rules)) {
+  config_.token = options_.token;
   config_.mode = options_.mode;
   config_.latency = options_.latency;
   config_.allowance = options_.allowance;
@@ -577,7 +578,7 @@ void ClickPatrolSimulator::HandleVerdictRequest(const httplib::Request& req,
   }
 
   // Request validation first, so 401/400 behave the same in every mode.
-  if (!has_token || token != options_.token) {
+  if (!has_token || token != config.token) {
     errors_.fetch_add(1);
     SetJson(res, 401, kInvalidToken);
     return;
@@ -766,6 +767,14 @@ void ClickPatrolSimulator::HandleSetConfig(const httplib::Request& req, httplib:
         return;
       }
       next.latency = absl::Microseconds(std::llround(value.get<double>() * 1000));
+    } else if (key == "token") {
+      // A regenerated token: the old one is refused at once (requests already past the check
+      // are not affected). Not echoed back.
+      if (!value.is_string() || value.get<std::string>().empty()) {
+        SetJsonError(res, 400, "token must be a non-empty string");
+        return;
+      }
+      next.token = value.get<std::string>();
     } else if (key == "allowance") {
       if (!value.is_number_integer() || value.get<int64_t>() < 0) {
         SetJsonError(res, 400, "allowance must be an integer >= 0 (0 = unlimited)");
@@ -773,8 +782,9 @@ void ClickPatrolSimulator::HandleSetConfig(const httplib::Request& req, httplib:
       }
       next.allowance = value.get<int64_t>();
     } else {
-      SetJsonError(res, 400,
-                   absl::StrCat("unknown key '", key, "' (want mode, latency_ms, allowance)"));
+      SetJsonError(
+          res, 400,
+          absl::StrCat("unknown key '", key, "' (want mode, latency_ms, allowance, token)"));
       return;
     }
   }

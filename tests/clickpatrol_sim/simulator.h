@@ -94,6 +94,7 @@ struct SimulatorOptions {
 
 // The runtime-adjustable part of the options.
 struct SimulatorConfig {
+  std::string token;  // the token `/` requests must carry (SimulatorOptions::token at start)
   FailureMode mode = FailureMode::kOk;
   absl::Duration latency = absl::ZeroDuration();
   int64_t allowance = 0;
