@@ -974,26 +974,16 @@ class ConfigReloader {
                                       TlsFiles::kRefreshSeconds + 1);
       }
     }
-    std::string keys_summary = "open mode, unchanged (no --api_keys_file)";
-    if (entries.has_value()) {
-      std::vector<std::pair<std::string, int64_t>> budgets = BudgetsOf(*entries);
-      absl::StatusOr<KeySetChange> change = auth_.Replace(*std::move(entries));
-      if (!change.ok()) {  // not reached: keyed at start whenever --api_keys_file is set
-        Fail(change.status().message());
-        return;
-      }
-      engine_.SetMonthlyBudgets(std::move(budgets));
-      keys_summary =
-          absl::StrFormat("%d callers (%d added, %d removed, %d changed)", change->callers,
-                          change->added, change->removed, change->changed);
-    }
+    // The token after the TLS copy and before the keys: the swaps that can refuse (writing the
+    // TLS copies, SetToken) come before those that cannot, so a refusal of the first leaves the
+    // whole old configuration in force, as the log line says.
     std::string token_summary;
     if (token.has_value()) {
       const Sha256 hash = HashApiKey(*token);
       const bool replaced = hash != token_hash_;
       if (replaced) {
         if (absl::Status st = client_.SetToken(*std::move(token)); !st.ok()) {
-          Fail(st.message());  // keys are already swapped: said so in the log line
+          Fail(st.message());  // ReadToken refuses what SetToken would
           return;
         }
         token_hash_ = hash;
@@ -1009,6 +999,19 @@ class ConfigReloader {
             "SIGHUP cannot change the ClickPatrol token: it comes from the CLICKPATROL_TOKEN "
             "environment variable (use --token_file to rotate it without a restart)");
       }
+    }
+    std::string keys_summary = "open mode, unchanged (no --api_keys_file)";
+    if (entries.has_value()) {
+      std::vector<std::pair<std::string, int64_t>> budgets = BudgetsOf(*entries);
+      absl::StatusOr<KeySetChange> change = auth_.Replace(*std::move(entries));
+      if (!change.ok()) {  // not reached: keyed at start whenever --api_keys_file is set
+        Fail(change.status().message());
+        return;
+      }
+      engine_.SetMonthlyBudgets(std::move(budgets));
+      keys_summary =
+          absl::StrFormat("%d callers (%d added, %d removed, %d changed)", change->callers,
+                          change->added, change->removed, change->changed);
     }
     last_success_.Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
     spdlog::info("configuration reloaded: keys: {}; token: {}; tls: {}", keys_summary,
