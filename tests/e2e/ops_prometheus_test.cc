@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -71,16 +72,30 @@ class Prometheus {
                                    "      - targets: [\"127.0.0.1:",
                                    metrics_port, "\"]\n"));
     log_path_ = dir.File("prometheus.log");
-    absl::StatusOr<std::unique_ptr<ChildProcess>> started = ChildProcess::Start(
-        {PROMETHEUS_BIN, absl::StrCat("--config.file=", config),
-         absl::StrCat("--storage.tsdb.path=", dir.File("tsdb")),
-         absl::StrCat("--web.listen-address=127.0.0.1:", port_), "--log.level=warn"},
-        {}, log_path_);
-    if (started.ok()) {
+    // The port can be taken between FreeLoopbackPort and Prometheus's bind (tests running in
+    // parallel bind port 0 too): then Prometheus exits at once, and it is started again on
+    // another port. It is ours once it answers /-/ready as Prometheus.
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      if (attempt > 0) {
+        port_ = FreeLoopbackPort();
+      }
+      absl::StatusOr<std::unique_ptr<ChildProcess>> started = ChildProcess::Start(
+          {PROMETHEUS_BIN, absl::StrCat("--config.file=", config),
+           absl::StrCat("--storage.tsdb.path=", dir.File(absl::StrCat("tsdb", attempt))),
+           absl::StrCat("--web.listen-address=127.0.0.1:", port_), "--log.level=warn"},
+          {}, log_path_);
+      if (!started.ok()) {
+        ADD_FAILURE() << "cannot start " << PROMETHEUS_BIN << ": " << started.status();
+        return;
+      }
       process_ = *std::move(started);
-    } else {
-      ADD_FAILURE() << "cannot start " << PROMETHEUS_BIN << ": " << started.status();
+      if (AwaitReady()) {
+        return;
+      }
+      process_->Kill();
+      process_.reset();
     }
+    ADD_FAILURE() << "Prometheus did not start on a free port in 5 attempts; its log:\n" << Log();
   }
 
   int port() const { return port_; }
@@ -135,6 +150,25 @@ class Prometheus {
   }
 
  private:
+  // Until Prometheus answers its readiness endpoint on port_ (true), or exits (false).
+  bool AwaitReady() {
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < deadline) {
+      if (!process_->Running()) {
+        return false;
+      }
+      httplib::Client client("127.0.0.1", port_);
+      client.set_connection_timeout(1);
+      client.set_read_timeout(2);
+      httplib::Result ready = client.Get("/-/ready");
+      if (ready && ready->status == 200 && ready->body.find("Prometheus") != std::string::npos) {
+        return true;
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return process_->Running();
+  }
+
   int port_;
   std::string log_path_;
   std::unique_ptr<ChildProcess> process_;
