@@ -9,15 +9,18 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "fuzz_check.h"
 #include "server/auth/api_keys.h"
 
@@ -54,7 +57,8 @@ bool SameEntries(const std::vector<verdictd::ApiKeyEntry>& a,
   }
   for (size_t i = 0; i < a.size(); ++i) {
     if (a[i].caller != b[i].caller || a[i].key_sha256 != b[i].key_sha256 ||
-        a[i].monthly_budget != b[i].monthly_budget || a[i].auditor != b[i].auditor) {
+        a[i].monthly_budget != b[i].monthly_budget || a[i].auditor != b[i].auditor ||
+        a[i].expires != b[i].expires) {
       return false;
     }
   }
@@ -75,17 +79,26 @@ void CheckParse(absl::string_view contents) {
 
   const std::vector<verdictd::ApiKeyEntry>& entries = *parsed;
   FUZZ_CHECK(!entries.empty());
-  std::set<std::string> callers;
+  // A caller may have several keys, all with the same budget and role.
+  std::map<std::string, std::pair<int64_t, bool>> callers;
   std::set<verdictd::Sha256> hashes;
   std::string rewritten;
   for (const verdictd::ApiKeyEntry& entry : entries) {
     FUZZ_CHECK(IsCallerName(entry.caller));
     FUZZ_CHECK(entry.monthly_budget >= 0 && entry.monthly_budget <= 1'000'000'000'000);
-    FUZZ_CHECK(callers.insert(entry.caller).second);
+    const auto [it, first] =
+        callers.emplace(entry.caller, std::make_pair(entry.monthly_budget, entry.auditor));
+    FUZZ_CHECK(first || it->second == std::make_pair(entry.monthly_budget, entry.auditor));
     FUZZ_CHECK(hashes.insert(entry.key_sha256).second);
-    absl::StrAppend(&rewritten, entry.caller, " ", Hex(entry.key_sha256), " ",
-                    entry.monthly_budget == 0 ? "-" : absl::StrCat(entry.monthly_budget),
-                    entry.auditor ? " auditor" : "", "\n");
+    absl::StrAppend(
+        &rewritten, entry.caller, " ", Hex(entry.key_sha256), " ",
+        entry.monthly_budget == 0 ? "-" : absl::StrCat(entry.monthly_budget),
+        entry.auditor ? " auditor" : "",
+        entry.expires == absl::InfiniteFuture()
+            ? ""
+            : absl::StrCat(" expires=", absl::FormatTime(absl::RFC3339_full, entry.expires,
+                                                         absl::UTCTimeZone())),
+        "\n");
   }
   const absl::StatusOr<std::vector<verdictd::ApiKeyEntry>> reparsed =
       verdictd::ParseApiKeys(rewritten);

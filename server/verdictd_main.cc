@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -889,9 +890,13 @@ class StoreHealthWatch {
 
 // The monthly budgets the engine reports (GetUsage, the budget gauge), from the keys file.
 std::vector<std::pair<std::string, int64_t>> BudgetsOf(const std::vector<ApiKeyEntry>& entries) {
+  // A caller with several keys has one budget (the parser checked that its keys agree).
   std::vector<std::pair<std::string, int64_t>> budgets;
+  std::set<std::string> seen;
   for (const ApiKeyEntry& entry : entries) {
-    budgets.emplace_back(entry.caller, entry.monthly_budget);
+    if (seen.insert(entry.caller).second) {
+      budgets.emplace_back(entry.caller, entry.monthly_budget);
+    }
   }
   return budgets;
 }
@@ -1009,9 +1014,9 @@ class ConfigReloader {
         return;
       }
       engine_.SetMonthlyBudgets(std::move(budgets));
-      keys_summary =
-          absl::StrFormat("%d callers (%d added, %d removed, %d changed)", change->callers,
-                          change->added, change->removed, change->changed);
+      keys_summary = absl::StrFormat("%d callers with %d keys (%d added, %d removed, %d changed)",
+                                     change->callers, change->keys, change->added, change->removed,
+                                     change->changed);
     }
     last_success_.Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
     spdlog::info("configuration reloaded: keys: {}; token: {}; tls: {}", keys_summary,

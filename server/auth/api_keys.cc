@@ -28,6 +28,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/civil_time.h"
+#include "absl/time/time.h"
 
 namespace verdictd {
 namespace {
@@ -38,7 +40,7 @@ constexpr size_t kMaxApiKeyLength = 512;
 constexpr size_t kMaxXCallerLength = 128;
 constexpr off_t kMaxKeysFileSize = 16 << 20;  // far more than any sane keys file
 constexpr char kAnonymous[] = "anonymous";
-constexpr char kFormat[] = "expected CALLER SHA256_HEX [BUDGET|-] [auditor]";
+constexpr char kFormat[] = "expected CALLER SHA256_HEX [BUDGET|-] [auditor] [expires=WHEN]";
 constexpr char kMalformedAuthorization[] =
     "missing or malformed authorization: expected 'Bearer <api key>'";
 
@@ -103,6 +105,21 @@ std::optional<int64_t> ParseBudget(absl::string_view field) {
     return std::nullopt;
   }
   return value;
+}
+
+// expires=WHEN: a UTC date (its first second) or an RFC 3339 time with a zone.
+std::optional<absl::Time> ParseExpiry(absl::string_view when) {
+  absl::CivilDay day;
+  if (when.size() == 10 && absl::ParseCivilTime(when, &day)) {
+    return absl::FromCivil(day, absl::UTCTimeZone());
+  }
+  absl::Time t;
+  std::string error;
+  if (when.size() <= 40 && absl::ParseTime(absl::RFC3339_full, when, &t, &error) &&
+      t != absl::InfiniteFuture() && t != absl::InfinitePast()) {
+    return t;
+  }
+  return std::nullopt;
 }
 
 bool IsFieldSeparator(char c) { return c == ' ' || c == '\t'; }
@@ -188,9 +205,9 @@ std::string HashApiKeyHex(absl::string_view key) {
 
 absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents) {
   std::vector<ApiKeyEntry> entries;
-  std::map<std::string, int> caller_line;  // caller -> line it is defined on
-  std::map<Sha256, size_t> hash_index;     // digest -> index into entries
-  std::vector<int> entry_line;             // parallel to entries
+  std::map<std::string, size_t> caller_line;  // caller -> index of its first entry
+  std::map<Sha256, size_t> hash_index;        // digest -> index into entries
+  std::vector<int> entry_line;                // parallel to entries
 
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(contents, '\n')) {
@@ -214,7 +231,20 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
     if (fields.size() < 2) {
       return LineError(line_number, absl::StrCat("missing key hash (", kFormat, ")"));
     }
-    if (fields.size() > 4) {
+    // Positional fields first (budget, role), then options (name=value).
+    std::vector<absl::string_view> positional(fields.begin(), fields.begin() + 2);
+    std::vector<absl::string_view> options;
+    for (size_t i = 2; i < fields.size(); ++i) {
+      if (absl::StrContains(fields[i], '=')) {
+        options.push_back(fields[i]);
+      } else if (!options.empty()) {
+        return LineError(line_number,
+                         absl::StrCat("options (name=value) come last (", kFormat, ")"));
+      } else {
+        positional.push_back(fields[i]);
+      }
+    }
+    if (positional.size() > 4) {
       return LineError(line_number, absl::StrCat("too many fields (", kFormat, ")"));
     }
 
@@ -226,36 +256,63 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
                        "key hash must be exactly 64 hex characters (the SHA-256 of the key)");
     }
     entry.key_sha256 = *digest;
-    if (fields.size() >= 3 && fields[2] != "-") {
-      std::optional<int64_t> budget = ParseBudget(fields[2]);
+    if (positional.size() >= 3 && positional[2] != "-") {
+      std::optional<int64_t> budget = ParseBudget(positional[2]);
       if (!budget.has_value()) {
         return LineError(
             line_number,
             absl::StrCat("budget must be a positive integer no larger than 10^12, or \"-\" for "
                          "none",
-                         fields[2] == "auditor" ? " (write \"- auditor\" for an auditor without "
-                                                  "a budget)"
-                                                : ""));
+                         positional[2] == "auditor" ? " (write \"- auditor\" for an auditor "
+                                                      "without a budget)"
+                                                    : ""));
       }
       entry.monthly_budget = *budget;
     }
-    if (fields.size() == 4) {
-      if (fields[3] != "auditor") {
+    if (positional.size() == 4) {
+      if (positional[3] != "auditor") {
         return LineError(line_number, "the fourth field, the role, may only be \"auditor\"");
       }
       entry.auditor = true;
     }
+    bool expires_seen = false;
+    for (absl::string_view option : options) {
+      const size_t eq = option.find('=');
+      const absl::string_view name = option.substr(0, eq);
+      const absl::string_view value = option.substr(eq + 1);
+      if (name != "expires") {
+        return LineError(line_number, "unknown option (the only one is expires=WHEN)");
+      }
+      if (expires_seen) {
+        return LineError(line_number, "expires= given twice");
+      }
+      expires_seen = true;
+      std::optional<absl::Time> expires = ParseExpiry(value);
+      if (!expires.has_value()) {
+        return LineError(line_number,
+                         "expires= must be a UTC date (2027-01-31) or an RFC 3339 time "
+                         "(2027-01-31T12:00:00Z)");
+      }
+      entry.expires = *expires;
+    }
 
     if (auto it = caller_line.find(entry.caller); it != caller_line.end()) {
-      return LineError(line_number, absl::StrFormat("caller \"%s\" already defined on line %d",
-                                                    entry.caller, it->second));
+      // Another key of a known caller: the caller's own settings must not differ between its
+      // keys, or which one applies would depend on the key a client happens to hold.
+      const ApiKeyEntry& first = entries[it->second];
+      if (first.monthly_budget != entry.monthly_budget || first.auditor != entry.auditor) {
+        return LineError(line_number,
+                         absl::StrFormat("caller \"%s\" has another budget or role on line %d; "
+                                         "every key of a caller carries the same ones",
+                                         entry.caller, entry_line[it->second]));
+      }
     }
     if (auto it = hash_index.find(entry.key_sha256); it != hash_index.end()) {
       return LineError(line_number,
                        absl::StrFormat("key hash already used by caller \"%s\" on line %d",
                                        entries[it->second].caller, entry_line[it->second]));
     }
-    caller_line.emplace(entry.caller, line_number);
+    caller_line.emplace(entry.caller, entries.size());
     hash_index.emplace(entry.key_sha256, entries.size());
     entry_line.push_back(line_number);
     entries.push_back(std::move(entry));
@@ -335,10 +392,10 @@ absl::Status CheckCallerName(absl::string_view name, absl::string_view what) {
   return absl::OkStatus();
 }
 
-Authenticator Authenticator::Open() { return Authenticator(false, {}); }
+Authenticator Authenticator::Open() { return Authenticator(false, {}, Clock::Real()); }
 
-Authenticator Authenticator::Keyed(std::vector<ApiKeyEntry> entries) {
-  return Authenticator(true, std::move(entries));
+Authenticator Authenticator::Keyed(std::vector<ApiKeyEntry> entries, const Clock* clock) {
+  return Authenticator(true, std::move(entries), clock);
 }
 
 std::shared_ptr<const Authenticator::Entries> Authenticator::Snapshot() const {
@@ -350,27 +407,41 @@ absl::StatusOr<KeySetChange> Authenticator::Replace(std::vector<ApiKeyEntry> ent
     return absl::FailedPreconditionError(
         "open mode (no --api_keys_file at start): keys cannot be loaded");
   }
-  std::shared_ptr<const Entries> old = Snapshot();
-  std::map<std::string, const ApiKeyEntry*> before;
-  for (const ApiKeyEntry& entry : *old) {
-    before[entry.caller] = &entry;
-  }
+  // What a caller is, for the comparison: its settings and its keys with their expiries.
+  struct Caller {
+    int64_t monthly_budget = 0;
+    bool auditor = false;
+    std::map<Sha256, absl::Time> keys;
+    bool operator==(const Caller& o) const {
+      return monthly_budget == o.monthly_budget && auditor == o.auditor && keys == o.keys;
+    }
+  };
+  auto by_caller = [](const Entries& list) {
+    std::map<std::string, Caller> out;
+    for (const ApiKeyEntry& entry : list) {
+      Caller& caller = out[entry.caller];
+      caller.monthly_budget = entry.monthly_budget;
+      caller.auditor = entry.auditor;
+      caller.keys[entry.key_sha256] = entry.expires;
+    }
+    return out;
+  };
+  const std::map<std::string, Caller> before = by_caller(*Snapshot());
+  const std::map<std::string, Caller> after = by_caller(entries);
   KeySetChange change;
-  change.callers = entries.size();
-  for (const ApiKeyEntry& entry : entries) {
-    auto it = before.find(entry.caller);
+  change.callers = after.size();
+  change.keys = entries.size();
+  for (const auto& [name, caller] : after) {
+    auto it = before.find(name);
     if (it == before.end()) {
       ++change.added;
-      continue;
-    }
-    const ApiKeyEntry& was = *it->second;
-    if (was.key_sha256 != entry.key_sha256 || was.monthly_budget != entry.monthly_budget ||
-        was.auditor != entry.auditor) {
+    } else if (!(it->second == caller)) {
       ++change.changed;
     }
-    before.erase(it);
   }
-  change.removed = before.size();
+  for (const auto& [name, caller] : before) {
+    change.removed += after.count(name) == 0 ? 1 : 0;
+  }
   std::atomic_store(&entries_, std::shared_ptr<const Entries>(
                                    std::make_shared<const Entries>(std::move(entries))));
   return change;
@@ -416,6 +487,12 @@ absl::StatusOr<Identity> Authenticator::Identify(std::optional<absl::string_view
     return absl::UnauthenticatedError("unknown API key");
   }
   const ApiKeyEntry& entry = current[match];
+  if (clock_->Now() >= entry.expires) {
+    // Says when, so whoever holds the key knows it was retired on purpose; names no caller.
+    return absl::UnauthenticatedError(
+        absl::StrCat("API key expired at ",
+                     absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", entry.expires, absl::UTCTimeZone())));
+  }
   Identity identity;
   identity.caller = entry.caller;
   identity.auditor = entry.auditor;

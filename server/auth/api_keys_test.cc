@@ -17,6 +17,9 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/civil_time.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -143,13 +146,45 @@ TEST(ParseApiKeysTest, OkCases) {
   }
 }
 
+TEST(ParseApiKeysTest, SeveralKeysForOneCallerAndExpiries) {
+  absl::StatusOr<std::vector<ApiKeyEntry>> entries = ParseApiKeys(
+      "# ads rotates: the old key goes at the end of January\n"
+      "ads " +
+      kHashA +
+      " 10 expires=2027-02-01\n"
+      "ads " +
+      kHashB +
+      " 10\n"
+      "ops " +
+      kHashC +
+      " - auditor expires=2027-01-31T13:30:00+01:00  # a time with its zone\n"
+      "web " +
+      std::string(64, 'd') + " expires=2027-03-01T00:00:00.5Z\n");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->size(), 4u);
+  const absl::TimeZone utc = absl::UTCTimeZone();
+  EXPECT_EQ((*entries)[0].caller, "ads");
+  EXPECT_EQ((*entries)[0].key_sha256, Filled(0xaa));
+  EXPECT_EQ((*entries)[0].expires, absl::FromCivil(absl::CivilDay(2027, 2, 1), utc));
+  EXPECT_EQ((*entries)[1].caller, "ads");
+  EXPECT_EQ((*entries)[1].key_sha256, Filled(0xbb));
+  EXPECT_EQ((*entries)[1].monthly_budget, 10);
+  EXPECT_EQ((*entries)[1].expires, absl::InfiniteFuture());
+  EXPECT_TRUE((*entries)[2].auditor);
+  EXPECT_EQ((*entries)[2].expires, absl::FromCivil(absl::CivilSecond(2027, 1, 31, 12, 30, 0), utc));
+  EXPECT_EQ((*entries)[3].expires,
+            absl::FromCivil(absl::CivilDay(2027, 3, 1), utc) + absl::Milliseconds(500));
+}
+
 TEST(ParseApiKeysTest, ErrorCases) {
   const std::string kCallerRule = "caller name must be 1-64 characters of [A-Za-z0-9._-]";
   const std::string kHashRule =
       "key hash must be exactly 64 hex characters (the SHA-256 of the key)";
   const std::string kBudgetRule =
       "budget must be a positive integer no larger than 10^12, or \"-\" for none";
-  const std::string kFormat = "(expected CALLER SHA256_HEX [BUDGET|-] [auditor])";
+  const std::string kFormat = "(expected CALLER SHA256_HEX [BUDGET|-] [auditor] [expires=WHEN])";
+  const std::string kExpiryRule =
+      "expires= must be a UTC date (2027-01-31) or an RFC 3339 time (2027-01-31T12:00:00Z)";
   struct Case {
     std::string name;
     std::string contents;
@@ -182,8 +217,30 @@ TEST(ParseApiKeysTest, ErrorCases) {
       {"role case matters", "ads " + kHashA + " - Auditor",
        "line 1: the fourth field, the role, may only be \"auditor\""},
       {"extra field", "ads " + kHashA + " 5 auditor extra", "line 1: too many fields " + kFormat},
-      {"duplicate caller", "# keys\nads " + kHashA + "\nops " + kHashB + "\n\nads " + kHashC + "\n",
-       "line 5: caller \"ads\" already defined on line 2"},
+      {"a caller's keys with different budgets",
+       "# keys\nads " + kHashA + " 10\nops " + kHashB + "\n\nads " + kHashC + " 20\n",
+       "line 5: caller \"ads\" has another budget or role on line 2; every key of a caller carries "
+       "the same ones"},
+      {"a caller's keys with and without a budget", "ads " + kHashA + " 10\nads " + kHashC,
+       "line 2: caller \"ads\" has another budget or role on line 1; every key of a caller carries "
+       "the same ones"},
+      {"a caller's keys with different roles", "ads " + kHashA + " - auditor\nads " + kHashC + " -",
+       "line 2: caller \"ads\" has another budget or role on line 1; every key of a caller carries "
+       "the same ones"},
+      {"expiry not a time", "ads " + kHashA + " expires=soon", "line 1: " + kExpiryRule},
+      {"expiry without a zone", "ads " + kHashA + " expires=2027-01-31T12:00:00",
+       "line 1: " + kExpiryRule},
+      {"expiry not a calendar day", "ads " + kHashA + " expires=2027-02-30",
+       "line 1: " + kExpiryRule},
+      {"expiry empty", "ads " + kHashA + " 5 expires=", "line 1: " + kExpiryRule},
+      {"expiry twice", "ads " + kHashA + " expires=2027-01-01 expires=2028-01-01",
+       "line 1: expires= given twice"},
+      {"unknown option", "ads " + kHashA + " team=payments",
+       "line 1: unknown option (the only one is expires=WHEN)"},
+      {"positional field after an option", "ads " + kHashA + " expires=2027-01-01 5",
+       "line 1: options (name=value) come last " + kFormat},
+      {"too many fields before the options", "ads " + kHashA + " 5 auditor x expires=2027-01-01",
+       "line 1: too many fields " + kFormat},
       {"duplicate hash", "ads " + kHashA + "\r\nops " + kHashB + "\r\nfin " + kHashA,
        "line 3: key hash already used by caller \"ads\" on line 1"},
       {"duplicate hash differing in case",
@@ -273,12 +330,14 @@ TEST_F(LoadApiKeysFileTest, DirectoryRefused) {
 
 TEST_F(LoadApiKeysFileTest, ParseErrorsArePrefixedWithPath) {
   const std::string path =
-      WriteKeys("keys_bad.txt", "ads " + kHashA + "\nads " + kHashB + "\n", 0644);
+      WriteKeys("keys_bad.txt", "ads " + kHashA + "\nads " + kHashB + " 5\n", 0644);
   absl::StatusOr<std::vector<ApiKeyEntry>> entries = LoadApiKeysFile(path);
   ASSERT_FALSE(entries.ok());
   EXPECT_EQ(entries.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(entries.status().message(),
-            path + ": line 2: caller \"ads\" already defined on line 1");
+            path +
+                ": line 2: caller \"ads\" has another budget or role on line 1; every key of a "
+                "caller carries the same ones");
 
   const std::string empty = WriteKeys("keys_empty.txt", "# nobody\n", 0600);
   entries = LoadApiKeysFile(empty);
@@ -381,6 +440,37 @@ TEST_F(KeyedIdentifyTest, XCallerIgnored) {
   absl::StatusOr<Identity> identity = auth_.Identify(std::nullopt, "ops");
   ASSERT_FALSE(identity.ok());
   EXPECT_EQ(identity.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST(KeyRotationTest, EitherKeyOfACallerIdentifiesIt) {
+  Authenticator auth = Authenticator::Keyed(*ParseApiKeys(
+      "ads " + HashApiKeyHex("old-key") + " 10\nads " + HashApiKeyHex("new-key") + " 10\n"));
+  for (const char* key : {"old-key", "new-key"}) {
+    SCOPED_TRACE(key);
+    absl::StatusOr<Identity> identity = auth.Identify(absl::StrCat("Bearer ", key), std::nullopt);
+    ASSERT_TRUE(identity.ok()) << identity.status();
+    EXPECT_EQ(identity->caller, "ads");
+    EXPECT_EQ(identity->monthly_budget, 10);
+  }
+}
+
+TEST(KeyRotationTest, AnExpiredKeyIsRefusedFromItsExpiryOn) {
+  FakeClock clock(absl::FromCivil(absl::CivilDay(2027, 1, 31), absl::UTCTimeZone()));
+  Authenticator auth = Authenticator::Keyed(
+      *ParseApiKeys("ads " + HashApiKeyHex("old-key") + " expires=2027-02-01\nads " +
+                    HashApiKeyHex("new-key") + "\n"),
+      &clock);
+  ASSERT_TRUE(auth.Identify("Bearer old-key", std::nullopt).ok());
+  clock.Advance(absl::Hours(24) - absl::Seconds(1));  // 2027-01-31T23:59:59Z
+  ASSERT_TRUE(auth.Identify("Bearer old-key", std::nullopt).ok());
+  clock.Advance(absl::Seconds(1));
+  absl::StatusOr<Identity> expired = auth.Identify("Bearer old-key", std::nullopt);
+  EXPECT_EQ(expired.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(expired.status().message(), "API key expired at 2027-02-01T00:00:00Z");
+  // The caller's other key still works.
+  absl::StatusOr<Identity> fresh = auth.Identify("Bearer new-key", std::nullopt);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(fresh->caller, "ads");
 }
 
 TEST(KeyedIdentifyNoEntriesTest, EverythingUnknown) {
@@ -512,6 +602,39 @@ TEST(ReplaceTest, NewKeysApplyToTheNextCallAndTheChangeIsCountedByCaller) {
   EXPECT_EQ(change->changed, 0u);
   EXPECT_EQ(auth.Identify("Bearer ads-key", std::nullopt).status().code(),
             absl::StatusCode::kUnauthenticated);
+}
+
+TEST(ReplaceTest, RotatingAKeyCountsAsAChangeOfItsCaller) {
+  const std::string old_key = "ads " + HashApiKeyHex("old-key") + " 10\n";
+  const std::string new_key = "ads " + HashApiKeyHex("new-key") + " 10\n";
+  const std::string web = "web " + HashApiKeyHex("web-key") + "\n";
+  Authenticator auth = Authenticator::Keyed(Keys(old_key + web));
+  // Add the new key: both work.
+  absl::StatusOr<KeySetChange> change = auth.Replace(Keys(old_key + new_key + web));
+  ASSERT_TRUE(change.ok()) << change.status();
+  EXPECT_EQ(change->callers, 2u);
+  EXPECT_EQ(change->keys, 3u);
+  EXPECT_EQ(change->added, 0u);
+  EXPECT_EQ(change->removed, 0u);
+  EXPECT_EQ(change->changed, 1u);
+  EXPECT_EQ(auth.Identify("Bearer old-key", std::nullopt)->caller, "ads");
+  EXPECT_EQ(auth.Identify("Bearer new-key", std::nullopt)->caller, "ads");
+  // Remove the old one: refused at once, the new one still works.
+  change = auth.Replace(Keys(new_key + web));
+  ASSERT_TRUE(change.ok()) << change.status();
+  EXPECT_EQ(change->keys, 2u);
+  EXPECT_EQ(change->changed, 1u);
+  EXPECT_EQ(auth.Identify("Bearer old-key", std::nullopt).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth.Identify("Bearer new-key", std::nullopt)->caller, "ads");
+  // Only an expiry changes: still a change.
+  change = auth.Replace(Keys("ads " + HashApiKeyHex("new-key") + " 10 expires=2030-01-01\n" + web));
+  ASSERT_TRUE(change.ok()) << change.status();
+  EXPECT_EQ(change->changed, 1u);
+  // Nothing changes.
+  change = auth.Replace(Keys("ads " + HashApiKeyHex("new-key") + " 10 expires=2030-01-01\n" + web));
+  ASSERT_TRUE(change.ok()) << change.status();
+  EXPECT_EQ(change->changed, 0u);
 }
 
 TEST(ReplaceTest, AnEntriesSnapshotDoesNotChangeUnderItsHolder) {

@@ -101,7 +101,7 @@ TEST_F(ReloadTest, AnAddedKeyWorksAndARemovedKeyIsRefusedRightAfterTheReload) {
   WriteKeys(KeysFileLine("bob", audit::kBobKey, "7") + KeysFileLine("carol", kCarolKey) +
             KeysFileLine("audit", audit::kAuditKey, "- auditor"));
   const std::string line = ReloadAndWait();
-  EXPECT_THAT(line, HasSubstr("keys: 3 callers (1 added, 1 removed, 1 changed)"));
+  EXPECT_THAT(line, HasSubstr("keys: 3 callers with 3 keys (1 added, 1 removed, 1 changed)"));
   EXPECT_THAT(line, HasSubstr("token: unchanged"));
 
   grpc::Status carol = KeyedCheck(verdictd_->stub(), kCarolKey, "8.8.4.3", &response);
@@ -114,6 +114,49 @@ TEST_F(ReloadTest, AnAddedKeyWorksAndARemovedKeyIsRefusedRightAfterTheReload) {
   const std::string log = verdictd_->Log();
   EXPECT_THAT(log, Not(HasSubstr(HashApiKeyHex(kCarolKey))));
   EXPECT_THAT(log, Not(HasSubstr(kToken)));
+}
+
+// Rotation as the README describes it: add the new key, reload, move the clients, remove the
+// old key, reload. Both keys are the same caller throughout; an expired key is refused without
+// spending a click.
+TEST_F(ReloadTest, AKeyRotatesWithoutAnOutageAndAnExpiredKeyIsRefused) {
+  constexpr char kAliceNewKey[] = "vk_alice_rotated_7c1e93b0d2";
+  constexpr char kDaveKey[] = "vk_dave_expired_41af8e2c09";
+  pb::CheckIpResponse response;
+  WriteKeys(KeysFileLine("alice", audit::kAliceKey) + KeysFileLine("alice", kAliceNewKey) +
+            KeysFileLine("bob", audit::kBobKey, "5") +
+            KeysFileLine("dave", kDaveKey, "- expires=2020-01-01") +
+            KeysFileLine("audit", audit::kAuditKey, "- auditor"));
+  EXPECT_THAT(ReloadAndWait(),
+              HasSubstr("keys: 4 callers with 5 keys (1 added, 0 removed, 1 changed)"));
+  grpc::Status old_key = KeyedCheck(verdictd_->stub(), audit::kAliceKey, "8.8.5.1", &response);
+  EXPECT_TRUE(old_key.ok()) << old_key.error_message();
+  grpc::Status new_key = KeyedCheck(verdictd_->stub(), kAliceNewKey, "8.8.5.2", &response);
+  EXPECT_TRUE(new_key.ok()) << new_key.error_message();
+
+  const int64_t requests = sim_->Requests();
+  grpc::Status expired = KeyedCheck(verdictd_->stub(), kDaveKey, "8.8.5.3", &response);
+  EXPECT_EQ(expired.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(expired.error_message(), "API key expired at 2020-01-01T00:00:00Z");
+  EXPECT_EQ(sim_->Requests(), requests);  // no click
+
+  // Both clicks are alice's: one caller, one account.
+  pb::GetUsageResponse usage;
+  grpc::Status read = audit::KeyedUsage(verdictd_->stub(), audit::kAuditKey, "alice", &usage);
+  ASSERT_TRUE(read.ok()) << read.error_message();
+  const pb::CallerUsage* alice = audit::FindCaller(usage, "alice");
+  ASSERT_NE(alice, nullptr);
+  EXPECT_EQ(alice->clicks(), 2);
+
+  WriteKeys(KeysFileLine("alice", kAliceNewKey) + KeysFileLine("bob", audit::kBobKey, "5") +
+            KeysFileLine("audit", audit::kAuditKey, "- auditor"));
+  EXPECT_THAT(ReloadAndWait(),
+              HasSubstr("keys: 3 callers with 3 keys (0 added, 1 removed, 1 changed)"));
+  EXPECT_EQ(KeyedCheck(verdictd_->stub(), audit::kAliceKey, "8.8.5.4", &response).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  new_key = KeyedCheck(verdictd_->stub(), kAliceNewKey, "8.8.5.5", &response);
+  EXPECT_TRUE(new_key.ok()) << new_key.error_message();
+  EXPECT_THAT(verdictd_->Log(), Not(HasSubstr(HashApiKeyHex(kAliceNewKey))));
 }
 
 TEST_F(ReloadTest, ARotatedTokenIsSentWithTheNextMissAtOnce) {
