@@ -205,9 +205,9 @@ std::string HashApiKeyHex(absl::string_view key) {
 
 absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents) {
   std::vector<ApiKeyEntry> entries;
-  std::map<std::string, size_t> caller_line;  // caller -> index of its first entry
-  std::map<Sha256, size_t> hash_index;        // digest -> index into entries
-  std::vector<int> entry_line;                // parallel to entries
+  std::map<std::string, size_t> caller_first;  // caller -> index of its first entry
+  std::map<Sha256, size_t> hash_index;         // digest -> index into entries
+  std::vector<int> entry_line;                 // parallel to entries
 
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(contents, '\n')) {
@@ -296,7 +296,7 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
       entry.expires = *expires;
     }
 
-    if (auto it = caller_line.find(entry.caller); it != caller_line.end()) {
+    if (auto it = caller_first.find(entry.caller); it != caller_first.end()) {
       // Another key of a known caller: the caller's own settings must not differ between its
       // keys, or which one applies would depend on the key a client happens to hold.
       const ApiKeyEntry& first = entries[it->second];
@@ -312,7 +312,7 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
                        absl::StrFormat("key hash already used by caller \"%s\" on line %d",
                                        entries[it->second].caller, entry_line[it->second]));
     }
-    caller_line.emplace(entry.caller, entries.size());
+    caller_first.emplace(entry.caller, entries.size());
     hash_index.emplace(entry.key_sha256, entries.size());
     entry_line.push_back(line_number);
     entries.push_back(std::move(entry));
