@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstddef>
@@ -40,7 +41,11 @@ constexpr size_t kMaxApiKeyLength = 512;
 constexpr size_t kMaxXCallerLength = 128;
 constexpr off_t kMaxKeysFileSize = 16 << 20;  // far more than any sane keys file
 constexpr char kAnonymous[] = "anonymous";
-constexpr char kFormat[] = "expected CALLER SHA256_HEX [BUDGET|-] [auditor] [expires=WHEN]";
+constexpr char kFormat[] =
+    "expected CALLER SHA256_HEX [BUDGET|-] [auditor|lead] [team=NAME] [expires=WHEN]";
+constexpr char kTeamFormat[] = "a team line is exactly two fields: @NAME BUDGET|-";
+constexpr char kBudgetRule[] =
+    "budget must be a positive integer no larger than 10^12, or \"-\" for none";
 constexpr char kMalformedAuthorization[] =
     "missing or malformed authorization: expected 'Bearer <api key>'";
 
@@ -208,6 +213,11 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
   std::map<std::string, size_t> caller_first;  // caller -> index of its first entry
   std::map<Sha256, size_t> hash_index;         // digest -> index into entries
   std::vector<int> entry_line;                 // parallel to entries
+  struct Team {
+    int64_t monthly_budget = 0;
+    int line = 0;
+  };
+  std::map<std::string, Team> teams;  // declared teams (@NAME lines)
 
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(contents, '\n')) {
@@ -222,8 +232,34 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
     if (fields.empty()) {
       continue;
     }
+    if (fields[0].front() == '@') {
+      // A team declaration: @NAME BUDGET|-.
+      const absl::string_view name = fields[0].substr(1);
+      if (!IsValidCaller(name)) {
+        return LineError(line_number, absl::StrCat("team name must be 1-", kMaxCallerLength,
+                                                   " characters of [A-Za-z0-9._-]"));
+      }
+      if (fields.size() != 2) {
+        return LineError(line_number, kTeamFormat);
+      }
+      Team team;
+      team.line = line_number;
+      if (fields[1] != "-") {
+        std::optional<int64_t> budget = ParseBudget(fields[1]);
+        if (!budget.has_value()) {
+          return LineError(line_number, absl::StrCat("team ", kBudgetRule));
+        }
+        team.monthly_budget = *budget;
+      }
+      if (auto it = teams.find(std::string(name)); it != teams.end()) {
+        return LineError(line_number, absl::StrFormat("team \"%s\" already declared on line %d",
+                                                      name, it->second.line));
+      }
+      teams.emplace(std::string(name), team);
+      continue;
+    }
     // No message below quotes the hash field (or the key, if one was pasted by mistake): only a
-    // caller name is quoted, and only once it is known to be a valid caller name.
+    // caller or team name is quoted, and only once it is known to be a valid name.
     if (!IsValidCaller(fields[0])) {
       return LineError(line_number, absl::StrCat("caller name must be 1-", kMaxCallerLength,
                                                  " characters of [A-Za-z0-9._-]"));
@@ -259,51 +295,72 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
     if (positional.size() >= 3 && positional[2] != "-") {
       std::optional<int64_t> budget = ParseBudget(positional[2]);
       if (!budget.has_value()) {
-        return LineError(
-            line_number,
-            absl::StrCat("budget must be a positive integer no larger than 10^12, or \"-\" for "
-                         "none",
-                         positional[2] == "auditor" ? " (write \"- auditor\" for an auditor "
-                                                      "without a budget)"
-                                                    : ""));
+        std::string hint;
+        if (positional[2] == "auditor") {
+          hint = " (write \"- auditor\" for an auditor without a budget)";
+        } else if (positional[2] == "lead") {
+          hint = " (write \"- lead\" for a lead without a budget)";
+        }
+        return LineError(line_number, absl::StrCat(kBudgetRule, hint));
       }
       entry.monthly_budget = *budget;
     }
     if (positional.size() == 4) {
-      if (positional[3] != "auditor") {
-        return LineError(line_number, "the fourth field, the role, may only be \"auditor\"");
+      if (positional[3] == "auditor") {
+        entry.auditor = true;
+      } else if (positional[3] == "lead") {
+        entry.lead = true;
+      } else {
+        return LineError(line_number,
+                         "the fourth field, the role, may only be \"auditor\" or \"lead\"");
       }
-      entry.auditor = true;
     }
     bool expires_seen = false;
+    bool team_seen = false;
     for (absl::string_view option : options) {
       const size_t eq = option.find('=');
       const absl::string_view name = option.substr(0, eq);
       const absl::string_view value = option.substr(eq + 1);
-      if (name != "expires") {
-        return LineError(line_number, "unknown option (the only one is expires=WHEN)");
-      }
-      if (expires_seen) {
-        return LineError(line_number, "expires= given twice");
-      }
-      expires_seen = true;
-      std::optional<absl::Time> expires = ParseExpiry(value);
-      if (!expires.has_value()) {
+      if (name == "expires") {
+        if (expires_seen) {
+          return LineError(line_number, "expires= given twice");
+        }
+        expires_seen = true;
+        std::optional<absl::Time> expires = ParseExpiry(value);
+        if (!expires.has_value()) {
+          return LineError(line_number,
+                           "expires= must be a UTC date (2027-01-31) or an RFC 3339 time "
+                           "(2027-01-31T12:00:00Z)");
+        }
+        entry.expires = *expires;
+      } else if (name == "team") {
+        if (team_seen) {
+          return LineError(line_number, "team= given twice");
+        }
+        team_seen = true;
+        if (!IsValidCaller(value)) {
+          return LineError(line_number, absl::StrCat("team= must be 1-", kMaxCallerLength,
+                                                     " characters of [A-Za-z0-9._-]"));
+        }
+        entry.team = std::string(value);
+      } else {
         return LineError(line_number,
-                         "expires= must be a UTC date (2027-01-31) or an RFC 3339 time "
-                         "(2027-01-31T12:00:00Z)");
+                         "unknown option (the options are team=NAME and expires=WHEN)");
       }
-      entry.expires = *expires;
+    }
+    if (entry.lead && entry.team.empty()) {
+      return LineError(line_number, "role lead needs team=NAME");
     }
 
     if (auto it = caller_first.find(entry.caller); it != caller_first.end()) {
       // Another key of a known caller: the caller's own settings must not differ between its
       // keys, or which one applies would depend on the key a client happens to hold.
       const ApiKeyEntry& first = entries[it->second];
-      if (first.monthly_budget != entry.monthly_budget || first.auditor != entry.auditor) {
+      if (first.monthly_budget != entry.monthly_budget || first.auditor != entry.auditor ||
+          first.lead != entry.lead || first.team != entry.team) {
         return LineError(line_number,
-                         absl::StrFormat("caller \"%s\" has another budget or role on line %d; "
-                                         "every key of a caller carries the same ones",
+                         absl::StrFormat("caller \"%s\" has another budget, role or team on line "
+                                         "%d; every key of a caller carries the same ones",
                                          entry.caller, entry_line[it->second]));
       }
     }
@@ -317,10 +374,46 @@ absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents
     entry_line.push_back(line_number);
     entries.push_back(std::move(entry));
   }
+  // Declarations may follow their callers, so teams are resolved once the whole file is read;
+  // the first line (in file order) naming an undeclared team is the one reported.
+  for (size_t i = 0; i < entries.size(); ++i) {
+    ApiKeyEntry& entry = entries[i];
+    if (entry.team.empty()) {
+      continue;
+    }
+    auto it = teams.find(entry.team);
+    if (it == teams.end()) {
+      return LineError(entry_line[i],
+                       absl::StrFormat("team \"%s\" is not declared (add a line \"@%s BUDGET|-\")",
+                                       entry.team, entry.team));
+    }
+    entry.team_monthly_budget = it->second.monthly_budget;
+  }
   if (entries.empty()) {
     return absl::InvalidArgumentError("no callers defined");
   }
   return entries;
+}
+
+std::vector<TeamInfo> TeamsOf(const std::vector<ApiKeyEntry>& entries) {
+  std::map<std::string, TeamInfo> by_name;
+  for (const ApiKeyEntry& entry : entries) {
+    if (entry.team.empty()) {
+      continue;
+    }
+    TeamInfo& team = by_name[entry.team];
+    team.name = entry.team;
+    team.monthly_budget = entry.team_monthly_budget;
+    team.callers.push_back(entry.caller);
+  }
+  std::vector<TeamInfo> out;
+  out.reserve(by_name.size());
+  for (auto& [name, team] : by_name) {
+    std::sort(team.callers.begin(), team.callers.end());
+    team.callers.erase(std::unique(team.callers.begin(), team.callers.end()), team.callers.end());
+    out.push_back(std::move(team));
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<ApiKeyEntry>> LoadApiKeysFile(const std::string& path) {
@@ -411,9 +504,13 @@ absl::StatusOr<KeySetChange> Authenticator::Replace(std::vector<ApiKeyEntry> ent
   struct Caller {
     int64_t monthly_budget = 0;
     bool auditor = false;
+    std::string team;
+    bool lead = false;
+    int64_t team_monthly_budget = 0;
     std::map<Sha256, absl::Time> keys;
     bool operator==(const Caller& o) const {
-      return monthly_budget == o.monthly_budget && auditor == o.auditor && keys == o.keys;
+      return monthly_budget == o.monthly_budget && auditor == o.auditor && team == o.team &&
+             lead == o.lead && team_monthly_budget == o.team_monthly_budget && keys == o.keys;
     }
   };
   auto by_caller = [](const Entries& list) {
@@ -422,6 +519,9 @@ absl::StatusOr<KeySetChange> Authenticator::Replace(std::vector<ApiKeyEntry> ent
       Caller& caller = out[entry.caller];
       caller.monthly_budget = entry.monthly_budget;
       caller.auditor = entry.auditor;
+      caller.team = entry.team;
+      caller.lead = entry.lead;
+      caller.team_monthly_budget = entry.team_monthly_budget;
       caller.keys[entry.key_sha256] = entry.expires;
     }
     return out;
@@ -431,6 +531,7 @@ absl::StatusOr<KeySetChange> Authenticator::Replace(std::vector<ApiKeyEntry> ent
   KeySetChange change;
   change.callers = after.size();
   change.keys = entries.size();
+  change.teams = TeamsOf(entries).size();
   for (const auto& [name, caller] : after) {
     auto it = before.find(name);
     if (it == before.end()) {
@@ -497,6 +598,9 @@ absl::StatusOr<Identity> Authenticator::Identify(std::optional<absl::string_view
   identity.caller = entry.caller;
   identity.auditor = entry.auditor;
   identity.monthly_budget = entry.monthly_budget;
+  identity.team = entry.team;
+  identity.lead = entry.lead;
+  identity.team_monthly_budget = entry.team_monthly_budget;
   return identity;
 }
 

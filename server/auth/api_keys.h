@@ -31,16 +31,39 @@ struct ApiKeyEntry {
   bool auditor = false;        // may read every caller's usage
   // The key is refused from this instant on; InfiniteFuture(): never.
   absl::Time expires = absl::InfiniteFuture();
+  std::string team;                 // the caller's team (same rule as a caller name); "": none
+  bool lead = false;                // the caller is a lead of its team (only with a team)
+  int64_t team_monthly_budget = 0;  // the team's budget from its @ line; 0: none (or no team)
 };
 
-// Parses the keys file. One key per line, fields separated by whitespace:
-//   CALLER SHA256_HEX [BUDGET|-] [auditor] [expires=WHEN]
-// `#` starts a comment; blank lines are ignored. BUDGET is a positive integer, `-` or omitted
-// means none. WHEN is a UTC date (2027-01-31: refused from its first second) or an RFC 3339
-// time (2027-01-31T12:00:00Z, 2027-01-31T13:00:00+01:00). Several lines may name one caller
-// (its keys: rotation is adding the new key, moving the clients, removing the old one); they
-// must agree on the budget and the role, which belong to the caller. Errors name the line:
-// `line 3: ...`. A hash on two lines is an error.
+// Parses the keys file. `#` starts a comment; blank lines are ignored; fields are separated by
+// spaces or tabs. Two kinds of line:
+//
+//   CALLER SHA256_HEX [BUDGET|-] [auditor|lead] [team=NAME] [expires=WHEN]
+//     One key of a caller. BUDGET is a positive integer no larger than 10^12; `-` or omitted
+//     means none. The role is `auditor` (may read every caller's usage) or `lead` (the lead of
+//     its team; needs team=NAME). The options (name=value) come after the positional fields, in
+//     any order, each at most once. WHEN is a UTC date (2027-01-31: refused from its first
+//     second) or an RFC 3339 time (2027-01-31T12:00:00Z, 2027-01-31T13:00:00+01:00).
+//     Several lines may name one caller (its keys: rotation is adding the new key, moving the
+//     clients, removing the old one); they must agree on the budget, the role and the team,
+//     which belong to the caller. A hash on two lines is an error.
+//
+//   @NAME BUDGET|-
+//     Declares the team NAME (same rule as a caller name) and its monthly budget (`-`: none).
+//     Exactly these two fields; each team is declared once, anywhere in the file (before or
+//     after its callers). Every team=NAME must be declared, so that a typo cannot quietly make a
+//     team without its budget; a declared team without callers is allowed.
+//
+// For example:
+//
+//   @payments 50000
+//   pay-api  <sha256 hex> 20000 team=payments
+//   pay-lead <sha256 hex> -     lead team=payments expires=2027-06-30
+//   ops      <sha256 hex> -     auditor
+//
+// Errors name the line: `line 3: ...`; "no callers defined" when no caller line is present.
+// Each entry carries its team's budget (team_monthly_budget). Messages never quote a hash.
 absl::StatusOr<std::vector<ApiKeyEntry>> ParseApiKeys(absl::string_view contents);
 
 // Reads and parses `path`; errors are prefixed with the path (`keys.txt: line 3: ...`).
@@ -57,16 +80,35 @@ absl::Status CheckCallerName(absl::string_view name, absl::string_view what);
 struct Identity {
   std::string caller;
   bool auditor = false;
-  int64_t monthly_budget = 0;  // 0: none
+  int64_t monthly_budget = 0;       // 0: none
+  std::string team;                 // "": none (always so in open mode)
+  bool lead = false;                // a lead of `team`
+  int64_t team_monthly_budget = 0;  // 0: none
 };
+
+// A team of the keys file, as the engine sees it.
+struct TeamInfo {
+  std::string name;
+  int64_t monthly_budget = 0;        // from the team's @ line; 0: none
+  std::vector<std::string> callers;  // its callers, sorted, each once
+};
+
+// The teams that `entries` (as ParseApiKeys returns them) name: every team with at least one
+// caller, sorted by name; a caller with several keys is listed once. A team declared in the file
+// but used by no caller is not among them (entries do not record it). The budget is taken from
+// the entries (ParseApiKeys gives every entry of a team the same one).
+std::vector<TeamInfo> TeamsOf(const std::vector<ApiKeyEntry>& entries);
 
 // What a keys-file reload changed, by caller name (no key material).
 struct KeySetChange {
   size_t callers = 0;  // after the reload
   size_t added = 0;    // callers new in the file
   size_t removed = 0;  // callers no longer in it
-  size_t changed = 0;  // callers kept whose keys, expiries, budget or auditor flag changed
-  size_t keys = 0;     // keys after the reload (a caller may have several)
+  // Callers kept whose keys, expiries, budget, auditor flag, team, lead flag or team budget
+  // changed.
+  size_t changed = 0;
+  size_t keys = 0;   // keys after the reload (a caller may have several)
+  size_t teams = 0;  // distinct teams of the callers after the reload
 };
 
 // Maps request credentials to an Identity. Thread-safe. In keyed mode the key set is an immutable

@@ -83,6 +83,9 @@ TEST(ParseApiKeysTest, MinimalLine) {
   EXPECT_EQ((*entries)[0].key_sha256, Filled(0xaa));
   EXPECT_EQ((*entries)[0].monthly_budget, 0);
   EXPECT_FALSE((*entries)[0].auditor);
+  EXPECT_EQ((*entries)[0].team, "");
+  EXPECT_FALSE((*entries)[0].lead);
+  EXPECT_EQ((*entries)[0].team_monthly_budget, 0);
 }
 
 TEST(ParseApiKeysTest, OkCases) {
@@ -176,13 +179,95 @@ TEST(ParseApiKeysTest, SeveralKeysForOneCallerAndExpiries) {
             absl::FromCivil(absl::CivilDay(2027, 3, 1), utc) + absl::Milliseconds(500));
 }
 
+TEST(ParseApiKeysTest, Teams) {
+  struct Expected {
+    std::string caller;
+    int64_t budget;
+    bool auditor;
+    std::string team;
+    bool lead;
+    int64_t team_budget;
+  };
+  struct Case {
+    std::string name;
+    std::string contents;
+    std::vector<Expected> expected;
+  };
+  const std::vector<Case> cases = {
+      {"members, a lead and an auditor, the team declared first",
+       "@payments 500\npay-api " + kHashA + " 10 team=payments\npay-lead " + kHashB +
+           " - lead team=payments\nops " + kHashC + " - auditor\n",
+       {{"pay-api", 10, false, "payments", false, 500},
+        {"pay-lead", 0, false, "payments", true, 500},
+        {"ops", 0, true, "", false, 0}}},
+      {"the team declared after its callers",
+       "ads " + kHashA + " team=ads-team\nweb " + kHashB + " 3 lead team=ads-team\n@ads-team 7\n",
+       {{"ads", 0, false, "ads-team", false, 7}, {"web", 3, false, "ads-team", true, 7}}},
+      {"a team without a budget",
+       "@free -\nads " + kHashA + " 5 team=free",
+       {{"ads", 5, false, "free", false, 0}}},
+      {"a declared team without members",
+       "@unused 5\n@pay 9\nads " + kHashA + " team=pay\nweb " + kHashB + "\n",
+       {{"ads", 0, false, "pay", false, 9}, {"web", 0, false, "", false, 0}}},
+      {"only a declared team without members",
+       "@unused 5\nads " + kHashA,
+       {{"ads", 0, false, "", false, 0}}},
+      {"an auditor in a team",
+       "@audit -\nops " + kHashA + " - auditor team=audit",
+       {{"ops", 0, true, "audit", false, 0}}},
+      {"options in any order",
+       "ads " + kHashA + " 3 lead expires=2027-01-01 team=pay\nweb " + kHashB +
+           " team=pay expires=2027-01-01\n@pay 1",
+       {{"ads", 3, false, "pay", true, 1}, {"web", 0, false, "pay", false, 1}}},
+      {"every key of a caller in its team",
+       "@pay 100\nads " + kHashA + " 10 lead team=pay\nads " + kHashB +
+           " 10 lead team=pay expires=2027-01-01\n",
+       {{"ads", 10, false, "pay", true, 100}, {"ads", 10, false, "pay", true, 100}}},
+      {"a team named like a caller",
+       "@ads 5\nads " + kHashA + " team=ads",
+       {{"ads", 0, false, "ads", false, 5}}},
+      {"comments, tabs and CRLF around a declaration",
+       "# teams\r\n\t@pay\t\t5 \t# the payments budget\r\nads " + kHashA + " team=pay\r\n",
+       {{"ads", 0, false, "pay", false, 5}}},
+      {"longest team name and largest team budget",
+       "@" + std::string(64, 't') + " 1000000000000\nads " + kHashA +
+           " team=" + std::string(64, 't'),
+       {{"ads", 0, false, std::string(64, 't'), false, 1'000'000'000'000}}},
+      {"team names of the caller charset",
+       "@x.y_z-1 2\nads " + kHashA + " team=x.y_z-1",
+       {{"ads", 0, false, "x.y_z-1", false, 2}}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    absl::StatusOr<std::vector<ApiKeyEntry>> entries = ParseApiKeys(c.contents);
+    ASSERT_TRUE(entries.ok()) << entries.status();
+    ASSERT_EQ(entries->size(), c.expected.size());
+    for (size_t i = 0; i < c.expected.size(); ++i) {
+      SCOPED_TRACE(i);
+      EXPECT_EQ((*entries)[i].caller, c.expected[i].caller);
+      EXPECT_EQ((*entries)[i].monthly_budget, c.expected[i].budget);
+      EXPECT_EQ((*entries)[i].auditor, c.expected[i].auditor);
+      EXPECT_EQ((*entries)[i].team, c.expected[i].team);
+      EXPECT_EQ((*entries)[i].lead, c.expected[i].lead);
+      EXPECT_EQ((*entries)[i].team_monthly_budget, c.expected[i].team_budget);
+    }
+  }
+}
+
 TEST(ParseApiKeysTest, ErrorCases) {
   const std::string kCallerRule = "caller name must be 1-64 characters of [A-Za-z0-9._-]";
   const std::string kHashRule =
       "key hash must be exactly 64 hex characters (the SHA-256 of the key)";
   const std::string kBudgetRule =
       "budget must be a positive integer no larger than 10^12, or \"-\" for none";
-  const std::string kFormat = "(expected CALLER SHA256_HEX [BUDGET|-] [auditor] [expires=WHEN])";
+  const std::string kFormat =
+      "(expected CALLER SHA256_HEX [BUDGET|-] [auditor|lead] [team=NAME] [expires=WHEN])";
+  const std::string kRoleRule = "the fourth field, the role, may only be \"auditor\" or \"lead\"";
+  const std::string kTeamRule = "team= must be 1-64 characters of [A-Za-z0-9._-]";
+  const std::string kTeamNameRule = "team name must be 1-64 characters of [A-Za-z0-9._-]";
+  const std::string kTeamLine = "a team line is exactly two fields: @NAME BUDGET|-";
+  const std::string kSameSettings =
+      "has another budget, role or team on line 1; every key of a caller carries the same ones";
   const std::string kExpiryRule =
       "expires= must be a UTC date (2027-01-31) or an RFC 3339 time (2027-01-31T12:00:00Z)";
   struct Case {
@@ -212,21 +297,17 @@ TEST(ParseApiKeysTest, ErrorCases) {
        "line 1: " + kBudgetRule},
       {"auditor in budget position", "ads " + kHashA + " auditor",
        "line 1: " + kBudgetRule + " (write \"- auditor\" for an auditor without a budget)"},
-      {"unknown role", "ads " + kHashA + " 5 admin",
-       "line 1: the fourth field, the role, may only be \"auditor\""},
-      {"role case matters", "ads " + kHashA + " - Auditor",
-       "line 1: the fourth field, the role, may only be \"auditor\""},
+      {"unknown role", "ads " + kHashA + " 5 admin", "line 1: " + kRoleRule},
+      {"role case matters", "ads " + kHashA + " - Auditor", "line 1: " + kRoleRule},
       {"extra field", "ads " + kHashA + " 5 auditor extra", "line 1: too many fields " + kFormat},
       {"a caller's keys with different budgets",
        "# keys\nads " + kHashA + " 10\nops " + kHashB + "\n\nads " + kHashC + " 20\n",
-       "line 5: caller \"ads\" has another budget or role on line 2; every key of a caller carries "
-       "the same ones"},
+       "line 5: caller \"ads\" has another budget, role or team on line 2; every key of a caller "
+       "carries the same ones"},
       {"a caller's keys with and without a budget", "ads " + kHashA + " 10\nads " + kHashC,
-       "line 2: caller \"ads\" has another budget or role on line 1; every key of a caller carries "
-       "the same ones"},
+       "line 2: caller \"ads\" " + kSameSettings},
       {"a caller's keys with different roles", "ads " + kHashA + " - auditor\nads " + kHashC + " -",
-       "line 2: caller \"ads\" has another budget or role on line 1; every key of a caller carries "
-       "the same ones"},
+       "line 2: caller \"ads\" " + kSameSettings},
       {"expiry not a time", "ads " + kHashA + " expires=soon", "line 1: " + kExpiryRule},
       {"expiry without a zone", "ads " + kHashA + " expires=2027-01-31T12:00:00",
        "line 1: " + kExpiryRule},
@@ -235,8 +316,8 @@ TEST(ParseApiKeysTest, ErrorCases) {
       {"expiry empty", "ads " + kHashA + " 5 expires=", "line 1: " + kExpiryRule},
       {"expiry twice", "ads " + kHashA + " expires=2027-01-01 expires=2028-01-01",
        "line 1: expires= given twice"},
-      {"unknown option", "ads " + kHashA + " team=payments",
-       "line 1: unknown option (the only one is expires=WHEN)"},
+      {"unknown option", "ads " + kHashA + " owner=payments",
+       "line 1: unknown option (the options are team=NAME and expires=WHEN)"},
       {"positional field after an option", "ads " + kHashA + " expires=2027-01-01 5",
        "line 1: options (name=value) come last " + kFormat},
       {"too many fields before the options", "ads " + kHashA + " 5 auditor x expires=2027-01-01",
@@ -248,6 +329,69 @@ TEST(ParseApiKeysTest, ErrorCases) {
        "line 2: key hash already used by caller \"ads\" on line 1"},
       {"error after good lines", "a " + kHashA + "\nb " + kHashB + "\n# c\n\nc " + kHashC + " x",
        "line 5: " + kBudgetRule},
+      // Teams and leads.
+      {"lead without a team", "ads " + kHashA + " - lead", "line 1: role lead needs team=NAME"},
+      {"lead with a budget but no team", "@pay 5\nads " + kHashA + " 10 lead expires=2027-01-01",
+       "line 2: role lead needs team=NAME"},
+      {"lead in budget position", "@pay 5\nads " + kHashA + " lead team=pay",
+       "line 2: " + kBudgetRule + " (write \"- lead\" for a lead without a budget)"},
+      {"role lead case matters", "@pay 5\nads " + kHashA + " - Lead team=pay",
+       "line 2: " + kRoleRule},
+      {"team name with a slash", "ads " + kHashA + " team=pay/ments", "line 1: " + kTeamRule},
+      {"team name empty", "ads " + kHashA + " team=", "line 1: " + kTeamRule},
+      {"team name too long", "ads " + kHashA + " team=" + std::string(65, 't'),
+       "line 1: " + kTeamRule},
+      {"team name with an at sign", "@pay 5\nads " + kHashA + " team=@pay", "line 2: " + kTeamRule},
+      {"team twice", "@a 1\n@b 1\nads " + kHashA + " team=a expires=2027-01-01 team=b",
+       "line 3: team= given twice"},
+      {"team twice, the same", "@a 1\nads " + kHashA + " team=a team=a",
+       "line 2: team= given twice"},
+      {"a caller's keys in different teams",
+       "@a 1\n@b 1\nads " + kHashA + " team=a\nads " + kHashB + " team=b",
+       "line 4: caller \"ads\" has another budget, role or team on line 3; every key of a caller "
+       "carries the same ones"},
+      {"a caller's keys with and without a team",
+       "ads " + kHashA + " 5\nads " + kHashB + " 5 team=a\n@a 1",
+       "line 2: caller \"ads\" " + kSameSettings},
+      {"a caller's keys with and without lead",
+       "ads " + kHashA + " - lead team=a\nads " + kHashB + " - team=a\n@a 1",
+       "line 2: caller \"ads\" " + kSameSettings},
+      {"a caller's keys as lead and auditor",
+       "ads " + kHashA + " - lead team=a\nads " + kHashB + " - auditor team=a\n@a 1",
+       "line 2: caller \"ads\" " + kSameSettings},
+      {"team not declared", "ads " + kHashA + " 10 team=payments",
+       "line 1: team \"payments\" is not declared (add a line \"@payments BUDGET|-\")"},
+      {"team name misspelt",
+       "@payments 500\n\nads " + kHashA + " team=payments\nweb " + kHashB +
+           " team=paymnets # typo\n",
+       "line 4: team \"paymnets\" is not declared (add a line \"@paymnets BUDGET|-\")"},
+      {"the first undeclared team is reported",
+       "\nweb " + kHashA + " team=x\nads " + kHashB + " team=y\n",
+       "line 2: team \"x\" is not declared (add a line \"@x BUDGET|-\")"},
+      {"a lead of an undeclared team", "ads " + kHashA + " - lead team=x",
+       "line 1: team \"x\" is not declared (add a line \"@x BUDGET|-\")"},
+      {"team names are case-sensitive", "@Pay 5\nads " + kHashA + " team=pay",
+       "line 2: team \"pay\" is not declared (add a line \"@pay BUDGET|-\")"},
+      {"a line error comes before an undeclared team",
+       "ads " + kHashA + " team=x\nbad/name " + kHashB, "line 2: " + kCallerRule},
+      {"team declared twice", "@pay 5\nads " + kHashA + " team=pay\n# again\n@pay 5\n",
+       "line 4: team \"pay\" already declared on line 1"},
+      {"team declared twice, second without budget", "@pay 5\r\n@pay -\r\nads " + kHashA,
+       "line 2: team \"pay\" already declared on line 1"},
+      {"team declaration with a bad name", "@pay/x 5\nads " + kHashA, "line 1: " + kTeamNameRule},
+      {"team declaration without a name", "@ 5", "line 1: " + kTeamNameRule},
+      {"team declaration of only the at sign", "ads " + kHashA + "\n@", "line 2: " + kTeamNameRule},
+      {"team declaration with two at signs", "@@pay 5", "line 1: " + kTeamNameRule},
+      {"team declaration name too long", "@" + std::string(65, 't') + " 5",
+       "line 1: " + kTeamNameRule},
+      {"team declaration without budget", "ads " + kHashA + "\n@pay", "line 2: " + kTeamLine},
+      {"team declaration with a third field", "@pay 5 lead", "line 1: " + kTeamLine},
+      {"team declaration with an option", "@pay - expires=2027-01-01", "line 1: " + kTeamLine},
+      {"team declaration with a hash", "@pay " + kHashA, "line 1: team " + kBudgetRule},
+      {"team budget zero", "@pay 0", "line 1: team " + kBudgetRule},
+      {"team budget not a number", "@pay lots", "line 1: team " + kBudgetRule},
+      {"team budget over 10^12", "@pay 1000000000001", "line 1: team " + kBudgetRule},
+      {"only team declarations", "@pay 5\n@ops -\n", "no callers defined"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -336,8 +480,8 @@ TEST_F(LoadApiKeysFileTest, ParseErrorsArePrefixedWithPath) {
   EXPECT_EQ(entries.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(entries.status().message(),
             path +
-                ": line 2: caller \"ads\" has another budget or role on line 1; every key of a "
-                "caller carries the same ones");
+                ": line 2: caller \"ads\" has another budget, role or team on line 1; every key of "
+                "a caller carries the same ones");
 
   const std::string empty = WriteKeys("keys_empty.txt", "# nobody\n", 0600);
   entries = LoadApiKeysFile(empty);
@@ -473,6 +617,43 @@ TEST(KeyRotationTest, AnExpiredKeyIsRefusedFromItsExpiryOn) {
   EXPECT_EQ(fresh->caller, "ads");
 }
 
+TEST(TeamIdentifyTest, IdentityCarriesTeamLeadAndTeamBudget) {
+  Authenticator auth = Authenticator::Keyed(*ParseApiKeys(
+      "@payments 500\n@free -\n"
+      "pay-api " +
+      HashApiKeyHex("pay-api-key") + " 10 team=payments\npay-lead " + HashApiKeyHex("lead-key") +
+      " - lead team=payments\npay-lead " + HashApiKeyHex("lead-key-2") +
+      " - lead team=payments\nfree-one " + HashApiKeyHex("free-key") + " 3 team=free\nops " +
+      HashApiKeyHex("ops-key") + " - auditor\n"));
+  struct Case {
+    std::string key;
+    std::string caller;
+    int64_t budget;
+    bool auditor;
+    std::string team;
+    bool lead;
+    int64_t team_budget;
+  };
+  const std::vector<Case> cases = {
+      {"pay-api-key", "pay-api", 10, false, "payments", false, 500},
+      {"lead-key", "pay-lead", 0, false, "payments", true, 500},
+      {"lead-key-2", "pay-lead", 0, false, "payments", true, 500},
+      {"free-key", "free-one", 3, false, "free", false, 0},
+      {"ops-key", "ops", 0, true, "", false, 0},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.key);
+    absl::StatusOr<Identity> identity = auth.Identify("Bearer " + c.key, "pay-lead");
+    ASSERT_TRUE(identity.ok()) << identity.status();
+    EXPECT_EQ(identity->caller, c.caller);
+    EXPECT_EQ(identity->monthly_budget, c.budget);
+    EXPECT_EQ(identity->auditor, c.auditor);
+    EXPECT_EQ(identity->team, c.team);
+    EXPECT_EQ(identity->lead, c.lead);
+    EXPECT_EQ(identity->team_monthly_budget, c.team_budget);
+  }
+}
+
 TEST(KeyedIdentifyNoEntriesTest, EverythingUnknown) {
   const Authenticator auth = Authenticator::Keyed({});
   absl::StatusOr<Identity> identity = auth.Identify("Bearer anything", std::nullopt);
@@ -505,6 +686,9 @@ TEST(OpenIdentifyTest, DefaultsAndXCaller) {
     EXPECT_EQ(identity->caller, c.caller);
     EXPECT_TRUE(identity->auditor);
     EXPECT_EQ(identity->monthly_budget, 0);
+    EXPECT_EQ(identity->team, "");
+    EXPECT_FALSE(identity->lead);
+    EXPECT_EQ(identity->team_monthly_budget, 0);
   }
 }
 
@@ -584,6 +768,7 @@ TEST(ReplaceTest, NewKeysApplyToTheNextCallAndTheChangeIsCountedByCaller) {
   EXPECT_EQ(change->added, 1u);
   EXPECT_EQ(change->removed, 0u);
   EXPECT_EQ(change->changed, 2u);
+  EXPECT_EQ(change->teams, 0u);
   EXPECT_EQ(auth.entries().size(), 4u);
 
   absl::StatusOr<Identity> ads = auth.Identify("Bearer ads-key", std::nullopt);
@@ -635,6 +820,86 @@ TEST(ReplaceTest, RotatingAKeyCountsAsAChangeOfItsCaller) {
   change = auth.Replace(Keys("ads " + HashApiKeyHex("new-key") + " 10 expires=2030-01-01\n" + web));
   ASSERT_TRUE(change.ok()) << change.status();
   EXPECT_EQ(change->changed, 0u);
+}
+
+TEST(ReplaceTest, ATeamLeadOrTeamBudgetChangeIsAChangeOfTheCaller) {
+  const std::string ads = "ads " + HashApiKeyHex("ads-key");
+  const std::string boss = "boss " + HashApiKeyHex("boss-key");
+  const std::string web = "web " + HashApiKeyHex("web-key") + "\n";
+  Authenticator auth = Authenticator::Keyed(
+      Keys("@pay 100\n@ops 5\n" + ads + " team=pay\n" + boss + " - lead team=pay\n" + web));
+  EXPECT_EQ(auth.Identify("Bearer ads-key", std::nullopt)->team, "pay");
+
+  struct Step {
+    std::string name;
+    std::string contents;
+    size_t changed;
+    size_t teams;
+  };
+  const std::vector<Step> steps = {
+      {"nothing changes",
+       "@pay 100\n@ops 5\n" + ads + " team=pay\n" + boss + " - lead team=pay\n" + web, 0, 1},
+      {"ads moves to another team",
+       "@pay 100\n@ops 5\n" + ads + " team=ops\n" + boss + " - lead team=pay\n" + web, 1, 2},
+      {"boss is no longer a lead",
+       "@pay 100\n@ops 5\n" + ads + " team=ops\n" + boss + " - team=pay\n" + web, 1, 2},
+      {"boss is a lead again, and of the same team",
+       "@pay 100\n@ops 5\n" + ads + " team=ops\n" + boss + " - lead team=pay\n" + web, 1, 2},
+      {"the budget of ops changes: its one caller",
+       "@pay 100\n@ops 6\n" + ads + " team=ops\n" + boss + " - lead team=pay\n" + web, 1, 2},
+      {"ops loses its budget",
+       "@pay 100\n@ops -\n" + ads + " team=ops\n" + boss + " - lead team=pay\n" + web, 1, 2},
+      {"a team nobody uses is declared: no caller changes",
+       "@pay 100\n@ops -\n@new 9\n" + ads + " team=ops\n" + boss + " - lead team=pay\n" + web, 0,
+       2},
+      {"web joins pay",
+       "@pay 100\n@ops -\n" + ads + " team=ops\n" + boss + " - lead team=pay\n" + "web " +
+           HashApiKeyHex("web-key") + " team=pay\n",
+       1, 2},
+      {"the budget of pay changes: both its callers",
+       "@pay 200\n@ops -\n" + ads + " team=ops\n" + boss + " - lead team=pay\n" + "web " +
+           HashApiKeyHex("web-key") + " team=pay\n",
+       2, 2},
+      {"no more teams", ads + "\n" + boss + "\n" + web, 3, 0},
+  };
+  for (const Step& step : steps) {
+    SCOPED_TRACE(step.name);
+    absl::StatusOr<KeySetChange> change = auth.Replace(Keys(step.contents));
+    ASSERT_TRUE(change.ok()) << change.status();
+    EXPECT_EQ(change->callers, 3u);
+    EXPECT_EQ(change->added, 0u);
+    EXPECT_EQ(change->removed, 0u);
+    EXPECT_EQ(change->changed, step.changed);
+    EXPECT_EQ(change->teams, step.teams);
+  }
+  absl::StatusOr<Identity> boss_identity = auth.Identify("Bearer boss-key", std::nullopt);
+  ASSERT_TRUE(boss_identity.ok());
+  EXPECT_EQ(boss_identity->team, "");
+  EXPECT_FALSE(boss_identity->lead);
+}
+
+// --- TeamsOf -----------------------------------------------------------------------------
+
+TEST(TeamsOfTest, TeamsWithCallersSortedByNameWithTheirCallersSortedOnce) {
+  const std::vector<TeamInfo> teams =
+      TeamsOf(Keys("@b-team 7\n@a-team -\n@unused 3\n"
+                   "zed " +
+                   HashApiKeyHex("1") + " team=a-team\nads " + HashApiKeyHex("2") +
+                   " - lead team=a-team\n" + "mid " + HashApiKeyHex("3") + " team=b-team\nads " +
+                   HashApiKeyHex("4") + " - lead team=a-team\n" + "solo " + HashApiKeyHex("5") +
+                   " - auditor\n" + "abe " + HashApiKeyHex("6") + " team=a-team\n"));
+  ASSERT_EQ(teams.size(), 2u);
+  EXPECT_EQ(teams[0].name, "a-team");
+  EXPECT_EQ(teams[0].monthly_budget, 0);
+  EXPECT_EQ(teams[0].callers, (std::vector<std::string>{"abe", "ads", "zed"}));
+  EXPECT_EQ(teams[1].name, "b-team");
+  EXPECT_EQ(teams[1].monthly_budget, 7);
+  EXPECT_EQ(teams[1].callers, (std::vector<std::string>{"mid"}));
+}
+
+TEST(TeamsOfTest, NoTeams) {
+  EXPECT_TRUE(TeamsOf({}).empty());
+  EXPECT_TRUE(TeamsOf(Keys("@unused 3\nads " + HashApiKeyHex("1") + "\n")).empty());
 }
 
 TEST(ReplaceTest, AnEntriesSnapshotDoesNotChangeUnderItsHolder) {
