@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <limits>
+#include <string>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -160,6 +161,30 @@ AllowanceStep DecideAllowance(const std::optional<AllowanceMark>& mark, absl::Ti
 AllowanceMark ProbeTaken(AllowanceMark mark, absl::Time requested_at, absl::Duration interval) {
   mark.next_probe = requested_at + interval;
   return mark;
+}
+
+absl::Status CheckTeamBudget(const ClickClaim& claim) {
+  if (claim.team_monthly_budget < 0) {
+    return absl::InvalidArgumentError("ClaimClick: team_monthly_budget must not be negative");
+  }
+  if (claim.team_monthly_budget == 0) {
+    return absl::OkStatus();
+  }
+  if (claim.team.empty()) {
+    return absl::InvalidArgumentError("ClaimClick: a team budget needs a team");
+  }
+  if (std::find(claim.team_callers.begin(), claim.team_callers.end(), claim.caller) ==
+      claim.team_callers.end()) {
+    return absl::InvalidArgumentError("ClaimClick: team_callers must name the claim's caller");
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> DistinctTeamCallers(const ClickClaim& claim) {
+  std::vector<std::string> callers = claim.team_callers;
+  std::sort(callers.begin(), callers.end());
+  callers.erase(std::unique(callers.begin(), callers.end()), callers.end());
+  return callers;
 }
 
 }  // namespace store_support

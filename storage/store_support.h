@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -97,6 +98,14 @@ enum class AllowanceStep {
 AllowanceStep DecideAllowance(const std::optional<AllowanceMark>& mark, absl::Time requested_at);
 // The mark after a claim at requested_at became the probe.
 AllowanceMark ProbeTaken(AllowanceMark mark, absl::Time requested_at, absl::Duration interval);
+
+// ClaimClick's checks of the team budget's arguments: INVALID_ARGUMENT for a negative
+// team_monthly_budget, or a positive one with an empty team or with team_callers not naming
+// claim.caller.
+absl::Status CheckTeamBudget(const ClickClaim& claim);
+// The callers whose billed clicks count against the claim's team budget: team_callers, each
+// once, sorted (bytewise).
+std::vector<std::string> DistinctTeamCallers(const ClickClaim& claim);
 
 }  // namespace store_support
 }  // namespace verdictd

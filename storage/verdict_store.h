@@ -125,8 +125,8 @@ struct UsageDelta {
   int64_t requests = 0;
 };
 
-// A click to begin under a single-flight claim, with the caller's budget reserved in the same
-// transaction (see VerdictStore::ClaimClick).
+// A click to begin under a single-flight claim, with the caller's budget (and its team's)
+// reserved in the same transaction (see VerdictStore::ClaimClick).
 struct ClickClaim {
   std::string caller;
   std::string ip;  // canonical form
@@ -159,6 +159,13 @@ struct ClickClaim {
   // per this interval among every process sharing the store, the mark recording when the next
   // may go — and is otherwise refused with kAllowanceExhausted.
   absl::Duration allowance_probe_interval = absl::ZeroDuration();
+  // The caller's team, when its clicks also count against a team budget: every caller of the
+  // team (claim.caller among them) and the team's clicks per calendar month (UTC; 0: none).
+  // Checked like monthly_budget, against the summed billed clicks of team_callers that month,
+  // atomically with beginning the click, by every process sharing the store.
+  std::string team;
+  std::vector<std::string> team_callers;
+  int64_t team_monthly_budget = 0;
 };
 
 // ClickPatrol said the plan's click allowance is exhausted: until exhausted_until no claim
@@ -175,14 +182,20 @@ struct ClaimResult {
     kBudgetSpent,    // monthly_budget clicks are already billed this month (nothing was written)
     kVerdictLanded,  // a verdict newer than newer_than is stored: `landed` (nothing was written)
     kAllowanceExhausted,  // the allowance mark holds and the probe is not due: `allowance`
+    // team_monthly_budget clicks are already billed this month by the team's callers (nothing
+    // was written). Checked after kBudgetSpent, before kAllowanceExhausted.
+    kTeamBudgetSpent,
   };
   Kind kind = Kind::kBegun;
   int64_t click_id = 0;  // kBegun
   // kFlightHeld: how long the holder's lease has left (by the store's time).
   absl::Duration lease_left;
   // kBegun, kBudgetSpent with a monthly_budget: the caller's billed clicks this month, this one
-  // included.
+  // included (for kBegun). Also kTeamBudgetSpent with a monthly_budget: the caller's, without it.
   int64_t month_clicks = 0;
+  // kBegun, kTeamBudgetSpent with a team_monthly_budget: the team's billed clicks this month,
+  // this one included (for kBegun).
+  int64_t team_month_clicks = 0;
   std::optional<Verdict> landed;  // kVerdictLanded: the newest stored verdict for the lookup
   AllowanceMark allowance;        // kAllowanceExhausted: the mark that refused it
 };
@@ -235,17 +248,24 @@ class VerdictStore {
                           ClickCallback done) = 0;
 
   // Begins a click as BeginClick does, but only if no other live claim holds
-  // `claim.flight_key` and the caller's budget allows one more click: the claim, the budget check
-  // and the pending ledger row are one transaction, so processes sharing the store together send
-  // at most one request per key at a time and never overshoot a budget. The claim is released
-  // by CompleteClick of its click (and only by it: a claim taken over after its lease ran out is
-  // not released by the old owner's completion), or lapses with its lease. Claiming a key whose
-  // lease ran out takes it over; the old owner's pending click stays pending (billed). Checked
-  // in this order: a live claim (kFlightHeld), a verdict newer than claim.newer_than
-  // (kVerdictLanded), the budget (kBudgetSpent), the allowance mark (kAllowanceExhausted); each
-  // of them writes nothing. A claim that begins as the allowance probe moves the mark's
-  // next_probe to requested_at + allowance_probe_interval in the same transaction.
-  // INVALID_ARGUMENT for an empty flight_key, a lease <= 0 or a negative budget.
+  // `claim.flight_key` and the caller's budget and its team's budget each allow one more click:
+  // the claim, the budget checks and the pending ledger row are one transaction, so processes
+  // sharing the store together send at most one request per key at a time and never overshoot a
+  // budget, a caller's or a team's. A team's clicks are those billed to the callers the claim
+  // names in team_callers (the store keeps no team of its own: membership is the claimant's, as
+  // of the claim), so claims of one team must name the same callers for the team budget to hold.
+  // The claim is released by CompleteClick of its click (and only by it: a claim taken over
+  // after its lease ran out is not released by the old owner's completion), or lapses with its
+  // lease. Claiming a key whose lease ran out takes it over; the old owner's pending click stays
+  // pending (billed). Checked in this order: a live claim (kFlightHeld), a verdict newer than
+  // claim.newer_than (kVerdictLanded), the caller's budget (kBudgetSpent), the team's budget
+  // (kTeamBudgetSpent), the allowance mark (kAllowanceExhausted); each of them writes nothing.
+  // A not-sent click (ClickOutcome::kNotSent) gives its click back to both budgets. A claim that
+  // begins as the allowance probe moves the mark's next_probe to requested_at +
+  // allowance_probe_interval in the same transaction.
+  // INVALID_ARGUMENT for an empty flight_key, a lease <= 0, a negative monthly_budget or
+  // team_monthly_budget, or a team_monthly_budget > 0 with an empty team or with team_callers not
+  // naming claim.caller.
   virtual void ClaimClick(ClickClaim claim, ReadCallback<ClaimResult> done) = 0;
 
   // Registers the listener told when claimed flights end (see FlightListener); nullptr

@@ -4,7 +4,9 @@
 // shared one, so a test that waits for a lease to run out both advances the fake clock and
 // lets real time pass.
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -333,6 +335,176 @@ TEST_P(VerdictStoreContractTest, AHeldFlightIsReportedBeforeASpentBudget) {
   EXPECT_EQ(join->kind, Kind::kFlightHeld);
 }
 
+// `claim` with its caller's clicks counting against the team budget of `team`.
+ClickClaim WithTeam(ClickClaim claim, std::string team, std::vector<std::string> callers,
+                    int64_t team_budget) {
+  claim.team = std::move(team);
+  claim.team_callers = std::move(callers);
+  claim.team_monthly_budget = team_budget;
+  return claim;
+}
+
+TEST_P(VerdictStoreContractTest, TeamBudgetIsSharedByItsCallersAndNeverOvershot) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  const std::vector<std::string> team = {"alice", "bob"};
+  // A click of last month does not count against this month's team budget.
+  ClickClaim old = WithTeam(MakeClaim("old", "bob"), "ops", team, 10);
+  old.requested_at = kT0 - absl::Hours(24 * 40);
+  absl::StatusOr<ClaimResult> old_claim = ClaimSync(*a, old);
+  ASSERT_TRUE(old_claim.ok()) << old_claim.status();
+  ASSERT_EQ(old_claim->kind, Kind::kBegun);
+  EXPECT_EQ(old_claim->team_month_clicks, 1);
+
+  constexpr int kClaims = 32;
+  constexpr int kThreads = 8;
+  constexpr int64_t kTeamBudget = 10;
+  absl::Mutex mu;
+  std::vector<int64_t> begun_counts;  // team_month_clicks of each begun claim
+  int spent = 0;
+  int other = 0;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = t; i < kClaims; i += kThreads) {
+        // Alternating the team's two callers, and the two processes.
+        ClickClaim claim =
+            WithTeam(MakeClaim(absl::StrCat("key", i), team[i % 2]), "ops", team, kTeamBudget);
+        absl::StatusOr<ClaimResult> r = ClaimSync((i / 2) % 2 == 0 ? *a : *b, std::move(claim));
+        absl::MutexLock lock(&mu);
+        if (r.ok() && r->kind == Kind::kBegun) {
+          begun_counts.push_back(r->team_month_clicks);
+        } else if (r.ok() && r->kind == Kind::kTeamBudgetSpent) {
+          ++spent;
+          EXPECT_EQ(r->team_month_clicks, kTeamBudget);
+        } else {
+          ++other;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  // One at a time, each begun claim saw the ones before it: 1, 2, ..., 10 in some order.
+  std::sort(begun_counts.begin(), begun_counts.end());
+  std::vector<int64_t> one_to_budget;
+  for (int64_t n = 1; n <= kTeamBudget; ++n) {
+    one_to_budget.push_back(n);
+  }
+  EXPECT_EQ(begun_counts, one_to_budget);
+  EXPECT_EQ(spent, kClaims - kTeamBudget);
+  EXPECT_EQ(other, 0);
+  absl::StatusOr<VerdictStore::ClickCounts> clicks = ClicksSinceSync(*a, kT0 - absl::Hours(24));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_EQ(ClicksOf(*clicks, "alice") + ClicksOf(*clicks, "bob"), kTeamBudget);
+
+  // Without a team budget the team's callers are not limited by it.
+  absl::StatusOr<ClaimResult> free_claim = ClaimSync(*b, MakeClaim("free key", "alice"));
+  ASSERT_TRUE(free_claim.ok()) << free_claim.status();
+  EXPECT_EQ(free_claim->kind, Kind::kBegun);
+  EXPECT_EQ(free_claim->team_month_clicks, 0);
+}
+
+TEST_P(VerdictStoreContractTest, ANotSentClickGivesItsTeamBudgetBack) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  const std::vector<std::string> team = {"alice", "bob"};
+  absl::StatusOr<ClaimResult> first =
+      ClaimSync(*store, WithTeam(MakeClaim("k1", "alice"), "ops", team, 1));
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->kind, Kind::kBegun);
+  EXPECT_EQ(first->team_month_clicks, 1);
+  absl::StatusOr<ClaimResult> refused =
+      ClaimSync(*store, WithTeam(MakeClaim("k2", "bob"), "ops", team, 1));
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_EQ(refused->kind, Kind::kTeamBudgetSpent);
+  EXPECT_EQ(refused->team_month_clicks, 1);
+  ASSERT_TRUE(CompleteClickSync(*store, first->click_id, Completed(ClickOutcome::kNotSent)).ok());
+  absl::StatusOr<ClaimResult> after =
+      ClaimSync(*store, WithTeam(MakeClaim("k2", "bob"), "ops", team, 1));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->kind, Kind::kBegun);
+  EXPECT_EQ(after->team_month_clicks, 1);
+}
+
+TEST_P(VerdictStoreContractTest, ACallerBudgetIsReportedBeforeATeamBudget) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  const std::vector<std::string> team = {"alice", "bob"};
+  absl::StatusOr<ClaimResult> spend = ClaimSync(
+      *store, WithTeam(MakeClaim("k1", "alice", "r", absl::Minutes(1), 1), "ops", team, 1));
+  ASSERT_TRUE(spend.ok()) << spend.status();
+  ASSERT_EQ(spend->kind, Kind::kBegun);
+  EXPECT_EQ(spend->month_clicks, 1);
+  EXPECT_EQ(spend->team_month_clicks, 1);
+  // Both of alice's budgets are spent: hers is reported.
+  absl::StatusOr<ClaimResult> alice = ClaimSync(
+      *store, WithTeam(MakeClaim("k2", "alice", "r", absl::Minutes(1), 1), "ops", team, 1));
+  ASSERT_TRUE(alice.ok()) << alice.status();
+  EXPECT_EQ(alice->kind, Kind::kBudgetSpent);
+  EXPECT_EQ(alice->month_clicks, 1);
+  // bob has budget of his own left, but not his team.
+  absl::StatusOr<ClaimResult> bob =
+      ClaimSync(*store, WithTeam(MakeClaim("k2", "bob", "r", absl::Minutes(1), 5), "ops", team, 1));
+  ASSERT_TRUE(bob.ok()) << bob.status();
+  EXPECT_EQ(bob->kind, Kind::kTeamBudgetSpent);
+  EXPECT_EQ(bob->month_clicks, 0);
+  EXPECT_EQ(bob->team_month_clicks, 1);
+  // A held flight comes before the team's budget: alice's flight will answer bob.
+  absl::StatusOr<ClaimResult> join = ClaimSync(
+      *store, WithTeam(MakeClaim("k1", "bob", "r2", absl::Minutes(1), 5), "ops", team, 1));
+  ASSERT_TRUE(join.ok()) << join.status();
+  EXPECT_EQ(join->kind, Kind::kFlightHeld);
+  // The refused claims wrote nothing.
+  absl::StatusOr<VerdictStore::ClickCounts> clicks = ClicksSinceSync(*store, kT0 - absl::Hours(1));
+  ASSERT_TRUE(clicks.ok()) << clicks.status();
+  EXPECT_THAT(*clicks, ElementsAre(Pair("alice", 1)));
+}
+
+TEST_P(VerdictStoreContractTest, OnlyTheTeamsCallersCountTowardItsBudget) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  // Callers of open mode may be named with any printable ASCII: quotes, backslashes, commas,
+  // braces, blanks, even NULL, none of which may change whom a backend counts.
+  const std::string odd = R"(o"d\d, {x} NULL)";
+  // Not of the team: carol, a caller whose name is a prefix of a teammate's, the odd name with
+  // its backslash doubled (as an escaping gone wrong would read it) and "null".
+  for (const std::string& outsider : {std::string("carol"), std::string("alic"),
+                                      std::string(R"(o"d\\d, {x} NULL)"), std::string("null")}) {
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<ClaimResult> r =
+          ClaimSync(*store, MakeClaim(absl::StrCat(outsider, "-", i), outsider));
+      ASSERT_TRUE(r.ok() && r->kind == Kind::kBegun) << outsider;
+    }
+  }
+  // Named twice, a caller is still counted once; "nobody" never clicked.
+  const std::vector<std::string> team = {"alice", odd, "alice", "NULL", "nobody"};
+  int64_t expected = 0;
+  for (const std::string& caller : {odd, std::string("alice"), std::string("NULL"), odd}) {
+    absl::StatusOr<ClaimResult> r =
+        ClaimSync(*store, WithTeam(MakeClaim(absl::StrCat("t", expected), caller), "ops", team, 4));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->kind, Kind::kBegun) << caller;
+    EXPECT_EQ(r->team_month_clicks, ++expected) << caller;
+  }
+  for (const std::string& caller : {std::string("alice"), std::string("NULL"), odd}) {
+    absl::StatusOr<ClaimResult> refused =
+        ClaimSync(*store, WithTeam(MakeClaim("t-last", caller), "ops", team, 4));
+    ASSERT_TRUE(refused.ok()) << refused.status();
+    EXPECT_EQ(refused->kind, Kind::kTeamBudgetSpent) << caller;
+    EXPECT_EQ(refused->team_month_clicks, 4) << caller;
+  }
+  // Another team counts its own callers only.
+  absl::StatusOr<ClaimResult> carol =
+      ClaimSync(*store, WithTeam(MakeClaim("t5", "carol"), "support", {"carol", "dave"}, 3));
+  ASSERT_TRUE(carol.ok()) << carol.status();
+  EXPECT_EQ(carol->kind, Kind::kBegun);
+  EXPECT_EQ(carol->team_month_clicks, 3);  // carol's two clicks, and this one
+}
+
 // A claim that says what its claimant read (newer_than) is told of a verdict stored since, in
 // the claim's own atomic step, and writes nothing: the claimant answers with it.
 TEST_P(VerdictStoreContractTest, AClaimFindsAVerdictStoredSinceItsClaimantRead) {
@@ -519,6 +691,15 @@ TEST_P(VerdictStoreContractTest, InvalidClaimsAndLeasesAreAnsweredThroughTheCall
   EXPECT_EQ(ClaimSync(*store, MakeClaim("k", "alice", "r", absl::ZeroDuration())).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ClaimSync(*store, MakeClaim("k", "alice", "r", absl::Minutes(1), -1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // A team budget needs a team, and the team's callers must include the claim's.
+  EXPECT_EQ(ClaimSync(*store, WithTeam(MakeClaim("k"), "ops", {"alice"}, -1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ClaimSync(*store, WithTeam(MakeClaim("k"), "", {"alice"}, 5)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ClaimSync(*store, WithTeam(MakeClaim("k"), "ops", {"bob"}, 5)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ClaimSync(*store, WithTeam(MakeClaim("k"), "ops", {}, 5)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(TryLeaseSync(*store, "", "r", absl::Minutes(1)).status().code(),
             absl::StatusCode::kInvalidArgument);

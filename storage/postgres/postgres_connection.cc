@@ -108,6 +108,29 @@ Params& Params::Bytes(absl::string_view value) {
   return Add(value.empty() ? "" : value.data(), value.size());
 }
 
+Params& Params::ByteaArray(absl::Span<const std::string> values) {
+  // bytea's type oid (pg_type.dat: fixed since PostgreSQL 7); array_recv refuses an array whose
+  // header names another element type than the parameter's.
+  constexpr uint32_t kByteaOid = 17;
+  std::string& slot = owned_.emplace_back();
+  auto put32 = [&slot](uint32_t value) {
+    const uint32_t big = htobe32(value);
+    slot.append(reinterpret_cast<const char*>(&big), sizeof big);
+  };
+  put32(values.empty() ? 0 : 1);  // dimensions
+  put32(0);                       // flags: no NULL element
+  put32(kByteaOid);
+  if (!values.empty()) {
+    put32(static_cast<uint32_t>(values.size()));  // the dimension's length
+    put32(1);                                     // and its lower bound
+  }
+  for (const std::string& value : values) {
+    put32(static_cast<uint32_t>(value.size()));
+    slot.append(value);
+  }
+  return Add(slot.data(), slot.size());
+}
+
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
     const ConnectSpec& spec, absl::Span<const Sql* const> statements) {
   // libpq counts connect_timeout in whole seconds and takes anything below 2 as 2.

@@ -58,6 +58,10 @@ class Params {
   Params& Bool(bool value);
   // For bytea and text parameters alike.
   Params& Bytes(absl::string_view value);
+  // For a bytea[] parameter: a one-dimensional array of `values` (no NULLs) in PostgreSQL's
+  // binary array form (array_recv: each element length-prefixed, so no byte of one needs
+  // quoting or escaping, as the text form's "{...}" would). Copied.
+  Params& ByteaArray(absl::Span<const std::string> values);
 
   int size() const { return static_cast<int>(values_.size()); }
   const char* const* values() const { return values_.data(); }

@@ -43,8 +43,10 @@ inline constexpr int kSchemaVersion = 2;
 inline constexpr int64_t kMigrationLockKey = 7620164839166190001;
 // The transaction advisory lock every write group takes first (see kLockWriters).
 inline constexpr int64_t kWriterLockKey = 7620164839166190002;
-// The first key of the two-key budget locks (see kLockBudget).
-inline constexpr int32_t kBudgetLockClass = 0x76647462;  // "vdtb"
+// The first key of the two-key budget locks (see kLockBudget): a caller's, and a team's. Two
+// classes, so that a team's lock is never a caller's (whatever their names hash to).
+inline constexpr int32_t kBudgetLockClass = 0x76647462;      // "vdtb"
+inline constexpr int32_t kTeamBudgetLockClass = 0x76647474;  // "vdtt"
 
 // Created (if missing) under the migration lock before anything else; one row.
 inline constexpr char kCreateSchemaVersionSql[] =
@@ -199,8 +201,10 @@ inline constexpr Sql kAddUsage{
 inline constexpr Sql kLockWriters{"lock_writers", "SELECT pg_advisory_xact_lock($1::int8)"};
 
 // ClaimClick, in the order it runs them. The budget lock serialises the budget checks of one
-// caller across every process until the claiming transaction ends ($1, $2: the two-key advisory
-// lock space; $2 is a hash of the caller).
+// caller (or one team) across every process until the claiming transaction ends ($1, $2: the
+// two-key advisory lock space; $1 kBudgetLockClass and $2 a hash of the caller, or $1
+// kTeamBudgetLockClass and $2 a hash of the team). A claim takes its team's lock before its
+// caller's, never the other way round (see PostgresStore::Apply(ClaimOp)).
 inline constexpr Sql kLockBudget{"lock_budget", "SELECT pg_advisory_xact_lock($1::int4, $2::int4)"};
 // The caller's billed clicks in the days [$2, $3), from the per-day counters as ClicksSince
 // counts whole days.
@@ -208,6 +212,12 @@ inline constexpr Sql kMonthClicks{
     "month_clicks",
     "SELECT coalesce(sum(clicks), 0)::int8 FROM usage "
     "WHERE caller = $1::bytea AND day >= $2::int8 AND day < $3::int8"};
+// A team's billed clicks in the days [$2, $3): its callers' ($1, a bytea[] sent in binary form,
+// see Params::ByteaArray), each counted once however often the array names it.
+inline constexpr Sql kTeamMonthClicks{
+    "team_month_clicks",
+    "SELECT coalesce(sum(clicks), 0)::int8 FROM usage "
+    "WHERE caller = ANY($1::bytea[]) AND day >= $2::int8 AND day < $3::int8"};
 // Exactly one claimant gets a row back: the conflicting row is locked and the WHERE re-checked
 // against the latest committed version, so of concurrent claims on an expired (or absent) key
 // one wins and the others see the winner's live lease. $3 is the lease in microseconds.
@@ -342,13 +352,13 @@ inline constexpr Sql kPing{"ping", "SELECT 1 FROM verdicts LIMIT 1"};
 
 // What each connection prepares when it connects (and again after every reconnect).
 inline constexpr const Sql* kWriterStatements[] = {
-    &kLockWriters,         &kInsertClick,       &kCountClick,     &kCompleteClick,
-    &kAdjustClickCounters, &kClickExists,       &kInsertVerdict,  &kReleaseFlight,
-    &kNotifyFlightEnded,   &kAddUsage,          &kLockBudget,     &kMonthClicks,
-    &kTakeFlight,          &kFlightLeaseLeft,   &kSetFlightClick, &kTakeLease,
-    &kPruneVerdicts,       &kPruneClicks,       &kPruneUsage,     &kPruneFlights,
-    &kInsertMeta,          &kWriteProbe,        &kLatestForIp,    &kLatestForIpAndUserAgent,
-    &kReplaceMeta,         &kReadMetaForUpdate,
+    &kLockWriters,         &kInsertClick,       &kCountClick,      &kCompleteClick,
+    &kAdjustClickCounters, &kClickExists,       &kInsertVerdict,   &kReleaseFlight,
+    &kNotifyFlightEnded,   &kAddUsage,          &kLockBudget,      &kMonthClicks,
+    &kTakeFlight,          &kFlightLeaseLeft,   &kSetFlightClick,  &kTakeLease,
+    &kPruneVerdicts,       &kPruneClicks,       &kPruneUsage,      &kPruneFlights,
+    &kInsertMeta,          &kWriteProbe,        &kLatestForIp,     &kLatestForIpAndUserAgent,
+    &kReplaceMeta,         &kReadMetaForUpdate, &kTeamMonthClicks,
 };
 inline constexpr const Sql* kReaderStatements[] = {
     &kLatestForIp,  &kLatestForIpAndUserAgent,

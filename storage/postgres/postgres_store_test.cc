@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -355,6 +356,77 @@ TEST_F(PostgresStoreClusterTest, ConcurrentClaimsFromTwoReplicasNeverOvershootAB
   }
 }
 
+TEST_F(PostgresStoreClusterTest, ConcurrentClaimsFromTwoReplicasNeverOvershootATeamBudget) {
+  std::unique_ptr<VerdictStore> a = Open();
+  std::unique_ptr<VerdictStore> b = Open();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  constexpr int kClaims = 60;
+  constexpr int kTeamBudget = 10;
+  // As above, a team of its own each round, of two callers, every other round with budgets of
+  // their own too: so that both replicas' writers take the team's lock and then each caller's,
+  // in overlapping transactions, or the team's alone.
+  for (int round = 0; round < 4; ++round) {
+    SCOPED_TRACE(round);
+    const int caller_budget = round % 2 == 0 ? 7 : 0;
+    const std::string team = absl::StrCat("team-", round);
+    const std::vector<std::string> callers = {absl::StrCat("member-a-", round),
+                                              absl::StrCat("member-b-", round)};
+    absl::Mutex mu;
+    std::vector<absl::StatusOr<ClaimResult>> results;
+    absl::BlockingCounter answered(kClaims);
+    for (int i = 0; i < kClaims; ++i) {
+      ClickClaim claim = Claim(absl::StrCat("203.1.", round, ".", i),
+                               (i / 2) % 2 == 0 ? "replica-a" : "replica-b", callers[i % 2]);
+      claim.monthly_budget = caller_budget;
+      claim.team = team;
+      claim.team_callers = callers;
+      claim.team_monthly_budget = kTeamBudget;
+      ((i / 2) % 2 == 0 ? *a : *b).ClaimClick(std::move(claim), [&](absl::StatusOr<ClaimResult> r) {
+        {
+          absl::MutexLock lock(&mu);
+          results.push_back(std::move(r));
+        }
+        answered.DecrementCount();
+      });
+    }
+    answered.Wait();
+    absl::MutexLock lock(&mu);
+    int begun = 0;
+    for (const auto& result : results) {
+      ASSERT_TRUE(result.ok()) << result.status();
+      if (result->kind == ClaimResult::Kind::kBegun) {
+        ++begun;
+        EXPECT_GE(result->team_month_clicks, 1);
+        EXPECT_LE(result->team_month_clicks, kTeamBudget);
+        if (caller_budget > 0) {
+          EXPECT_LE(result->month_clicks, caller_budget);
+        }
+      } else if (result->kind == ClaimResult::Kind::kBudgetSpent) {
+        EXPECT_EQ(result->month_clicks, caller_budget);
+      } else {
+        EXPECT_EQ(result->kind, ClaimResult::Kind::kTeamBudgetSpent);
+        EXPECT_EQ(result->team_month_clicks, kTeamBudget);
+      }
+    }
+    EXPECT_EQ(begun, kTeamBudget);
+    auto ledger = [&](const std::string& caller) {
+      return cluster_
+          ->Query(database_, absl::StrCat("SELECT count(*) FROM clicks WHERE caller = "
+                                          "convert_to('",
+                                          caller, "', 'UTF8')"))
+          .value_or("?");
+    };
+    const int64_t first = std::stoll(ledger(callers[0]));
+    const int64_t second = std::stoll(ledger(callers[1]));
+    EXPECT_EQ(first + second, kTeamBudget);
+    if (caller_budget > 0) {
+      EXPECT_LE(first, caller_budget);
+      EXPECT_LE(second, caller_budget);
+    }
+  }
+}
+
 TEST_F(PostgresStoreClusterTest, AClaimFailingInTheDatabaseSpoilsNoOtherWriteOfItsGroup) {
   std::unique_ptr<VerdictStore> store = Open();
   ASSERT_NE(store, nullptr);
@@ -480,6 +552,75 @@ TEST_F(PostgresStoreClusterTest, AGroupADeadlockAbortedIsRunAgain) {
   EXPECT_EQ(claim_result->kind, ClaimResult::Kind::kBegun);
   absl::StatusOr<int64_t> xavier_result = xavier.Wait();
   EXPECT_TRUE(xavier_result.ok()) << xavier_result.status();
+}
+
+// A team's budget lock is of its own class, so a caller named like a team never shares its
+// lock; and a claim takes it before its caller's, so it waits for it holding no budget lock.
+TEST_F(PostgresStoreClusterTest, ATeamsBudgetLockIsItsOwnAndTakenBeforeTheCallers) {
+  std::unique_ptr<VerdictStore> store = Open();
+  ASSERT_NE(store, nullptr);
+  using postgres_store_internal::BudgetLockKey;
+  using postgres_store_internal::kBudgetLockClass;
+  using postgres_store_internal::kTeamBudgetLockClass;
+  RawSession other(cluster_->Uri(database_));
+  ASSERT_TRUE(other.ok());
+  auto team_claim = [](std::string key) {
+    ClickClaim claim = Claim(std::move(key), "replica-a", "alice");
+    claim.monthly_budget = 5;
+    claim.team = "ops";
+    claim.team_callers = {"alice", "bob"};
+    claim.team_monthly_budget = 5;
+    return claim;
+  };
+
+  // The lock a caller named "ops" would take does not hold up team ops's claim.
+  ASSERT_EQ(other.Run("BEGIN"), "");
+  ASSERT_EQ(other.Run("SELECT pg_advisory_xact_lock($1::int4, $2::int4)",
+                      {absl::StrCat(kBudgetLockClass), absl::StrCat(BudgetLockKey("ops"))}),
+            "");
+  absl::Notification answered;
+  absl::StatusOr<ClaimResult> first;
+  store->ClaimClick(team_claim("192.0.2.81"), [&](absl::StatusOr<ClaimResult> r) {
+    first = std::move(r);
+    answered.Notify();
+  });
+  const bool prompt = answered.WaitForNotificationWithTimeout(absl::Seconds(10));
+  ASSERT_EQ(other.Run("COMMIT"), "");
+  answered.WaitForNotification();
+  EXPECT_TRUE(prompt) << "the team's claim waited for a caller's lock";
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->kind, ClaimResult::Kind::kBegun);
+  EXPECT_EQ(first->team_month_clicks, 1);
+
+  // Held by another session, the team's lock holds up the claim, which meanwhile holds no lock
+  // of its caller's: the team's comes first.
+  ASSERT_EQ(other.Run("BEGIN"), "");
+  ASSERT_EQ(other.Run("SELECT pg_advisory_xact_lock($1::int4, $2::int4)",
+                      {absl::StrCat(kTeamBudgetLockClass), absl::StrCat(BudgetLockKey("ops"))}),
+            "");
+  Waiter<absl::StatusOr<ClaimResult>> second;
+  store->ClaimClick(team_claim("192.0.2.82"), second.Callback());
+  auto lock_waiters = [&] {
+    return cluster_
+        ->Query("postgres", absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE datname = '",
+                                         database_, "' AND wait_event_type = 'Lock'"))
+        .value_or("?");
+  };
+  ASSERT_TRUE(WaitUntil(
+      "the claim to wait for the team's lock", lock_waiters,
+      [](const std::string& n) { return n == "1"; }, kPatience));
+  const std::string caller_lock_free =
+      cluster_
+          ->Query(database_, absl::StrCat("SELECT pg_try_advisory_xact_lock(", kBudgetLockClass,
+                                          ", ", BudgetLockKey("alice"), ")"))
+          .value_or("?");
+  ASSERT_EQ(other.Run("COMMIT"), "");
+  EXPECT_EQ(caller_lock_free, "t");
+  absl::StatusOr<ClaimResult> second_result = second.Wait();
+  ASSERT_TRUE(second_result.ok()) << second_result.status();
+  EXPECT_EQ(second_result->kind, ClaimResult::Kind::kBegun);
+  EXPECT_EQ(second_result->team_month_clicks, 2);
+  EXPECT_EQ(second_result->month_clicks, 2);
 }
 
 TEST_F(PostgresStoreClusterTest, AClaimTakenOverIsNotReleasedByTheOldOwner) {

@@ -277,6 +277,9 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
   if (claim.monthly_budget < 0) {
     return absl::InvalidArgumentError("ClaimClick: monthly_budget must not be negative");
   }
+  if (absl::Status s = store_support::CheckTeamBudget(claim); !s.ok()) {
+    return s;
+  }
   Outcome outcome;
   // The holder's lease left, if a live claim holds the key; nullopt if none does.
   auto live_lease = [&]() -> absl::StatusOr<std::optional<absl::Duration>> {
@@ -319,21 +322,32 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
       return outcome;
     }
   }
+  // The budget locks are held until the group commits: every process's budget check for this
+  // caller (or team) waits for the clicks this transaction counts, so together they never
+  // overshoot. Lock order: the team's lock (kTeamBudgetLockClass) first, then the caller's
+  // (kBudgetLockClass), always, whichever budget is checked first; so two claimants of one team
+  // never each hold the lock the other waits for. (Across the claims of one group the locks
+  // accumulate in arrival order, which differs between groups; the writer lock every group takes
+  // first, kLockWriters, is what keeps that from deadlocking.)
+  const absl::CivilMonth month = absl::ToCivilMonth(claim.requested_at, absl::UTCTimeZone());
+  const int64_t first_day = DayNumber(absl::CivilDay(month));
+  const int64_t end_day = DayNumber(absl::CivilDay(month + 1));
+  if (claim.team_monthly_budget > 0) {
+    absl::StatusOr<Result> locked = Exec(
+        conn, kLockBudget, Params().Int32(kTeamBudgetLockClass).Int32(BudgetLockKey(claim.team)));
+    if (!locked.ok()) {
+      return locked.status();
+    }
+  }
   int64_t month_clicks = 0;
   if (claim.monthly_budget > 0) {
-    // Held until the group commits: every process's budget check for this caller waits for
-    // the clicks this transaction counts, so together they never overshoot.
     absl::StatusOr<Result> locked = Exec(
         conn, kLockBudget, Params().Int32(kBudgetLockClass).Int32(BudgetLockKey(claim.caller)));
     if (!locked.ok()) {
       return locked.status();
     }
-    const absl::CivilMonth month = absl::ToCivilMonth(claim.requested_at, absl::UTCTimeZone());
-    absl::StatusOr<Result> counted = Exec(conn, kMonthClicks,
-                                          Params()
-                                              .Bytes(claim.caller)
-                                              .Int64(DayNumber(absl::CivilDay(month)))
-                                              .Int64(DayNumber(absl::CivilDay(month + 1))));
+    absl::StatusOr<Result> counted =
+        Exec(conn, kMonthClicks, Params().Bytes(claim.caller).Int64(first_day).Int64(end_day));
     if (!counted.ok()) {
       return counted.status();
     }
@@ -341,6 +355,24 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
     if (month_clicks >= claim.monthly_budget) {
       outcome.claim.kind = ClaimResult::Kind::kBudgetSpent;
       outcome.claim.month_clicks = month_clicks;
+      return outcome;
+    }
+  }
+  int64_t team_month_clicks = 0;
+  if (claim.team_monthly_budget > 0) {
+    absl::StatusOr<Result> counted = Exec(conn, kTeamMonthClicks,
+                                          Params()
+                                              .ByteaArray(store_support::DistinctTeamCallers(claim))
+                                              .Int64(first_day)
+                                              .Int64(end_day));
+    if (!counted.ok()) {
+      return counted.status();
+    }
+    team_month_clicks = GetInt64(counted->get(), 0, 0);
+    if (team_month_clicks >= claim.team_monthly_budget) {
+      outcome.claim.kind = ClaimResult::Kind::kTeamBudgetSpent;
+      outcome.claim.month_clicks = month_clicks;
+      outcome.claim.team_month_clicks = team_month_clicks;
       return outcome;
     }
   }
@@ -400,6 +432,7 @@ PostgresStore::OpResult PostgresStore::Apply(Connection& conn, const ClaimOp& op
   outcome.claim.kind = ClaimResult::Kind::kBegun;
   outcome.claim.click_id = *id;
   outcome.claim.month_clicks = claim.monthly_budget > 0 ? month_clicks + 1 : 0;
+  outcome.claim.team_month_clicks = claim.team_monthly_budget > 0 ? team_month_clicks + 1 : 0;
   return outcome;
 }
 

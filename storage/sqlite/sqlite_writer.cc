@@ -233,6 +233,9 @@ absl::StatusOr<int64_t> SqliteStore::Apply(ClaimClickOp& op) {
     return absl::InvalidArgumentError(
         "ClaimClick needs a flight key, a positive lease and a budget >= 0");
   }
+  if (absl::Status s = store_support::CheckTeamBudget(c); !s.ok()) {
+    return s;
+  }
   sqlite3* db = writer_->db.get();
   const int64_t now_us = absl::ToUnixMicros(options_.clock->Now());
   const int64_t requested_at_us = absl::ToUnixMicros(c.requested_at);
@@ -269,19 +272,44 @@ absl::StatusOr<int64_t> SqliteStore::Apply(ClaimClickOp& op) {
       return 0;
     }
   }
-  if (c.monthly_budget > 0) {
-    const absl::CivilMonth month = absl::ToCivilMonth(c.requested_at, absl::UTCTimeZone());
+  const absl::CivilMonth month = absl::ToCivilMonth(c.requested_at, absl::UTCTimeZone());
+  // A caller's billed clicks in the claim's month, from the per-day counters.
+  auto month_clicks = [&](const std::string& caller) -> absl::StatusOr<int64_t> {
     sqlite3_stmt* spent = writer_->month_clicks.get();
     ScopedReset reset(spent);
-    BindText(spent, 1, c.caller);
+    BindText(spent, 1, caller);
     sqlite3_bind_int64(spent, 2, DayNumber(absl::CivilDay(month)));
     sqlite3_bind_int64(spent, 3, DayNumber(absl::CivilDay(month + 1)));
     if (sqlite3_step(spent) != SQLITE_ROW) {
       return WriteFailed(db);
     }
-    op.result.month_clicks = sqlite3_column_int64(spent, 0);
+    return sqlite3_column_int64(spent, 0);
+  };
+  if (c.monthly_budget > 0) {
+    absl::StatusOr<int64_t> spent = month_clicks(c.caller);
+    if (!spent.ok()) {
+      return spent.status();
+    }
+    op.result.month_clicks = *spent;
     if (op.result.month_clicks >= c.monthly_budget) {
       op.result.kind = ClaimResult::Kind::kBudgetSpent;
+      return 0;
+    }
+  }
+  if (c.team_monthly_budget > 0) {
+    // The team's clicks are its callers' (teams are small: one indexed lookup each), read under
+    // the same write lock as the caller's, so no claim of a teammate lands in between.
+    int64_t team_spent = 0;
+    for (const std::string& caller : store_support::DistinctTeamCallers(c)) {
+      absl::StatusOr<int64_t> spent = month_clicks(caller);
+      if (!spent.ok()) {
+        return spent.status();
+      }
+      team_spent += *spent;
+    }
+    op.result.team_month_clicks = team_spent;
+    if (team_spent >= c.team_monthly_budget) {
+      op.result.kind = ClaimResult::Kind::kTeamBudgetSpent;
       return 0;
     }
   }
@@ -347,6 +375,9 @@ absl::StatusOr<int64_t> SqliteStore::Apply(ClaimClickOp& op) {
   op.result.click_id = *id;
   if (c.monthly_budget > 0) {
     ++op.result.month_clicks;
+  }
+  if (c.team_monthly_budget > 0) {
+    ++op.result.team_month_clicks;
   }
   return 0;
 }
