@@ -1,9 +1,12 @@
-// Fuzzes verdictd::ParseApiKeys (the keys file: who may call, with which budget and role) and the
-// bearer-key path of Authenticator::Identify.
+// Fuzzes verdictd::ParseApiKeys (the keys file: who may call, with which budget, role and team)
+// and the bearer-key path of Authenticator::Identify.
 //
 // Properties: parsing never crashes; an error is INVALID_ARGUMENT, names the line (or says no
 // caller is defined) and stays short; every accepted entry obeys the documented field rules, with
-// unique callers and hashes; writing the entries back out in the documented format and parsing
+// unique hashes, and a caller's keys agree on budget, role and team; a lead always has a team;
+// every entry with a team carries the budget of that team's @ line in the input, and one without
+// a team none; TeamsOf lists exactly the teams of the entries; writing the entries back out in
+// the documented format (team declarations included, before or after the callers) and parsing
 // that gives the same entries; a key taken from the input, listed by its hash, authenticates as
 // its caller exactly when the documented bearer syntax allows it.
 
@@ -18,7 +21,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "fuzz_check.h"
@@ -58,11 +63,35 @@ bool SameEntries(const std::vector<verdictd::ApiKeyEntry>& a,
   for (size_t i = 0; i < a.size(); ++i) {
     if (a[i].caller != b[i].caller || a[i].key_sha256 != b[i].key_sha256 ||
         a[i].monthly_budget != b[i].monthly_budget || a[i].auditor != b[i].auditor ||
-        a[i].expires != b[i].expires) {
+        a[i].expires != b[i].expires || a[i].team != b[i].team || a[i].lead != b[i].lead ||
+        a[i].team_monthly_budget != b[i].team_monthly_budget) {
       return false;
     }
   }
   return true;
+}
+
+// The team declarations of a file that parsed, read independently of the parser: lines whose
+// first field starts with '@', after the documented comment, CR and field splitting. The parser
+// accepted the file, so each is "@NAME BUDGET|-" and each name occurs once. Budget 0: none.
+std::map<std::string, int64_t> DeclaredTeams(absl::string_view contents) {
+  std::map<std::string, int64_t> teams;
+  for (absl::string_view line : absl::StrSplit(contents, '\n')) {
+    if (!line.empty() && line.back() == '\r') {
+      line.remove_suffix(1);
+    }
+    line = line.substr(0, line.find('#'));
+    const std::vector<absl::string_view> fields =
+        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (fields.empty() || fields[0].front() != '@') {
+      continue;
+    }
+    FUZZ_CHECK(fields.size() == 2);
+    int64_t budget = 0;
+    FUZZ_CHECK(fields[1] == "-" || absl::SimpleAtoi(fields[1], &budget));
+    FUZZ_CHECK(teams.emplace(std::string(fields[0].substr(1)), budget).second);
+  }
+  return teams;
 }
 
 void CheckParse(absl::string_view contents) {
@@ -79,27 +108,74 @@ void CheckParse(absl::string_view contents) {
 
   const std::vector<verdictd::ApiKeyEntry>& entries = *parsed;
   FUZZ_CHECK(!entries.empty());
-  // A caller may have several keys, all with the same budget and role.
-  std::map<std::string, std::pair<int64_t, bool>> callers;
+  const std::map<std::string, int64_t> declared = DeclaredTeams(contents);
+  // A caller may have several keys, all with the same budget, role and team.
+  struct Caller {
+    int64_t monthly_budget;
+    bool auditor;
+    bool lead;
+    std::string team;
+    bool operator==(const Caller& o) const {
+      return monthly_budget == o.monthly_budget && auditor == o.auditor && lead == o.lead &&
+             team == o.team;
+    }
+  };
+  std::map<std::string, Caller> callers;
+  std::map<std::string, std::pair<int64_t, std::set<std::string>>> teams;  // budget, callers
   std::set<verdictd::Sha256> hashes;
-  std::string rewritten;
+  std::string keys;
   for (const verdictd::ApiKeyEntry& entry : entries) {
     FUZZ_CHECK(IsCallerName(entry.caller));
     FUZZ_CHECK(entry.monthly_budget >= 0 && entry.monthly_budget <= 1'000'000'000'000);
-    const auto [it, first] =
-        callers.emplace(entry.caller, std::make_pair(entry.monthly_budget, entry.auditor));
-    FUZZ_CHECK(first || it->second == std::make_pair(entry.monthly_budget, entry.auditor));
+    FUZZ_CHECK(!(entry.auditor && entry.lead));  // one role field
+    FUZZ_CHECK(!entry.lead || !entry.team.empty());
+    if (entry.team.empty()) {
+      FUZZ_CHECK(entry.team_monthly_budget == 0);
+    } else {
+      FUZZ_CHECK(IsCallerName(entry.team));
+      const auto declaration = declared.find(entry.team);
+      FUZZ_CHECK(declaration != declared.end());
+      FUZZ_CHECK(entry.team_monthly_budget == declaration->second);
+      FUZZ_CHECK(entry.team_monthly_budget >= 0 && entry.team_monthly_budget <= 1'000'000'000'000);
+      auto& team = teams[entry.team];
+      team.first = entry.team_monthly_budget;
+      team.second.insert(entry.caller);
+    }
+    const Caller caller{entry.monthly_budget, entry.auditor, entry.lead, entry.team};
+    const auto [it, first] = callers.emplace(entry.caller, caller);
+    FUZZ_CHECK(first || it->second == caller);
     FUZZ_CHECK(hashes.insert(entry.key_sha256).second);
     absl::StrAppend(
-        &rewritten, entry.caller, " ", Hex(entry.key_sha256), " ",
+        &keys, entry.caller, " ", Hex(entry.key_sha256), " ",
         entry.monthly_budget == 0 ? "-" : absl::StrCat(entry.monthly_budget),
-        entry.auditor ? " auditor" : "",
+        entry.auditor ? " auditor" : "", entry.lead ? " lead" : "",
         entry.expires == absl::InfiniteFuture()
             ? ""
             : absl::StrCat(" expires=", absl::FormatTime(absl::RFC3339_full, entry.expires,
                                                          absl::UTCTimeZone())),
-        "\n");
+        entry.team.empty() ? "" : absl::StrCat(" team=", entry.team), "\n");
   }
+
+  // TeamsOf: the teams of the entries, by name, each caller once.
+  const std::vector<verdictd::TeamInfo> team_list = verdictd::TeamsOf(entries);
+  FUZZ_CHECK(team_list.size() == teams.size());
+  size_t i = 0;
+  for (const auto& [name, team] : teams) {
+    FUZZ_CHECK(team_list[i].name == name);
+    FUZZ_CHECK(team_list[i].monthly_budget == team.first);
+    FUZZ_CHECK(std::vector<std::string>(team.second.begin(), team.second.end()) ==
+               team_list[i].callers);
+    ++i;
+  }
+
+  // Declarations of the teams in use (the ones nobody uses leave no trace in the entries), before
+  // the callers or after them.
+  std::string declarations;
+  for (const auto& [name, team] : teams) {
+    absl::StrAppend(&declarations, "@", name, " ", team.first == 0 ? "-" : absl::StrCat(team.first),
+                    "\n");
+  }
+  const std::string rewritten = entries.size() % 2 == 0 ? declarations + keys : keys + declarations;
   const absl::StatusOr<std::vector<verdictd::ApiKeyEntry>> reparsed =
       verdictd::ParseApiKeys(rewritten);
   FUZZ_CHECK(reparsed.ok());
@@ -124,6 +200,7 @@ void CheckBearer(absl::string_view key) {
     FUZZ_CHECK(identity->caller == "fuzz");
     FUZZ_CHECK(identity->monthly_budget == 7);
     FUZZ_CHECK(!identity->auditor);
+    FUZZ_CHECK(identity->team.empty() && !identity->lead && identity->team_monthly_budget == 0);
   } else {
     FUZZ_CHECK(!identity.ok());
     FUZZ_CHECK(identity.status().code() == absl::StatusCode::kUnauthenticated);
