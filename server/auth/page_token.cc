@@ -23,14 +23,16 @@ namespace {
 //   [0]        version: kHistoryVersion (a history page) or kClicksVersion (a ledger page)
 //   [1]        ip length n, 0..kMaxIpLength
 //   [2, 2+n)   ip bytes
-//   kClicks:   caller length m (one byte), then m caller bytes
+//   kClicks:   caller length m (one byte), then m caller bytes, then team length t (one byte),
+//              then t team bytes
 //   then       since_us, until_us, checked_at_us, id: each 8 bytes, big-endian two's complement
 //   then       tag: HMAC-SHA256(secret, all of the above), truncated to kTagSize bytes
 // The tag is truncated to 128 bits, which is ample for a MAC: forging a token needs ~2^128
 // online guesses, each of which costs a request. The version byte is under the tag, so a token
 // of one kind cannot be passed off as the other.
 constexpr uint8_t kHistoryVersion = 1;
-constexpr uint8_t kClicksVersion = 2;
+// 2 was a ledger page without the team filter: refused since, like any unknown version.
+constexpr uint8_t kClicksVersion = 3;
 constexpr size_t kMaxCallerLength = 255;
 constexpr size_t kMaxIpLength = 45;  // INET6_ADDRSTRLEN - 1: the longest textual IP address
 constexpr size_t kTagSize = 16;
@@ -81,14 +83,18 @@ PageTokenCodec::PageTokenCodec(std::string secret) : secret_(std::move(secret)) 
 std::string PageTokenCodec::Encode(const PageCursor& cursor) const {
   const bool clicks = cursor.kind == PageCursor::Kind::kClicks;
   std::string bytes;
-  bytes.reserve(kFixedSize + cursor.ip.size() + 1 + cursor.caller.size() + kTagSize);
+  bytes.reserve(kFixedSize + cursor.ip.size() + 2 + cursor.caller.size() + cursor.team.size() +
+                kTagSize);
   bytes.push_back(static_cast<char>(clicks ? kClicksVersion : kHistoryVersion));
-  if (cursor.ip.size() <= kMaxIpLength && cursor.caller.size() <= kMaxCallerLength) {
+  if (cursor.ip.size() <= kMaxIpLength && cursor.caller.size() <= kMaxCallerLength &&
+      cursor.team.size() <= kMaxCallerLength) {
     bytes.push_back(static_cast<char>(cursor.ip.size()));
     bytes.append(cursor.ip);
     if (clicks) {
       bytes.push_back(static_cast<char>(cursor.caller.size()));
       bytes.append(cursor.caller);
+      bytes.push_back(static_cast<char>(cursor.team.size()));
+      bytes.append(cursor.team);
     }
   } else {
     // Not an IP address or a caller: a caller bug. Returning "" would read as "no more pages"
@@ -132,11 +138,17 @@ absl::StatusOr<PageCursor> PageTokenCodec::Decode(absl::string_view token) const
     return invalid;
   }
   size_t caller_length = 0;
+  size_t team_length = 0;
   if (clicks) {
     // kFixedSize + ip_length + kTagSize > 2 + ip_length, so the length byte is there.
     caller_length = data[2 + ip_length];
+    // The team's length byte: there if the token holds at least the fixed fields after it.
+    if (bytes.size() < kFixedSize + ip_length + 1 + caller_length + kTagSize) {
+      return invalid;
+    }
+    team_length = data[3 + ip_length + caller_length];
   }
-  const size_t header = 2 + ip_length + (clicks ? 1 + caller_length : 0);
+  const size_t header = 2 + ip_length + (clicks ? 2 + caller_length + team_length : 0);
   if (bytes.size() != header + 4 * 8 + kTagSize) {
     return invalid;
   }
@@ -151,6 +163,7 @@ absl::StatusOr<PageCursor> PageTokenCodec::Decode(absl::string_view token) const
   if (clicks) {
     cursor.kind = PageCursor::Kind::kClicks;
     cursor.caller.assign(bytes, 3 + ip_length, caller_length);
+    cursor.team.assign(bytes, 4 + ip_length + caller_length, team_length);
   }
   const unsigned char* p = data + header;
   cursor.since_us = ReadInt64(p);

@@ -21,11 +21,12 @@ struct PageCursor {
   int64_t id = 0;
   Kind kind = Kind::kHistory;
   std::string caller;  // kClicks: the caller filter ("" for every caller); at most 255 bytes
+  std::string team;    // kClicks: the team filter ("" for none); at most 255 bytes
 
   friend bool operator==(const PageCursor& a, const PageCursor& b) {
     return a.ip == b.ip && a.since_us == b.since_us && a.until_us == b.until_us &&
            a.checked_at_us == b.checked_at_us && a.id == b.id && a.kind == b.kind &&
-           a.caller == b.caller;
+           a.caller == b.caller && a.team == b.team;
   }
 };
 

@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -46,6 +47,10 @@ std::vector<PageCursor> Cursors() {
       {"", kMin, kMax, 1'700'000'000'000'000, 7, PageCursor::Kind::kClicks, ""},
       {"192.0.2.1", 0, kMax, 5, 9, PageCursor::Kind::kClicks, "checkout"},
       {"", kMin, kMax, kMax, kMax, PageCursor::Kind::kClicks, std::string(255, 'c')},
+      // ... and the team filter likewise.
+      {"", kMin, kMax, 5, 9, PageCursor::Kind::kClicks, "", "payments"},
+      {"192.0.2.1", kMin, kMax, 5, 9, PageCursor::Kind::kClicks, std::string(255, 'c'),
+       std::string(255, 't')},
   };
 }
 
@@ -157,8 +162,9 @@ TEST(PageTokenTest, TruncatedAndExtendedTokensFail) {
 TEST(PageTokenTest, StructuralChecksHoldEvenWithValidTag) {
   const PageTokenCodec codec(kSecret);
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(0, 3, "::1"))));    // version 0
-  ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(2, 3, "::1"))));    // 2: no caller
-  ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(3, 3, "::1"))));    // version 3
+  ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(2, 3, "::1"))));    // 2: retired
+  ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(3, 3, "::1"))));    // 3: no caller
+  ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(4, 3, "::1"))));    // version 4
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(1, 4, "::1"))));    // length too big
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(1, 2, "::1"))));    // length too small
   ExpectInvalid(codec.Decode(SignedToken(kSecret, Body(1, 255, "::1"))));  // absurd length
@@ -182,21 +188,27 @@ TEST(PageTokenTest, KindsNeverMix) {
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(a->kind, PageCursor::Kind::kHistory);
   EXPECT_EQ(b->kind, PageCursor::Kind::kClicks);
-  // A ledger token's layout, hand-built: version 2, ip, caller length, caller, four int64s.
-  std::string body = Body(2, 3, "::1");
+  // A ledger token's layout, hand-built: version 3, ip, caller length, caller, team length,
+  // team, four int64s.
+  std::string body = Body(3, 3, "::1");
   body.insert(5, std::string("\x02"
-                             "ab",
-                             3));
+                             "ab"
+                             "\x03"
+                             "xyz",
+                             7));
   absl::StatusOr<PageCursor> built = codec.Decode(SignedToken(kSecret, body));
   ASSERT_TRUE(built.ok()) << built.status();
   EXPECT_EQ(built->ip, "::1");
   EXPECT_EQ(built->caller, "ab");
+  EXPECT_EQ(built->team, "xyz");
   EXPECT_EQ(built->id, 0x0101010101010101);
-  // A caller length past the end, or short of it, is refused.
-  body[5] = 3;
-  ExpectInvalid(codec.Decode(SignedToken(kSecret, body)));
-  body[5] = 1;
-  ExpectInvalid(codec.Decode(SignedToken(kSecret, body)));
+  // A caller or team length past the end, or short of it, is refused.
+  for (const auto& [at, length] :
+       std::vector<std::pair<size_t, char>>{{5, 3}, {5, 1}, {8, 4}, {8, 2}, {8, 100}, {5, 120}}) {
+    std::string bad = body;
+    bad[at] = length;
+    ExpectInvalid(codec.Decode(SignedToken(kSecret, bad)));
+  }
 }
 
 TEST(PageTokenTest, OverlongCallerEncodesToATokenThatNeverDecodes) {
@@ -205,6 +217,8 @@ TEST(PageTokenTest, OverlongCallerEncodesToATokenThatNeverDecodes) {
   const std::string token = codec.Encode(cursor);
   EXPECT_FALSE(token.empty());
   ExpectInvalid(codec.Decode(token));
+  PageCursor team{"", 1, 2, 3, 4, PageCursor::Kind::kClicks, "", std::string(256, 't')};
+  ExpectInvalid(codec.Decode(codec.Encode(team)));
 }
 
 TEST(PageTokenTest, OverlongIpEncodesToATokenThatNeverDecodes) {
