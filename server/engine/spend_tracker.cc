@@ -49,7 +49,25 @@ void SpendTracker::RollPeriodLocked(absl::Time now) {
   }
 }
 
-bool SpendTracker::TryReserve(const std::string& caller, int64_t monthly_budget) {
+int64_t SpendTracker::TeamSpentLocked(const std::string& team,
+                                      const std::vector<std::string>& callers,
+                                      absl::CivilMonth month) {
+  int64_t spent = 0;
+  for (const std::string& caller : callers) {
+    auto it = callers_.find(caller);
+    if (it != callers_.end() && it->second.month == month) {
+      spent += it->second.spent;
+    }
+  }
+  auto floor = team_floor_.find(team);
+  if (floor != team_floor_.end() && floor->second.month == month) {
+    spent = std::max(spent, floor->second.spent);
+  }
+  return spent;
+}
+
+SpendTracker::Reservation SpendTracker::Reserve(const std::string& caller, int64_t monthly_budget,
+                                                const TeamBudget* team) {
   const absl::Time now = clock_.Now();
   const absl::CivilMonth month = MonthOf(now);
   absl::MutexLock lock(&mu_);
@@ -59,11 +77,15 @@ bool SpendTracker::TryReserve(const std::string& caller, int64_t monthly_budget)
     entry = CallerMonth{month, 0};
   }
   if (monthly_budget > 0 && entry.spent >= monthly_budget) {
-    return false;
+    return Reservation::kCallerBudgetSpent;
+  }
+  if (team != nullptr && team->monthly_budget > 0 &&
+      TeamSpentLocked(team->team, team->callers, month) >= team->monthly_budget) {
+    return Reservation::kTeamBudgetSpent;
   }
   ++entry.spent;
   ++period_clicks_;
-  return true;
+  return Reservation::kReserved;
 }
 
 void SpendTracker::Refund(const std::string& caller) {
@@ -89,6 +111,23 @@ void SpendTracker::Observe(const std::string& caller, int64_t month_clicks) {
   const absl::CivilMonth month = MonthOf(clock_.Now());
   absl::MutexLock lock(&mu_);
   CallerMonth& entry = callers_[caller];
+  if (entry.month != month) {
+    entry = CallerMonth{month, 0};
+  }
+  entry.spent = std::max(entry.spent, month_clicks);
+}
+
+int64_t SpendTracker::TeamSpentThisMonth(const std::string& team,
+                                         const std::vector<std::string>& callers) {
+  const absl::CivilMonth month = MonthOf(clock_.Now());
+  absl::MutexLock lock(&mu_);
+  return TeamSpentLocked(team, callers, month);
+}
+
+void SpendTracker::ObserveTeam(const std::string& team, int64_t month_clicks) {
+  const absl::CivilMonth month = MonthOf(clock_.Now());
+  absl::MutexLock lock(&mu_);
+  CallerMonth& entry = team_floor_[team];
   if (entry.month != month) {
     entry = CallerMonth{month, 0};
   }

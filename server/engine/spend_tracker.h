@@ -34,8 +34,17 @@ struct AllowanceStatus {
   bool exhausted_upstream = false;
 };
 
+// A team's share in a reservation: its callers (the caller reserving among them) and its clicks
+// per calendar month (UTC), shared by them.
+struct TeamBudget {
+  std::string team;
+  std::vector<std::string> callers;
+  int64_t monthly_budget = 0;  // 0: unlimited
+};
+
 // Counts billed clicks per caller per calendar month (UTC) to enforce budgets, and per
-// allowance period to report what is left of the plan. Thread-safe.
+// allowance period to report what is left of the plan. A team's clicks are its callers' clicks
+// (whoever is in the team now), but never fewer than the store last counted for it. Thread-safe.
 //
 // A click is reserved before its request is sent (so concurrent misses cannot overshoot a
 // budget) and refunded only if the request provably never left.
@@ -51,14 +60,26 @@ class SpendTracker {
   static absl::Time MonthStart(absl::Time now);
   static std::pair<absl::Time, absl::Time> Period(absl::Time now, int reset_day);
 
-  // Reserves one click for `caller`; false when `monthly_budget` (> 0) is already spent.
-  bool TryReserve(const std::string& caller, int64_t monthly_budget);
+  enum class Reservation { kReserved, kCallerBudgetSpent, kTeamBudgetSpent };
+  // Reserves one click for `caller` (and its team, when `team` is given); refused when the
+  // caller's `monthly_budget` (> 0) or the team's is already spent. Both are checked and counted
+  // under one lock, so concurrent reservations never overshoot either.
+  Reservation Reserve(const std::string& caller, int64_t monthly_budget,
+                      const TeamBudget* team = nullptr);
+  // Reserve without a team: whether it was reserved.
+  bool TryReserve(const std::string& caller, int64_t monthly_budget) {
+    return Reserve(caller, monthly_budget) == Reservation::kReserved;
+  }
   // Returns a reservation whose request never left.
   void Refund(const std::string& caller);
   int64_t SpentThisMonth(const std::string& caller);
+  // The billed clicks of `team`'s callers this month (at least as many as last observed).
+  int64_t TeamSpentThisMonth(const std::string& team, const std::vector<std::string>& callers);
   // The store counted `month_clicks` billed clicks for `caller` this month across every process
   // sharing it: the count never goes below that.
   void Observe(const std::string& caller, int64_t month_clicks);
+  // The same for a team: the store counted `month_clicks` for its callers together.
+  void ObserveTeam(const std::string& team, int64_t month_clicks);
   // The same for the clicks of the current allowance period, every caller's.
   void ObservePeriod(int64_t period_clicks);
 
@@ -81,11 +102,17 @@ class SpendTracker {
     int64_t spent = 0;
   };
   void RollPeriodLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int64_t TeamSpentLocked(const std::string& team, const std::vector<std::string>& callers,
+                          absl::CivilMonth month) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AllowanceOptions options_;
   const Clock& clock_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, CallerMonth> callers_ ABSL_GUARDED_BY(mu_);
+  // The store's last count per team (ObserveTeam, after every claim of a team member): a floor
+  // under the callers' sum, which misses the clicks of other processes until their callers are
+  // observed. The store enforces the budgets; this only refuses early what it would refuse.
+  absl::flat_hash_map<std::string, CallerMonth> team_floor_ ABSL_GUARDED_BY(mu_);
   absl::Time period_start_ ABSL_GUARDED_BY(mu_);
   absl::Time period_end_ ABSL_GUARDED_BY(mu_);
   int64_t period_clicks_ ABSL_GUARDED_BY(mu_) = 0;

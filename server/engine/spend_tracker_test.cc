@@ -28,6 +28,35 @@ TEST(SpendTrackerTest, BudgetsAreReservedRefundedAndResetMonthly) {
   EXPECT_FALSE(spend.TryReserve("team-a", 1));
 }
 
+TEST(SpendTrackerTest, ATeamBudgetIsSharedByItsCallersAndResetMonthly) {
+  FakeClock clock(Utc(2026, 11, 30, 22));
+  SpendTracker spend(AllowanceOptions{}, clock, {{"ads", 2}, {"web", 1}, {"other", 50}}, 53);
+  const TeamBudget team{"growth", {"ads", "web"}, 5};
+  using R = SpendTracker::Reservation;
+  EXPECT_EQ(spend.TeamSpentThisMonth("growth", team.callers), 3) << "ads 2 + web 1";
+  EXPECT_EQ(spend.Reserve("ads", 0, &team), R::kReserved);
+  EXPECT_EQ(spend.Reserve("web", 0, &team), R::kReserved);
+  EXPECT_EQ(spend.Reserve("web", 0, &team), R::kTeamBudgetSpent) << "5 of 5 spent by the team";
+  EXPECT_EQ(spend.Reserve("ads", 0, &team), R::kTeamBudgetSpent);
+  EXPECT_EQ(spend.SpentThisMonth("web"), 2) << "a refused reservation counts nothing";
+  EXPECT_EQ(spend.Reserve("other", 0, nullptr), R::kReserved) << "other is in no team";
+  // The caller's own budget is checked first, and names the caller.
+  EXPECT_EQ(spend.Reserve("ads", 3, &team), R::kCallerBudgetSpent);
+  spend.Refund("web");  // a request that never left gives the team its click back
+  EXPECT_EQ(spend.Reserve("ads", 0, &team), R::kReserved);
+  // The store's count for the team (other processes' clicks) is a floor under the sum.
+  const TeamBudget big{"growth", {"ads", "web"}, 10};
+  spend.ObserveTeam("growth", 9);
+  EXPECT_EQ(spend.TeamSpentThisMonth("growth", big.callers), 9);
+  EXPECT_EQ(spend.Reserve("web", 0, &big), R::kReserved);
+  EXPECT_EQ(spend.TeamSpentThisMonth("growth", big.callers), 9) << "sum 6 stays under the floor";
+  spend.ObserveTeam("growth", 10);
+  EXPECT_EQ(spend.Reserve("web", 0, &big), R::kTeamBudgetSpent);
+  clock.Set(Utc(2026, 12, 1, 0));
+  EXPECT_EQ(spend.TeamSpentThisMonth("growth", big.callers), 0) << "a new month";
+  EXPECT_EQ(spend.Reserve("web", 0, &team), R::kReserved);
+}
+
 TEST(SpendTrackerTest, AllowanceCountsClicksPerPeriodFromTheResetDay) {
   FakeClock clock(Utc(2026, 11, 20));
   AllowanceOptions options;
