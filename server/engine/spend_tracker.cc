@@ -107,14 +107,19 @@ int64_t SpendTracker::SpentThisMonth(const std::string& caller) {
   return it->second.spent;
 }
 
-void SpendTracker::Observe(const std::string& caller, int64_t month_clicks) {
+void SpendTracker::RaiseLocked(absl::flat_hash_map<std::string, CallerMonth>& counts,
+                               const std::string& name, int64_t month_clicks) {
   const absl::CivilMonth month = MonthOf(clock_.Now());
-  absl::MutexLock lock(&mu_);
-  CallerMonth& entry = callers_[caller];
+  CallerMonth& entry = counts[name];
   if (entry.month != month) {
     entry = CallerMonth{month, 0};
   }
   entry.spent = std::max(entry.spent, month_clicks);
+}
+
+void SpendTracker::Observe(const std::string& caller, int64_t month_clicks) {
+  absl::MutexLock lock(&mu_);
+  RaiseLocked(callers_, caller, month_clicks);
 }
 
 int64_t SpendTracker::TeamSpentThisMonth(const std::string& team,
@@ -125,13 +130,8 @@ int64_t SpendTracker::TeamSpentThisMonth(const std::string& team,
 }
 
 void SpendTracker::ObserveTeam(const std::string& team, int64_t month_clicks) {
-  const absl::CivilMonth month = MonthOf(clock_.Now());
   absl::MutexLock lock(&mu_);
-  CallerMonth& entry = team_floor_[team];
-  if (entry.month != month) {
-    entry = CallerMonth{month, 0};
-  }
-  entry.spent = std::max(entry.spent, month_clicks);
+  RaiseLocked(team_floor_, team, month_clicks);
 }
 
 void SpendTracker::ObservePeriod(int64_t period_clicks) {

@@ -102,6 +102,9 @@ class SpendTracker {
     int64_t spent = 0;
   };
   void RollPeriodLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // counts[name] is at least month_clicks for this month from now on.
+  void RaiseLocked(absl::flat_hash_map<std::string, CallerMonth>& counts, const std::string& name,
+                   int64_t month_clicks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t TeamSpentLocked(const std::string& team, const std::vector<std::string>& callers,
                           absl::CivilMonth month) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
