@@ -901,6 +901,16 @@ std::vector<std::pair<std::string, int64_t>> BudgetsOf(const std::vector<ApiKeyE
   return budgets;
 }
 
+// The teams the engine enforces and reports (team budgets, the lead's reads), from the keys file.
+std::vector<TeamAccount> TeamAccountsOf(const std::vector<ApiKeyEntry>& entries) {
+  std::vector<TeamAccount> accounts;
+  for (TeamInfo& team : TeamsOf(entries)) {
+    accounts.push_back(
+        TeamAccount{std::move(team.name), team.monthly_budget, std::move(team.callers)});
+  }
+  return accounts;
+}
+
 // SIGHUP: re-reads --api_keys_file, --token_file and the TLS files and swaps them in. All or
 // nothing: every file is read and checked first, and a failure in any leaves the whole
 // configuration as it was (and is counted and logged, naming the file and line, never a
@@ -1008,15 +1018,24 @@ class ConfigReloader {
     std::string keys_summary = "open mode, unchanged (no --api_keys_file)";
     if (entries.has_value()) {
       std::vector<std::pair<std::string, int64_t>> budgets = BudgetsOf(*entries);
+      std::vector<TeamAccount> teams = TeamAccountsOf(*entries);
       absl::StatusOr<KeySetChange> change = auth_.Replace(*std::move(entries));
       if (!change.ok()) {  // not reached: keyed at start whenever --api_keys_file is set
         Fail(change.status().message());
         return;
       }
+      // A check that authenticated with the new keys before the teams below are in place
+      // counts its team's budget against its own clicks alone (Engine::TeamCallers); the
+      // store's check a moment later sees the whole team.
       engine_.SetMonthlyBudgets(std::move(budgets));
-      keys_summary = absl::StrFormat("%d callers with %d keys (%d added, %d removed, %d changed)",
-                                     change->callers, change->keys, change->added, change->removed,
-                                     change->changed);
+      engine_.SetTeams(std::move(teams));
+      keys_summary = absl::StrFormat(
+          "%d callers with %d keys%s (%d added, %d removed, %d changed)", change->callers,
+          change->keys,
+          change->teams == 0
+              ? ""
+              : absl::StrFormat(" in %d team%s", change->teams, change->teams == 1 ? "" : "s"),
+          change->added, change->removed, change->changed);
     }
     last_success_.Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
     spdlog::info("configuration reloaded: keys: {}; token: {}; tls: {}", keys_summary,
@@ -1125,6 +1144,7 @@ int Run() {
   }
   // The engine reports budgets (GetUsage, the budget gauge); checks carry their caller's own.
   s.engine.monthly_budgets = BudgetsOf(auth.entries());
+  s.engine.teams = TeamAccountsOf(auth.entries());
   auto scheduler = std::make_unique<ThreadScheduler>();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(s.engine, store, **client, *Clock::Real(), *scheduler, &server_metrics);
@@ -1170,6 +1190,28 @@ int Run() {
         metrics::LabeledValues values;
         for (const BudgetStatus& budget : engine_ptr->Budgets()) {
           values.push_back({{budget.caller}, static_cast<double>(budget.left)});
+        }
+        return values;
+      });
+  registry.AddCallbackGauge("verdictd_team_budget_clicks_left",
+                            "Clicks left of each team's monthly budget (teams with a budget only).",
+                            {"team"}, [engine_ptr] {
+                              metrics::LabeledValues values;
+                              for (const TeamBudgetStatus& team : engine_ptr->TeamBudgets()) {
+                                if (team.monthly_budget > 0) {
+                                  values.push_back({{team.team}, static_cast<double>(team.left)});
+                                }
+                              }
+                              return values;
+                            });
+  registry.AddCallbackGauge(
+      "verdictd_team_month_clicks",
+      "Billed clicks of each team's callers this calendar month (UTC), as this replica counts "
+      "them.",
+      {"team"}, [engine_ptr] {
+        metrics::LabeledValues values;
+        for (const TeamBudgetStatus& team : engine_ptr->TeamBudgets()) {
+          values.push_back({{team.team}, static_cast<double>(team.spent)});
         }
         return values;
       });

@@ -1,6 +1,7 @@
 #include "server/engine/engine.h"
 
 #include <algorithm>
+#include <map>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -83,6 +84,29 @@ absl::flat_hash_map<std::string, int64_t> BudgetByCaller(
   return by_caller;
 }
 
+// Sorts a team's callers and drops duplicates.
+std::map<std::string, TeamAccount> TeamsByName(std::vector<TeamAccount> teams) {
+  std::map<std::string, TeamAccount> by_name;
+  for (TeamAccount& team : teams) {
+    std::sort(team.callers.begin(), team.callers.end());
+    team.callers.erase(std::unique(team.callers.begin(), team.callers.end()), team.callers.end());
+    std::string name = team.name;
+    by_name[std::move(name)] = std::move(team);
+  }
+  return by_name;
+}
+
+absl::flat_hash_map<std::string, std::string> TeamOfCaller(
+    const std::map<std::string, TeamAccount>& teams) {
+  absl::flat_hash_map<std::string, std::string> team_of;
+  for (const auto& [name, team] : teams) {
+    for (const std::string& caller : team.callers) {
+      team_of[caller] = name;
+    }
+  }
+  return team_of;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineOptions options, VerdictStore& store,
@@ -115,6 +139,8 @@ Engine::Engine(EngineOptions options, VerdictStore& store, ClickPatrolClient& cl
     : options_(std::move(options)),
       monthly_budgets_(options_.monthly_budgets),
       budget_by_caller_(BudgetByCaller(options_.monthly_budgets)),
+      teams_(TeamsByName(options_.teams)),
+      team_of_caller_(TeamOfCaller(teams_)),
       store_(store),
       client_(client),
       clock_(clock),
@@ -444,7 +470,8 @@ void Engine::CheckWithLatest(CheckRequest request, Callback done, const std::str
     if (it != flights_.end()) {
       // Joining costs nothing, so neither budgets nor the breaker apply.
       it->second.waiters.push_back(Waiter{std::move(done), std::move(request.call),
-                                          std::move(request.caller), request.monthly_budget});
+                                          std::move(request.caller), request.monthly_budget,
+                                          std::move(request.team), request.team_monthly_budget});
       if (observer_ != nullptr) {
         observer_->OnWaiterJoined();
       }
@@ -473,9 +500,10 @@ void Engine::CheckWithLatest(CheckRequest request, Callback done, const std::str
       } else {
         // A miss that must wait is admitted for real when its turn comes.
         refused = slot_free ? AdmitToSend(now) : PeekAdmission(now);
-        if (refused.ok() && !spend_.TryReserve(request.caller, request.monthly_budget)) {
-          refused = BudgetSpentError(request.caller, request.monthly_budget);
-          if (slot_free) {
+        if (refused.ok()) {
+          refused = Reserve(request.caller, request.monthly_budget, request.team,
+                            request.team_monthly_budget);
+          if (!refused.ok() && slot_free) {
             breaker_.Cancel();
           }
         }
@@ -487,9 +515,12 @@ void Engine::CheckWithLatest(CheckRequest request, Callback done, const std::str
         flight.user_agent = request.user_agent;
         flight.caller = request.caller;
         flight.monthly_budget = request.monthly_budget;
+        flight.team = request.team;
+        flight.team_monthly_budget = request.team_monthly_budget;
         flight.stale_candidate = latest;
         flight.waiters.push_back(Waiter{std::move(done), std::move(request.call),
-                                        std::move(request.caller), request.monthly_budget});
+                                        std::move(request.caller), request.monthly_budget,
+                                        std::move(request.team), request.team_monthly_budget});
         PlaceLocked(key, flight, /*take_slot=*/slot_free);
         send = slot_free;
         watch = true;
@@ -529,6 +560,47 @@ absl::Status Engine::GoneError(const CallState& call) {
 absl::Status Engine::BudgetSpentError(absl::string_view caller, int64_t monthly_budget) {
   return absl::ResourceExhaustedError(absl::StrCat(
       "caller ", caller, " has spent its monthly budget of ", monthly_budget, " clicks"));
+}
+
+absl::Status Engine::TeamBudgetSpentError(absl::string_view team, int64_t monthly_budget) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("team ", team, " has spent its monthly budget of ", monthly_budget, " clicks"));
+}
+
+std::vector<std::string> Engine::TeamCallers(const std::string& team, const std::string& caller) {
+  std::vector<std::string> callers;
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    if (auto it = teams_.find(team); it != teams_.end()) {
+      callers = it->second.callers;
+    }
+  }
+  // A check that authenticated just before a reload moved its caller out of the team still
+  // counts as the team's (the store requires the payer among the team's callers).
+  if (!caller.empty() && !std::binary_search(callers.begin(), callers.end(), caller)) {
+    callers.insert(std::lower_bound(callers.begin(), callers.end(), caller), caller);
+  }
+  return callers;
+}
+
+absl::Status Engine::Reserve(const std::string& caller, int64_t monthly_budget,
+                             const std::string& team, int64_t team_monthly_budget) {
+  SpendTracker::Reservation reserved;
+  if (team.empty() || team_monthly_budget <= 0) {
+    reserved = spend_.Reserve(caller, monthly_budget);
+  } else {
+    const TeamBudget share{team, TeamCallers(team, caller), team_monthly_budget};
+    reserved = spend_.Reserve(caller, monthly_budget, &share);
+  }
+  switch (reserved) {
+    case SpendTracker::Reservation::kReserved:
+      return absl::OkStatus();
+    case SpendTracker::Reservation::kCallerBudgetSpent:
+      return BudgetSpentError(caller, monthly_budget);
+    case SpendTracker::Reservation::kTeamBudgetSpent:
+      return TeamBudgetSpentError(team, team_monthly_budget);
+  }
+  return absl::InternalError("unknown reservation");
 }
 
 absl::Status Engine::AllowanceError() {
@@ -652,14 +724,17 @@ bool Engine::PruneWaitersLocked(Flight& flight, absl::Time now, const CallState*
 bool Engine::ElectPayerLocked(Flight& flight, Outbox& out) {
   while (!flight.waiters.empty()) {
     Waiter& next = flight.waiters.front();
-    if (spend_.TryReserve(next.caller, next.monthly_budget)) {
+    absl::Status reserved =
+        Reserve(next.caller, next.monthly_budget, next.team, next.team_monthly_budget);
+    if (reserved.ok()) {
       flight.caller = next.caller;
       flight.monthly_budget = next.monthly_budget;
+      flight.team = next.team;
+      flight.team_monthly_budget = next.team_monthly_budget;
       flight.payer_waiting = true;
       return true;
     }
-    FailOrStaleLater(flight.stale_candidate, BudgetSpentError(next.caller, next.monthly_budget),
-                     std::move(next.done), out);
+    FailOrStaleLater(flight.stale_candidate, std::move(reserved), std::move(next.done), out);
     flight.waiters.erase(flight.waiters.begin());
   }
   return false;
@@ -966,6 +1041,11 @@ void Engine::ClaimAndSend(std::string key) {
     claim.caller = flight.caller;
     claim.ip = flight.ip;
     claim.monthly_budget = flight.monthly_budget;
+    if (!flight.team.empty() && flight.team_monthly_budget > 0) {
+      claim.team = flight.team;
+      claim.team_monthly_budget = flight.team_monthly_budget;
+      claim.team_callers = TeamCallers(flight.team, flight.caller);
+    }
     // What this flight read of the store: a verdict stored since (another process's flight
     // landed between that read and this claim) is taken instead of paid for again.
     claim.newer_than = flight.stale_candidate.has_value() ? flight.stale_candidate->checked_at
@@ -983,7 +1063,9 @@ void Engine::ClaimAndSend(std::string key) {
   // The ledger row is durable before the request leaves: a crash after this point still
   // counts the click as spent. The claim makes the flight single across every process sharing
   // the store, and the budget hold across them.
-  store_.ClaimClick(std::move(claim), [this, key](absl::StatusOr<ClaimResult> claimed) {
+  std::string team = claim.team;
+  store_.ClaimClick(std::move(claim), [this, key, team = std::move(team)](
+                                          absl::StatusOr<ClaimResult> claimed) {
     if (claimed.ok() && claimed->kind == ClaimResult::Kind::kVerdictLanded) {
       OnClaimLanded(key, *std::move(claimed->landed));
       return;
@@ -991,6 +1073,10 @@ void Engine::ClaimAndSend(std::string key) {
     if (claimed.ok() && claimed->kind != ClaimResult::Kind::kBegun) {
       OnClaimRefused(key, *claimed);
       return;
+    }
+    if (claimed.ok() && !team.empty()) {
+      // The team's count across every process sharing the store, this click included.
+      spend_.ObserveTeam(team, claimed->team_month_clicks);
     }
     absl::StatusOr<int64_t> click_id =
         claimed.ok() ? absl::StatusOr<int64_t>(claimed->click_id) : claimed.status();
@@ -1130,10 +1216,16 @@ void Engine::OnClaimRefused(const std::string& key, const ClaimResult& claim) {
       // Spent across the cluster, though not by this process's count: this process learns the
       // count, the payer is refused, and the next waiter who can pay leads.
       spend_.Refund(flight.caller);
-      spend_.Observe(flight.caller, claim.month_clicks);
+      absl::Status spent;
+      if (claim.kind == ClaimResult::Kind::kTeamBudgetSpent) {
+        spend_.ObserveTeam(flight.team, claim.team_month_clicks);
+        spent = TeamBudgetSpentError(flight.team, flight.team_monthly_budget);
+      } else {
+        spend_.Observe(flight.caller, claim.month_clicks);
+        spent = BudgetSpentError(flight.caller, flight.monthly_budget);
+      }
       if (flight.payer_waiting && !flight.waiters.empty()) {
-        FailOrStaleLater(flight.stale_candidate,
-                         BudgetSpentError(flight.caller, flight.monthly_budget),
+        FailOrStaleLater(flight.stale_candidate, std::move(spent),
                          std::move(flight.waiters.front().done), out);
         flight.waiters.erase(flight.waiters.begin());
       }
@@ -1564,44 +1656,140 @@ void Engine::History(HistoryQuery query, HistoryCallback done) {
                  });
 }
 
-namespace {
-
-// Who may read whose usage and clicks: a caller its own, an auditor everyone's.
-absl::Status MayRead(absl::string_view what, const std::string& requester, bool auditor,
-                     const std::string& caller) {
-  if (auditor || caller == requester) {
+// Who may read whose usage and clicks: a caller its own, a lead its team's callers', an
+// auditor everyone's. Membership is the current one (the keys file's), as for team budgets.
+absl::Status Engine::MayRead(absl::string_view what, const Reader& reader,
+                             const std::string& caller, const std::string& team) {
+  if (!caller.empty() && !team.empty()) {
+    return absl::InvalidArgumentError("give a caller or a team, not both");
+  }
+  bool known_team = true;
+  std::string caller_team;
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    if (!team.empty()) {
+      known_team = teams_.count(team) > 0;
+    }
+    if (auto it = team_of_caller_.find(caller); !caller.empty() && it != team_of_caller_.end()) {
+      caller_team = it->second;
+    }
+  }
+  if (reader.auditor || (!caller.empty() && caller == reader.caller)) {
+    // An auditor may ask about a team nobody is in; it is still told the name is wrong.
+    if (!known_team) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("no team ", QuoteForError(team), " in the keys file"));
+    }
     return absl::OkStatus();
   }
+  const bool leads = reader.lead && !reader.team.empty();
+  if (leads && !team.empty() && team == reader.team) {
+    return absl::OkStatus();
+  }
+  if (leads && !caller.empty() && caller_team == reader.team) {
+    return absl::OkStatus();
+  }
+  const std::string who = absl::StrCat(leads ? "the lead of team " : "caller ",
+                                       QuoteForError(leads ? reader.team : reader.caller));
+  const std::string own = leads ? "its team's callers'" : "its own";
+  if (caller.empty() && team.empty()) {
+    return absl::PermissionDeniedError(absl::StrCat("only auditors may read every caller's ", what,
+                                                    "; ask for your own",
+                                                    leads ? " or your team's" : ""));
+  }
   return absl::PermissionDeniedError(
-      caller.empty()
-          ? absl::StrCat("only auditors may read every caller's ", what, "; ask for your own")
-          : absl::StrCat("caller ", QuoteForError(requester), " may read only its own ", what,
-                         ", not that of ", QuoteForError(caller)));
+      absl::StrCat(who, " may read only ", own, " ", what,
+                   what == "usage" ? ", not that of " : ", not those of ",
+                   team.empty() ? "" : "team ", QuoteForError(team.empty() ? caller : team)));
 }
 
-}  // namespace
-
 void Engine::Clicks(ClicksQuery query, ClicksCallback done) {
-  if (absl::Status may = MayRead("clicks", query.requester, query.auditor, query.query.caller);
+  if (absl::Status may = MayRead("clicks", query.reader, query.query.caller, query.team);
       !may.ok()) {
     done(std::move(may));
     return;
   }
+  if (query.team.empty()) {
+    BeginStoreRead();
+    store_.Clicks(std::move(query.query), [this, done = std::move(done)](
+                                              absl::StatusOr<std::vector<ClickRecord>> clicks) {
+      if (!clicks.ok() && clicks.status().code() != absl::StatusCode::kInvalidArgument) {
+        clicks = absl::UnavailableError(
+            absl::StrCat("verdict store unavailable: ", clicks.status().message()));
+      }
+      done(std::move(clicks));
+      EndStoreRead();
+    });
+    return;
+  }
+  // A team's page: the first query.limit clicks of each of its callers after the cursor, merged
+  // newest first, cut to query.limit. Each is an index range scan of one caller, so a page costs
+  // callers x limit rows however large the ledger grows.
+  const std::vector<std::string> callers = TeamCallers(query.team, "");
+  if (callers.empty()) {
+    done(std::vector<ClickRecord>());
+    return;
+  }
+  struct Merge {
+    absl::Mutex mu;
+    size_t left ABSL_GUARDED_BY(mu) = 0;
+    absl::Status error ABSL_GUARDED_BY(mu);
+    std::vector<ClickRecord> clicks ABSL_GUARDED_BY(mu);
+    ClicksCallback done;
+    int limit = 0;
+  };
+  auto merge = std::make_shared<Merge>();
+  merge->done = std::move(done);
+  merge->limit = query.query.limit;
+  {
+    absl::MutexLock lock(&merge->mu);
+    merge->left = callers.size();
+  }
   BeginStoreRead();
-  store_.Clicks(std::move(query.query), [this, done = std::move(done)](
-                                            absl::StatusOr<std::vector<ClickRecord>> clicks) {
-    if (!clicks.ok() && clicks.status().code() != absl::StatusCode::kInvalidArgument) {
-      clicks = absl::UnavailableError(
-          absl::StrCat("verdict store unavailable: ", clicks.status().message()));
-    }
-    done(std::move(clicks));
-    EndStoreRead();
-  });
+  for (const std::string& caller : callers) {
+    ClickQuery one = query.query;
+    one.caller = caller;
+    store_.Clicks(std::move(one), [this, merge](absl::StatusOr<std::vector<ClickRecord>> clicks) {
+      std::vector<ClickRecord> all;
+      absl::Status error;
+      {
+        absl::MutexLock lock(&merge->mu);
+        if (!clicks.ok()) {
+          if (merge->error.ok()) {
+            merge->error = clicks.status();
+          }
+        } else {
+          for (ClickRecord& click : *clicks) {
+            merge->clicks.push_back(std::move(click));
+          }
+        }
+        if (--merge->left > 0) {
+          return;
+        }
+        all = std::move(merge->clicks);
+        error = merge->error;
+      }
+      if (!error.ok()) {
+        merge->done(error.code() == absl::StatusCode::kInvalidArgument
+                        ? error
+                        : absl::UnavailableError(
+                              absl::StrCat("verdict store unavailable: ", error.message())));
+      } else {
+        std::sort(all.begin(), all.end(), [](const ClickRecord& a, const ClickRecord& b) {
+          return a.requested_at != b.requested_at ? a.requested_at > b.requested_at : a.id > b.id;
+        });
+        if (static_cast<int>(all.size()) > merge->limit) {
+          all.resize(merge->limit);
+        }
+        merge->done(std::move(all));
+      }
+      EndStoreRead();
+    });
+  }
 }
 
 void Engine::Usage(UsageQuery query, UsageCallback done) {
-  if (absl::Status may = MayRead("usage", query.requester, query.auditor, query.caller);
-      !may.ok()) {
+  if (absl::Status may = MayRead("usage", query.reader, query.caller, query.team); !may.ok()) {
     done(std::move(may));
     return;
   }
@@ -1624,26 +1812,27 @@ void Engine::Usage(UsageQuery query, UsageCallback done) {
   BeginStoreRead();
   // Read once the pending counters are written, so the answer includes every check made
   // before; chained, since the store does not order a read after a write issued before it.
-  usage_.Flush([this, caller = std::move(query.caller), since, until,
+  // A team's usage is read for every caller and cut to the team's (callers x days rows).
+  usage_.Flush([this, caller = std::move(query.caller), team = std::move(query.team), since, until,
                 done = std::move(done)]() mutable {
     std::string asked = caller;
-    store_.Usage(
-        std::move(caller), since, until,
-        [this, asked = std::move(asked),
-         done = std::move(done)](absl::StatusOr<std::vector<DailyUsage>> days) {
-          if (days.ok()) {
-            // Budgets and the allowance as the store counts them, so that every
-            // process sharing it reports the same.
-            SyncSpendThen([this, asked, days = *std::move(days), done = std::move(done)]() mutable {
-              done(MakeUsageReport(asked, std::move(days)));
-              EndStoreRead();
-            });
-            return;
-          }
-          done(absl::UnavailableError(
-              absl::StrCat("verdict store unavailable: ", days.status().message())));
-          EndStoreRead();
-        });
+    store_.Usage(std::move(caller), since, until,
+                 [this, asked = std::move(asked), team = std::move(team),
+                  done = std::move(done)](absl::StatusOr<std::vector<DailyUsage>> days) {
+                   if (days.ok()) {
+                     // Budgets and the allowance as the store counts them, so that every
+                     // process sharing it reports the same.
+                     SyncSpendThen([this, asked, team, days = *std::move(days),
+                                    done = std::move(done)]() mutable {
+                       done(MakeUsageReport(asked, team, std::move(days)));
+                       EndStoreRead();
+                     });
+                     return;
+                   }
+                   done(absl::UnavailableError(
+                       absl::StrCat("verdict store unavailable: ", days.status().message())));
+                   EndStoreRead();
+                 });
   });
 }
 
@@ -1672,25 +1861,106 @@ void Engine::SyncSpendThen(std::function<void()> then) {
   });
 }
 
-UsageReport Engine::MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days) {
+UsageReport Engine::MakeUsageReport(const std::string& caller, const std::string& team,
+                                    std::vector<DailyUsage> days) {
   UsageReport report;
+  std::map<std::string, TeamAccount> teams;
+  absl::flat_hash_map<std::string, std::string> team_of;
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    teams = teams_;
+    team_of = team_of_caller_;
+  }
+  auto team_of_caller = [&team_of](const std::string& name) {
+    auto it = team_of.find(name);
+    return it == team_of.end() ? std::string() : it->second;
+  };
   // Rows arrive sorted by caller, then day.
   for (DailyUsage& day : days) {
+    if (!team.empty() && team_of_caller(day.caller) != team) {
+      continue;
+    }
     if (report.callers.empty() || report.callers.back().caller != day.caller) {
-      report.callers.push_back(CallerUsageReport{day.caller, {}, {}, std::nullopt});
+      report.callers.push_back(CallerUsageReport{day.caller, {}, {}, std::nullopt, ""});
     }
     CallerUsageReport& usage = report.callers.back();
     usage.total += day.counts;
     usage.days.push_back(std::move(day));
   }
   if (!caller.empty() && report.callers.empty()) {
-    report.callers.push_back(CallerUsageReport{caller, {}, {}, std::nullopt});
+    report.callers.push_back(CallerUsageReport{caller, {}, {}, std::nullopt, ""});
   }
+  if (auto it = teams.find(team); !team.empty() && it != teams.end()) {
+    // Every caller of the team asked for, also those without usage in the window.
+    for (const std::string& member : it->second.callers) {
+      auto at = std::lower_bound(
+          report.callers.begin(), report.callers.end(), member,
+          [](const CallerUsageReport& r, const std::string& name) { return r.caller < name; });
+      if (at == report.callers.end() || at->caller != member) {
+        report.callers.insert(at, CallerUsageReport{member, {}, {}, std::nullopt, ""});
+      }
+    }
+  }
+  std::map<std::string, TeamUsageReport> by_team;
   for (CallerUsageReport& usage : report.callers) {
+    usage.team = team_of_caller(usage.caller);
     usage.budget = BudgetOf(usage.caller);
+    if (usage.team.empty()) {
+      continue;
+    }
+    TeamUsageReport& t = by_team[usage.team];
+    t.team = usage.team;
+    t.total += usage.total;
+    t.callers.push_back(usage.caller);  // report.callers is sorted
+  }
+  for (auto& [name, t] : by_team) {
+    if (auto it = teams.find(name); it != teams.end()) {
+      t.budget = TeamBudgetOf(it->second);
+    } else {
+      t.budget.team = name;
+    }
+    report.teams.push_back(std::move(t));
   }
   report.allowance = spend_.Allowance();
   return report;
+}
+
+TeamBudgetStatus Engine::TeamBudgetOf(const TeamAccount& team) {
+  TeamBudgetStatus status;
+  status.team = team.name;
+  status.monthly_budget = team.monthly_budget;
+  status.spent = spend_.TeamSpentThisMonth(team.name, team.callers);
+  status.left =
+      team.monthly_budget > 0 ? std::max<int64_t>(0, team.monthly_budget - status.spent) : 0;
+  return status;
+}
+
+void Engine::SetTeams(std::vector<TeamAccount> teams) {
+  std::map<std::string, TeamAccount> by_name = TeamsByName(std::move(teams));
+  absl::flat_hash_map<std::string, std::string> team_of = TeamOfCaller(by_name);
+  absl::MutexLock lock(&budgets_mu_);
+  teams_ = std::move(by_name);
+  team_of_caller_ = std::move(team_of);
+}
+
+std::vector<TeamBudgetStatus> Engine::TeamBudgets() {
+  std::map<std::string, TeamAccount> teams;
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    teams = teams_;
+  }
+  std::vector<TeamBudgetStatus> out;
+  out.reserve(teams.size());
+  for (const auto& [name, team] : teams) {
+    out.push_back(TeamBudgetOf(team));
+  }
+  return out;
+}
+
+std::string Engine::TeamOf(const std::string& caller) {
+  absl::MutexLock lock(&budgets_mu_);
+  auto it = team_of_caller_.find(caller);
+  return it == team_of_caller_.end() ? std::string() : it->second;
 }
 
 std::optional<BudgetStatus> Engine::BudgetOf(const std::string& caller) {

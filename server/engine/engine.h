@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,15 @@ enum class Source { kCache = 1, kUpstream = 2, kStale = 3 };
 enum class CacheKeyMode {
   kIp,           // the IP alone (the verdict is about the IP)
   kIpUserAgent,  // the IP and the exact user agent
+};
+
+// A team: callers that share a monthly budget and a lead who may read their usage and clicks.
+// Who is in which team is the keys file's (current membership): a team's clicks are its
+// callers' clicks.
+struct TeamAccount {
+  std::string name;
+  int64_t monthly_budget = 0;        // clicks per calendar month (UTC) for all of them; 0: none
+  std::vector<std::string> callers;  // sorted, no duplicates
 };
 
 struct EngineOptions {
@@ -91,6 +101,10 @@ struct EngineOptions {
   // twice: the last one counts), for the budgets reported by Usage and Budgets. 0: unlimited.
   // Checks carry their own (CheckRequest::monthly_budget). Default: none.
   std::vector<std::pair<std::string, int64_t>> monthly_budgets;
+  // The teams, as the API keys file gives them, for the team budgets checks carry
+  // (CheckRequest::team), the access rule (a lead reads its team's) and the team reports.
+  // Default: none.
+  std::vector<TeamAccount> teams;
   // This process among those sharing the store (written into its flight claims, for operators).
   // Default: "verdictd".
   std::string replica_id = "verdictd";
@@ -106,11 +120,20 @@ struct EngineOptions {
   absl::Duration remote_flight_poll = absl::Seconds(1);
 };
 
+// Who asks to read usage or clicks; what they may read is Engine's one rule: a caller its own,
+// the lead of a team its team's callers', an auditor everyone's.
+struct Reader {
+  std::string caller;    // the authenticated caller asking
+  std::string team;      // its team ("" for none)
+  bool lead = false;     // it leads `team`
+  bool auditor = false;  // it may read everything
+};
+
 // A GetUsage request, decoded.
 struct UsageQuery {
-  std::string requester;  // the authenticated caller asking
-  bool auditor = false;   // the requester may read every caller's usage
-  std::string caller;     // whose usage: "" for every caller's
+  Reader reader;
+  std::string caller;  // whose usage: "" for every caller's (or the team's)
+  std::string team;    // "" or a team: its callers' usage. Not together with caller.
   // The window asked for; nullopt: from the start of the current UTC month, and until now. A
   // timestamp that did not decode is reported only after the permission check, so that who may
   // ask is decided first whatever else the request says.
@@ -120,9 +143,9 @@ struct UsageQuery {
 
 // A ListClicks request: whose clicks, asked by whom.
 struct ClicksQuery {
-  std::string requester;  // the authenticated caller asking
-  bool auditor = false;   // the requester may read every caller's clicks
-  ClickQuery query;       // query.caller "" for every caller's
+  Reader reader;
+  std::string team;  // "" or a team: its callers' clicks. Not together with query.caller.
+  ClickQuery query;  // query.caller "" for every caller's (or the team's)
 };
 
 // A caller's monthly budget and what is left of it this month.
@@ -137,10 +160,27 @@ struct CallerUsageReport {
   UsageCounts total;                   // the sum of `days`
   std::vector<DailyUsage> days;        // by day
   std::optional<BudgetStatus> budget;  // absent: no budget (unlimited)
+  std::string team;                    // its team now ("" for none)
+};
+
+// A team's budget and what is left of it this month, and what its callers spent.
+struct TeamBudgetStatus {
+  std::string team;
+  int64_t monthly_budget = 0;  // 0: none
+  int64_t spent = 0;           // its callers' billed clicks this month
+  int64_t left = 0;            // 0 when there is no budget
+};
+
+struct TeamUsageReport {
+  std::string team;
+  UsageCounts total;                 // the sum of its callers' in the report
+  std::vector<std::string> callers;  // its callers in the report, sorted
+  TeamBudgetStatus budget;
 };
 
 struct UsageReport {
   std::vector<CallerUsageReport> callers;  // by caller; the one asked for even without usage
+  std::vector<TeamUsageReport> teams;      // by name: the teams of `callers` (the one asked for)
   AllowanceStatus allowance;
 };
 
@@ -171,8 +211,10 @@ struct CheckRequest {
   std::string user_agent;  // "" for none
   std::optional<absl::Duration> max_age;
   bool cache_only = false;
-  std::string caller;          // who is asking (and pays for a miss)
-  int64_t monthly_budget = 0;  // the caller's clicks per calendar month; 0: unlimited
+  std::string caller;               // who is asking (and pays for a miss)
+  int64_t monthly_budget = 0;       // the caller's clicks per calendar month; 0: unlimited
+  std::string team;                 // the caller's team ("" for none)
+  int64_t team_monthly_budget = 0;  // the team's clicks per calendar month; 0: unlimited
   // The RPC this check belongs to; null: someone always waits for the answer.
   std::shared_ptr<CallState> call;
 };
@@ -249,15 +291,17 @@ class Engine : private FlightListener {
 
   // Audit and accounting reads. `done` runs once, on a store thread; WaitIdle waits for it.
   void History(HistoryQuery query, HistoryCallback done);
-  // GetUsage: a caller may read its own usage, an auditor everyone's (PERMISSION_DENIED
-  // otherwise); the window defaults to the current UTC month by the engine's clock
+  // GetUsage: a caller may read its own usage, a lead its team's, an auditor everyone's
+  // (PERMISSION_DENIED otherwise; INVALID_ARGUMENT for a caller and a team at once, or an
+  // unknown team); the window defaults to the current UTC month by the engine's clock
   // (INVALID_ARGUMENT unless since < until); each caller's budget is joined in. Writes pending
   // usage counters first, so the answer includes every check made before. `done` runs once: at
   // once for a refused query, otherwise on a store thread; UNAVAILABLE when the store fails.
   void Usage(UsageQuery query, UsageCallback done);
-  // ListClicks: the ledger's clicks, with the access rule of Usage (a caller its own, an auditor
-  // everyone's; PERMISSION_DENIED at once otherwise). `done` runs once; UNAVAILABLE when the
-  // store fails.
+  // ListClicks: the ledger's clicks, with the access rule of Usage (a caller its own, a lead its
+  // team's, an auditor everyone's; PERMISSION_DENIED at once otherwise). A team's page merges
+  // one page of each of its callers (each an index range scan). `done` runs once; UNAVAILABLE
+  // when the store fails.
   void Clicks(ClicksQuery query, ClicksCallback done);
   // Every caller with a monthly budget (EngineOptions::monthly_budgets, or the last
   // SetMonthlyBudgets), in that order.
@@ -265,6 +309,14 @@ class Engine : private FlightListener {
   // Replaces EngineOptions::monthly_budgets (a keys-file reload): Usage and Budgets report the new
   // ones from now on. Checks carry their own budget, so this changes no enforcement.
   void SetMonthlyBudgets(std::vector<std::pair<std::string, int64_t>> monthly_budgets);
+  // Replaces EngineOptions::teams (a keys-file reload): membership, team budgets and the access
+  // rule follow from now on (a check carries its team's name and budget; the callers who share
+  // it are looked up here).
+  void SetTeams(std::vector<TeamAccount> teams);
+  // Every team (EngineOptions::teams, or the last SetTeams), by name, with this month's spend.
+  std::vector<TeamBudgetStatus> TeamBudgets();
+  // `caller`'s team now, "" for none.
+  std::string TeamOf(const std::string& caller);
   // The upstream client now sends a new token (a token reload): forgets a token rejection, so
   // that the next miss is sent at once instead of waiting for the probe interval; and a
   // rejection answering a request sent before this call is not taken as one of the new token.
@@ -290,6 +342,8 @@ class Engine : private FlightListener {
     std::shared_ptr<CallState> call;  // null: always waiting
     std::string caller;
     int64_t monthly_budget = 0;
+    std::string team;
+    int64_t team_monthly_budget = 0;
   };
   enum class Stage {
     kQueued,   // waiting for an upstream slot (in slot_queue_), nothing written yet
@@ -306,6 +360,8 @@ class Engine : private FlightListener {
     std::string user_agent;
     std::string caller;          // who pays: the caller in the ledger row
     int64_t monthly_budget = 0;  // the payer's
+    std::string team;            // the payer's team, and its budget
+    int64_t team_monthly_budget = 0;
     // waiters.front() is the payer, who gets click_spent, until it goes away.
     bool payer_waiting = true;
     std::optional<Verdict> stale_candidate;  // newest stored verdict when the flight began
@@ -337,6 +393,18 @@ class Engine : private FlightListener {
   // CANCELLED or DEADLINE_EXCEEDED, for a check whose call is gone.
   static absl::Status GoneError(const CallState& call);
   static absl::Status BudgetSpentError(absl::string_view caller, int64_t monthly_budget);
+  static absl::Status TeamBudgetSpentError(absl::string_view team, int64_t monthly_budget);
+  // Reserves a click for `caller` (SpendTracker::Reserve with its team's callers): OK, or
+  // RESOURCE_EXHAUSTED naming the caller or the team whose budget is spent.
+  absl::Status Reserve(const std::string& caller, int64_t monthly_budget, const std::string& team,
+                       int64_t team_monthly_budget);
+  // The callers of `team` now, sorted, and `caller` among them (unless ""): {caller} when the
+  // team is unknown (a reload removed it).
+  std::vector<std::string> TeamCallers(const std::string& team, const std::string& caller);
+  // PERMISSION_DENIED unless `reader` may read `what` of `caller` (or of `team`; both "": of
+  // everyone).
+  absl::Status MayRead(absl::string_view what, const Reader& reader, const std::string& caller,
+                       const std::string& team);
   static absl::Status BreakerOpenError();
   absl::Status AllowanceError();
   absl::Status TokenRejectedError(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -455,8 +523,11 @@ class Engine : private FlightListener {
   void SchedulePrune(absl::Duration delay);
   // `caller`'s budget, if it has one.
   std::optional<BudgetStatus> BudgetOf(const std::string& caller);
-  // The report for `days` (sorted by caller, then day); `caller` is the one asked for, or "".
-  UsageReport MakeUsageReport(const std::string& caller, std::vector<DailyUsage> days);
+  // The report for `days` (sorted by caller, then day); `caller` is the one asked for, or "";
+  // `team` the team asked for ("" for none).
+  UsageReport MakeUsageReport(const std::string& caller, const std::string& team,
+                              std::vector<DailyUsage> days);
+  TeamBudgetStatus TeamBudgetOf(const TeamAccount& team);
   void ScheduleUsageFlush();
   void ScheduleSpendSync();
   // Brings this process's budget and allowance counts up to the store's (which counts every
@@ -477,6 +548,9 @@ class Engine : private FlightListener {
   absl::Mutex budgets_mu_;
   std::vector<std::pair<std::string, int64_t>> monthly_budgets_ ABSL_GUARDED_BY(budgets_mu_);
   absl::flat_hash_map<std::string, int64_t> budget_by_caller_ ABSL_GUARDED_BY(budgets_mu_);
+  // options_.teams (or the last SetTeams) by name, and each caller's team.
+  std::map<std::string, TeamAccount> teams_ ABSL_GUARDED_BY(budgets_mu_);
+  absl::flat_hash_map<std::string, std::string> team_of_caller_ ABSL_GUARDED_BY(budgets_mu_);
   std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>();
   VerdictStore& store_;
   ClickPatrolClient& client_;

@@ -111,6 +111,11 @@ class FakeStore : public VerdictStore {
         events.push_back("spent " + claim.ip);
         result.kind = ClaimResult::Kind::kBudgetSpent;
         result.month_clicks = spent->second;
+      } else if (auto team = team_cluster_spent.find(claim.team);
+                 claim.team_monthly_budget > 0 && team != team_cluster_spent.end()) {
+        events.push_back("team spent " + claim.ip);
+        result.kind = ClaimResult::Kind::kTeamBudgetSpent;
+        result.team_month_clicks = team->second;
       } else if (claim.allowance_probe_interval > absl::ZeroDuration() &&
                  claim.requested_at < allowance_mark.exhausted_until) {
         if (claim.requested_at < allowance_mark.next_probe) {
@@ -204,8 +209,23 @@ class FakeStore : public VerdictStore {
   void History(HistoryQuery query, ReadCallback<std::vector<HistoryEntry>> done) override {
     done(std::vector<HistoryEntry>());
   }
-  void Clicks(ClickQuery, ReadCallback<std::vector<ClickRecord>> done) override {
-    done(absl::UnimplementedError("the engine never reads the ledger's clicks"));
+  // The clicks of `ledger` (kept newest first) that the query selects.
+  void Clicks(ClickQuery query, ReadCallback<std::vector<ClickRecord>> done) override {
+    std::vector<ClickRecord> page;
+    {
+      absl::MutexLock lock(&mu_);
+      click_queries.push_back(query);
+      for (const ClickRecord& click : ledger) {
+        const bool after =
+            !query.after.has_value() || click.requested_at < query.after->requested_at ||
+            (click.requested_at == query.after->requested_at && click.id < query.after->id);
+        if (after && (query.caller.empty() || click.caller == query.caller) &&
+            static_cast<int>(page.size()) < query.limit) {
+          page.push_back(click);
+        }
+      }
+    }
+    done(std::move(page));
   }
   void AddUsage(std::vector<UsageDelta> deltas, DoneCallback done) override {
     {
@@ -289,6 +309,9 @@ class FakeStore : public VerdictStore {
   std::vector<UsageRead> usage_reads;
   absl::flat_hash_map<std::string, absl::Duration> held;  // flight key -> lease left
   absl::flat_hash_map<std::string, int64_t> cluster_spent;
+  absl::flat_hash_map<std::string, int64_t> team_cluster_spent;  // team -> its count elsewhere
+  std::vector<ClickRecord> ledger;                               // what Clicks reads, newest first
+  std::vector<ClickQuery> click_queries;
   std::vector<ClickClaim> claims;
   FlightListener* listener = nullptr;
   bool lease_held = true;                 // what TryLease answers
@@ -1174,9 +1197,9 @@ absl::StatusOr<UsageReport> UsageOf(Engine& engine, UsageQuery query) {
 
 UsageQuery UsageQueryBy(std::string requester, std::string caller, bool auditor = false) {
   UsageQuery q;
-  q.requester = std::move(requester);
+  q.reader.caller = std::move(requester);
   q.caller = std::move(caller);
-  q.auditor = auditor;
+  q.reader.auditor = auditor;
   return q;
 }
 
@@ -1860,6 +1883,238 @@ TEST_F(EngineTest, SetMonthlyBudgetsReplacesTheReportedBudgets) {
   ASSERT_TRUE(report.ok()) << report.status();
   ASSERT_TRUE(report->callers[0].budget.has_value());
   EXPECT_EQ(report->callers[0].budget->monthly_budget, 3);
+}
+
+// --- teams ------------------------------------------------------------------------------------
+
+CheckRequest TeamRequest(std::string ip, std::string caller, int64_t team_budget) {
+  CheckRequest r;
+  r.ip = std::move(ip);
+  r.caller = std::move(caller);
+  r.team = "growth";
+  r.team_monthly_budget = team_budget;
+  return r;
+}
+
+Reader LeadOf(std::string team, std::string caller = "lead") {
+  Reader r;
+  r.caller = std::move(caller);
+  r.team = std::move(team);
+  r.lead = true;
+  return r;
+}
+
+TEST_F(EngineTest, ATeamBudgetIsSharedByItsCallersAndNamesTheTeamWhenSpent) {
+  options_.teams = {{"growth", 3, {"web", "ads"}}, {"ops", 0, {"cron"}}};
+  store_.initial_clicks = {{"ads", 1}};
+  Start(TeamRequest("11.3.0.1", "web", 3));
+  client_.Answer(Safe());
+  Start(TeamRequest("11.3.0.2", "ads", 3));
+  client_.Answer(Safe());
+  auto refused = Start(TeamRequest("11.3.0.3", "web", 3));  // 1 + 2 of 3 spent
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*refused)->status().message(), "team growth has spent its monthly budget of 3 clicks");
+  EXPECT_TRUE(client_.pending.empty());
+  // Each claim carried the team's callers, so the store checks the same sum.
+  ASSERT_EQ(store_.claims.size(), 2u);
+  EXPECT_EQ(store_.claims[0].team, "growth");
+  EXPECT_THAT(store_.claims[0].team_callers, ElementsAre("ads", "web"));
+  EXPECT_EQ(store_.claims[0].team_monthly_budget, 3);
+  // A caller's own budget is checked first and named.
+  CheckRequest own = TeamRequest("11.3.0.4", "web", 100);
+  own.monthly_budget = 1;
+  auto caller_spent = Start(own);
+  EXPECT_THAT(std::string((*caller_spent)->status().message()),
+              ::testing::HasSubstr("caller web has spent"));
+  // The team's spend is reported (the budget gauge reads it).
+  std::vector<TeamBudgetStatus> teams = engine().TeamBudgets();
+  ASSERT_EQ(teams.size(), 2u);
+  EXPECT_EQ(teams[0].team, "growth");
+  EXPECT_EQ(teams[0].spent, 3);
+  EXPECT_EQ(teams[0].left, 0);
+  EXPECT_EQ(teams[1].team, "ops");
+  EXPECT_EQ(teams[1].monthly_budget, 0);
+  // A reload that moves web out of the team gives the team its room back.
+  engine().SetTeams({{"growth", 3, {"ads"}}});
+  Start(TeamRequest("11.3.0.5", "ads", 3));
+  EXPECT_EQ(client_.pending.size(), 1u) << "ads alone has spent 2 of 3";
+  client_.Answer(Safe());
+  EXPECT_EQ(engine().TeamOf("web"), "");
+  EXPECT_EQ(engine().TeamOf("ads"), "growth");
+}
+
+TEST_F(EngineTest, ATeamBudgetSpentOnOtherProcessesIsLearnedAndRefusesLocallyAfter) {
+  options_.teams = {{"growth", 5, {"ads", "web"}}};
+  store_.team_cluster_spent["growth"] = 5;  // the other replicas spent it all
+  auto refused = Start(TeamRequest("11.3.1.1", "ads", 5));
+  ASSERT_TRUE(refused->has_value());
+  EXPECT_EQ((*refused)->status().message(), "team growth has spent its monthly budget of 5 clicks");
+  EXPECT_TRUE(client_.pending.empty());
+  EXPECT_EQ(engine().SpentThisMonth("ads"), 0) << "the reservation was handed back";
+  EXPECT_EQ(engine().TeamBudgets()[0].spent, 5) << "the store's count is learned";
+  const size_t claims = store_.claims.size();
+  auto again = Start(TeamRequest("11.3.1.2", "web", 5));
+  EXPECT_EQ((*again)->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(store_.claims.size(), claims) << "refused by this process's count";
+}
+
+TEST_F(EngineTest, ALeadReadsItsTeamsCallersAndAMemberOnlyItsOwn) {
+  options_.teams = {{"growth", 0, {"ads", "web"}}, {"ops", 0, {"cron"}}};
+  UsageQuery q;
+  q.reader = LeadOf("growth");
+  q.caller = "ads";
+  EXPECT_TRUE(UsageOf(engine(), q).ok());
+  q.caller = "";
+  q.team = "growth";
+  EXPECT_TRUE(UsageOf(engine(), q).ok());
+  q.team = "ops";
+  absl::Status other_team = UsageOf(engine(), q).status();
+  EXPECT_EQ(other_team.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(other_team.message(),
+            "the lead of team \"growth\" may read only its team's callers' usage, not that of "
+            "team \"ops\"");
+  q.team = "";
+  q.caller = "cron";
+  EXPECT_EQ(UsageOf(engine(), q).status().code(), absl::StatusCode::kPermissionDenied);
+  q.caller = "";
+  absl::Status everyone = UsageOf(engine(), q).status();
+  EXPECT_EQ(everyone.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(everyone.message()), ::testing::HasSubstr("or your team's"));
+  // A member that is not the lead: its own only.
+  UsageQuery member;
+  member.reader = Reader{"web", "growth", /*lead=*/false, /*auditor=*/false};
+  member.team = "growth";
+  EXPECT_EQ(UsageOf(engine(), member).status().code(), absl::StatusCode::kPermissionDenied);
+  member.team = "";
+  member.caller = "ads";
+  EXPECT_EQ(UsageOf(engine(), member).status().code(), absl::StatusCode::kPermissionDenied);
+  member.caller = "web";
+  EXPECT_TRUE(UsageOf(engine(), member).ok());
+  // Auditors read every team; a team nobody is in, or a caller and a team at once, are errors.
+  UsageQuery auditor = UsageQueryBy("audit", "", /*auditor=*/true);
+  auditor.team = "ops";
+  EXPECT_TRUE(UsageOf(engine(), auditor).ok());
+  auditor.team = "opps";
+  absl::Status unknown = UsageOf(engine(), auditor).status();
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(unknown.message(), "no team \"opps\" in the keys file");
+  auditor.team = "ops";
+  auditor.caller = "cron";
+  EXPECT_EQ(UsageOf(engine(), auditor).status().code(), absl::StatusCode::kInvalidArgument);
+  // The same rule guards the click audit.
+  ClicksQuery clicks;
+  clicks.reader = LeadOf("growth");
+  clicks.team = "ops";
+  std::optional<absl::Status> answer;
+  engine().Clicks(clicks, [&](absl::StatusOr<std::vector<ClickRecord>> r) { answer = r.status(); });
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ(answer->code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(store_.click_queries.empty());
+  // After a reload that moves cron into growth, its lead may read cron.
+  engine().SetTeams({{"growth", 0, {"ads", "cron", "web"}}});
+  q.caller = "cron";
+  EXPECT_TRUE(UsageOf(engine(), q).ok());
+}
+
+TEST_F(EngineTest, UsageByTeamSumsItsCallersWithThemBeneath) {
+  options_.teams = {{"growth", 10, {"ads", "mobile", "web"}}, {"ops", 0, {"cron"}}};
+  options_.monthly_budgets = {{"ads", 4}};
+  store_.initial_clicks = {{"ads", 2}, {"web", 1}, {"cron", 7}};
+  const absl::CivilDay today = absl::ToCivilDay(clock_.Now(), absl::UTCTimeZone());
+  store_.daily_usage = {
+      {"ads", today, UsageCounts{2, 0, 5, 7}},
+      {"cron", today, UsageCounts{7, 1, 0, 7}},
+      {"solo", today, UsageCounts{1, 0, 0, 1}},
+      {"web", today, UsageCounts{1, 1, 2, 3}},
+  };
+  UsageQuery q;
+  q.reader = LeadOf("growth");
+  q.team = "growth";
+  absl::StatusOr<UsageReport> report = UsageOf(engine(), q);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(store_.usage_reads.size(), 1u);
+  EXPECT_EQ(store_.usage_reads[0].caller, "") << "read for everyone, cut to the team";
+  ASSERT_EQ(report->callers.size(), 3u) << "mobile is listed without usage";
+  EXPECT_EQ(report->callers[0].caller, "ads");
+  EXPECT_EQ(report->callers[0].team, "growth");
+  ASSERT_TRUE(report->callers[0].budget.has_value());
+  EXPECT_EQ(report->callers[0].budget->left, 2);
+  EXPECT_EQ(report->callers[1].caller, "mobile");
+  EXPECT_EQ(report->callers[1].total.requests, 0);
+  EXPECT_EQ(report->callers[2].caller, "web");
+  ASSERT_EQ(report->teams.size(), 1u);
+  const TeamUsageReport& growth = report->teams[0];
+  EXPECT_EQ(growth.team, "growth");
+  EXPECT_THAT(growth.callers, ElementsAre("ads", "mobile", "web"));
+  EXPECT_EQ(growth.total.clicks, 3);
+  EXPECT_EQ(growth.total.upstream_errors, 1);
+  EXPECT_EQ(growth.total.cache_hits, 7);
+  EXPECT_EQ(growth.total.requests, 10);
+  EXPECT_EQ(growth.budget.monthly_budget, 10);
+  EXPECT_EQ(growth.budget.spent, 3);
+  EXPECT_EQ(growth.budget.left, 7);
+
+  // An auditor's view of everyone: each team of the callers listed, and callers in no team.
+  report = UsageOf(engine(), UsageQueryBy("audit", "", /*auditor=*/true));
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->callers.size(), 4u);
+  EXPECT_EQ(report->callers[2].caller, "solo");
+  EXPECT_EQ(report->callers[2].team, "");
+  ASSERT_EQ(report->teams.size(), 2u);
+  EXPECT_EQ(report->teams[0].team, "growth");
+  EXPECT_THAT(report->teams[0].callers, ElementsAre("ads", "web"));
+  EXPECT_EQ(report->teams[1].team, "ops");
+  EXPECT_EQ(report->teams[1].total.clicks, 7);
+  EXPECT_EQ(report->teams[1].budget.left, 0) << "no team budget";
+}
+
+ClickRecord LedgerClick(int64_t id, std::string caller, absl::Time at) {
+  ClickRecord click;
+  click.id = id;
+  click.caller = std::move(caller);
+  click.ip = "11.4.0.1";
+  click.requested_at = at;
+  return click;
+}
+
+TEST_F(EngineTest, ATeamsClicksMergeOnePageOfEachCallerNewestFirst) {
+  options_.teams = {{"growth", 0, {"ads", "web"}}};
+  const absl::Time t = clock_.Now();
+  // Newest first, as the store keeps them; two share a requested_at (the id orders them).
+  store_.ledger = {
+      LedgerClick(9, "web", t),
+      LedgerClick(8, "cron", t - absl::Seconds(1)),
+      LedgerClick(7, "ads", t - absl::Seconds(2)),
+      LedgerClick(6, "web", t - absl::Seconds(2)),
+      LedgerClick(5, "ads", t - absl::Seconds(3)),
+      LedgerClick(4, "ads", t - absl::Seconds(4)),
+      LedgerClick(3, "web", t - absl::Seconds(5)),
+  };
+  auto page = [&](std::optional<ClickCursor> after) {
+    ClicksQuery q;
+    q.reader = LeadOf("growth");
+    q.team = "growth";
+    q.query.limit = 3;
+    q.query.after = after;
+    std::optional<absl::StatusOr<std::vector<ClickRecord>>> answer;
+    engine().Clicks(q, [&](absl::StatusOr<std::vector<ClickRecord>> r) { answer = std::move(r); });
+    EXPECT_TRUE(answer.has_value());
+    std::vector<int64_t> ids;
+    if (answer.has_value() && answer->ok()) {
+      for (const ClickRecord& click : **answer) {
+        ids.push_back(click.id);
+      }
+    }
+    return ids;
+  };
+  EXPECT_THAT(page(std::nullopt), ElementsAre(9, 7, 6));
+  ASSERT_EQ(store_.click_queries.size(), 2u) << "one read per caller of the team";
+  EXPECT_EQ(store_.click_queries[0].caller, "ads");
+  EXPECT_EQ(store_.click_queries[1].caller, "web");
+  EXPECT_EQ(store_.click_queries[0].limit, 3);
+  EXPECT_THAT(page(ClickCursor{t - absl::Seconds(2), 6}), ElementsAre(5, 4, 3));
+  EXPECT_THAT(page(ClickCursor{t - absl::Seconds(5), 3}), IsEmpty());
 }
 
 }  // namespace

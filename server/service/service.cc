@@ -94,10 +94,11 @@ pb::ClickOutcome ToProto(ClickOutcome outcome) {
   return pb::CLICK_OUTCOME_UNSPECIFIED;
 }
 
-void ToProto(const ClickRecord& click, pb::Click* out) {
+void ToProto(const ClickRecord& click, const std::string& team, pb::Click* out) {
   out->set_id(click.id);
   ToProto(click.requested_at, out->mutable_requested_at());
   out->set_caller(click.caller);
+  out->set_team(team);
   out->set_ip(click.ip);
   out->set_outcome(ToProto(click.outcome));
   out->set_billed(click.outcome != ClickOutcome::kNotSent);
@@ -127,6 +128,8 @@ absl::StatusOr<CheckRequest> FromProto(const pb::CheckIpRequest& in, const Ident
   out.cache_only = in.cache_only();
   out.caller = identity.caller;
   out.monthly_budget = identity.monthly_budget;
+  out.team = identity.team;
+  out.team_monthly_budget = identity.team_monthly_budget;
   if (in.has_max_age()) {
     absl::StatusOr<absl::Duration> max_age = FromProto(in.max_age());
     if (!max_age.ok()) {
@@ -158,6 +161,11 @@ void SetItemResult(const absl::StatusOr<CheckResult>& result, pb::CheckBatchResu
   }
 }
 
+// What the engine's access rule needs to know of who is asking.
+Reader ReaderOf(const Identity& identity) {
+  return Reader{identity.caller, identity.team, identity.lead, identity.auditor};
+}
+
 int64_t MicrosOrLimit(absl::Time t) {
   if (t == absl::InfinitePast()) {
     return std::numeric_limits<int64_t>::min();
@@ -187,6 +195,20 @@ void ToProto(const UsageReport& report, pb::GetUsageResponse* out) {
     if (caller.budget.has_value()) {
       usage->set_monthly_budget(caller.budget->monthly_budget);
       usage->set_budget_left(caller.budget->left);
+    }
+    usage->set_team(caller.team);
+  }
+  for (const TeamUsageReport& team : report.teams) {
+    pb::TeamUsage* usage = out->add_teams();
+    usage->set_team(team.team);
+    usage->set_clicks(team.total.clicks);
+    usage->set_cache_hits(team.total.cache_hits);
+    usage->set_requests(team.total.requests);
+    usage->set_upstream_errors(team.total.upstream_errors);
+    usage->set_monthly_budget(team.budget.monthly_budget);
+    usage->set_budget_left(team.budget.left);
+    for (const std::string& caller : team.callers) {
+      usage->add_callers(caller);
     }
   }
   const AllowanceStatus& allowance = report.allowance;
@@ -473,8 +495,8 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::ListClicks(grpc::CallbackServerCon
     return call;
   }
   ClicksQuery query;
-  query.requester = identity->caller;
-  query.auditor = identity->auditor;
+  query.reader = ReaderOf(*identity);
+  query.team = page->team;
   query.query = page->query;
   // Who may read whose clicks is the engine's; finished from the store's thread.
   engine_.Clicks(std::move(query), [this, call, page = *std::move(page)](
@@ -495,6 +517,11 @@ absl::StatusOr<VerdictServiceImpl::ClicksPage> VerdictServiceImpl::ClicksPageFor
     }
     query.caller = request.caller();
   }
+  if (!request.team().empty()) {
+    if (absl::Status valid = CheckCallerName(request.team(), "team"); !valid.ok()) {
+      return valid;
+    }
+  }
   if (!request.ip().empty()) {
     absl::StatusOr<IpAddress> ip = ParseIp(request.ip());
     if (!ip.ok()) {
@@ -512,7 +539,8 @@ absl::StatusOr<VerdictServiceImpl::ClicksPage> VerdictServiceImpl::ClicksPageFor
                    0,
                    0,
                    PageCursor::Kind::kClicks,
-                   query.caller};
+                   query.caller,
+                   request.team()};
   if (!request.page_token().empty()) {
     absl::StatusOr<PageCursor> cursor = page_tokens_.Decode(request.page_token());
     if (!cursor.ok()) {
@@ -522,16 +550,16 @@ absl::StatusOr<VerdictServiceImpl::ClicksPage> VerdictServiceImpl::ClicksPageFor
       return absl::InvalidArgumentError(
           "page_token belongs to another method (a ListVerdictHistory token)");
     }
-    if (cursor->ip != bound.ip || cursor->caller != bound.caller ||
+    if (cursor->ip != bound.ip || cursor->caller != bound.caller || cursor->team != bound.team ||
         cursor->since_us != bound.since_us || cursor->until_us != bound.until_us) {
       return absl::InvalidArgumentError(
-          "page_token belongs to a different request (caller, ip, since and until must not "
-          "change between pages)");
+          "page_token belongs to a different request (caller, team, ip, since and until must "
+          "not change between pages)");
     }
     query.after = ClickCursor{absl::FromUnixMicros(cursor->checked_at_us), cursor->id};
   }
   query.limit = *page_size + 1;  // one more tells whether another page exists
-  return ClicksPage{std::move(query), *page_size, std::move(bound)};
+  return ClicksPage{std::move(query), request.team(), *page_size, std::move(bound)};
 }
 
 absl::Status VerdictServiceImpl::FillClicks(ClicksPage page,
@@ -545,7 +573,7 @@ absl::Status VerdictServiceImpl::FillClicks(ClicksPage page,
     clicks->resize(page.page_size);
   }
   for (const ClickRecord& click : *clicks) {
-    ToProto(click, response->add_clicks());
+    ToProto(click, engine_.TeamOf(click.caller), response->add_clicks());
   }
   if (more) {
     page.bound.checked_at_us = absl::ToUnixMicros(clicks->back().requested_at);
@@ -573,10 +601,16 @@ grpc::ServerUnaryReactor* VerdictServiceImpl::GetUsage(grpc::CallbackServerConte
       return call;
     }
   }
+  if (!in.team().empty()) {
+    if (absl::Status valid = CheckCallerName(in.team(), "team"); !valid.ok()) {
+      call->Complete(metrics_, ServerMetrics::kGetUsage, std::move(valid));
+      return call;
+    }
+  }
   UsageQuery query;
-  query.requester = identity->caller;
-  query.auditor = identity->auditor;
+  query.reader = ReaderOf(*identity);
   query.caller = in.caller();
+  query.team = in.team();
   if (in.has_since()) {
     query.since = FromProto(in.since(), "since");
   }

@@ -88,6 +88,7 @@ class VerdictServiceImpl final : public internal::RawVerdictService {
   // A decoded ListClicks request, as HistoryPage is for ListVerdictHistory.
   struct ClicksPage {
     ClickQuery query;
+    std::string team;  // the team filter ("" for none)
     int page_size = 0;
     PageCursor bound;  // the request's filters; the cursor fields are filled in
   };
