@@ -282,14 +282,18 @@ int RunHistory(Connection& connection, const std::string& ip, const HistoryOptio
 int RunClicks(Connection& connection, const ClicksOptions& options, Output output) {
   const bool csv = output == Output::kCsv;
   Listing listing(
-      output, csv ? std::vector<std::string>{"id", "requested_at", "caller", "ip", "outcome",
-                                             "billed", "http_status", "latency_ms", "error",
-                                             "completed_at", "score", "proxy", "tor", "vpn",
-                                             "crawler", "bot", "verdict_checked_at", "user_agent"}
-                  : std::vector<std::string>{"REQUESTED_AT", "CALLER", "IP", "OUTCOME", "HTTP",
-                                             "LATENCY", "SCORE", "ERROR"});
+      output,
+      // The CSV's team column comes last, so that a file read by column number before teams
+      // existed keeps its meaning.
+      csv ? std::vector<std::string>{"id", "requested_at", "caller", "ip", "outcome", "billed",
+                                     "http_status", "latency_ms", "error", "completed_at", "score",
+                                     "proxy", "tor", "vpn", "crawler", "bot", "verdict_checked_at",
+                                     "user_agent", "team"}
+          : std::vector<std::string>{"REQUESTED_AT", "CALLER", "TEAM", "IP", "OUTCOME", "HTTP",
+                                     "LATENCY", "SCORE", "ERROR"});
   pb::ListClicksRequest request;
   request.set_caller(options.caller);
+  request.set_team(options.team);
   request.set_ip(options.ip);
   if (options.since.has_value()) {
     SetTimestamp(*options.since, request.mutable_since());
@@ -319,13 +323,13 @@ int RunClicks(Connection& connection, const ClicksOptions& options, Output outpu
                   FormatTimestampMicros(c.completed_at()), verdict ? ScoreWord(v.score()) : "",
                   flag(v.proxy()), flag(v.tor()), flag(v.vpn()), flag(v.crawler()), flag(v.bot()),
                   verdict ? FormatTimestampMicros(v.checked_at()) : "",
-                  verdict ? v.user_agent() : ""});
+                  verdict ? v.user_agent() : "", c.team()});
         } else {
-          listing.Add(
-              c, {FormatTimestamp(c.requested_at()), c.caller(), c.ip(), OutcomeWord(c.outcome()),
-                  c.http_status() == 0 ? "-" : absl::StrCat(c.http_status()),
-                  c.outcome() == pb::CLICK_OUTCOME_PENDING ? "-" : latency_ms + " ms",
-                  verdict ? ScoreWord(v.score()) : "-", OrDash(c.error())});
+          listing.Add(c, {FormatTimestamp(c.requested_at()), c.caller(), OrDash(c.team()), c.ip(),
+                          OutcomeWord(c.outcome()),
+                          c.http_status() == 0 ? "-" : absl::StrCat(c.http_status()),
+                          c.outcome() == pb::CLICK_OUTCOME_PENDING ? "-" : latency_ms + " ms",
+                          verdict ? ScoreWord(v.score()) : "-", OrDash(c.error())});
         }
       });
   return listing.Finish(status);
@@ -334,6 +338,7 @@ int RunClicks(Connection& connection, const ClicksOptions& options, Output outpu
 int RunUsage(Connection& connection, const UsageOptions& options, bool json) {
   pb::GetUsageRequest request;
   request.set_caller(options.caller);
+  request.set_team(options.team);
   if (options.since.has_value()) {
     SetTimestamp(*options.since, request.mutable_since());
   }
@@ -355,14 +360,41 @@ int RunUsage(Connection& connection, const UsageOptions& options, bool json) {
     std::cout << ToJsonLine(response) << std::endl;
     return 0;
   }
-  Table callers(
-      {"CALLER", "REQUESTS", "CACHE_HITS", "CLICKS", "UPSTREAM_ERRORS", "BUDGET", "BUDGET_LEFT"});
+  const bool by_team = response.teams_size() > 0;
+  Table callers({by_team ? "TEAM/CALLER" : "CALLER", "REQUESTS", "CACHE_HITS", "CLICKS",
+                 "UPSTREAM_ERRORS", "BUDGET", "BUDGET_LEFT"});
   Table days({"CALLER", "DATE", "REQUESTS", "CACHE_HITS", "CLICKS", "UPSTREAM_ERRORS"});
-  for (const pb::CallerUsage& c : response.callers()) {
+  auto add_caller = [&callers](const pb::CallerUsage& c, absl::string_view indent) {
     const bool budgeted = c.monthly_budget() > 0;
-    callers.AddRow({c.caller(), Count(c.requests()), Count(c.cache_hits()), Count(c.clicks()),
-                    Count(c.upstream_errors()), budgeted ? Count(c.monthly_budget()) : "-",
+    callers.AddRow({absl::StrCat(indent, c.caller()), Count(c.requests()), Count(c.cache_hits()),
+                    Count(c.clicks()), Count(c.upstream_errors()),
+                    budgeted ? Count(c.monthly_budget()) : "-",
                     budgeted ? Count(c.budget_left()) : "-"});
+  };
+  for (const pb::TeamUsage& t : response.teams()) {
+    const bool budgeted = t.monthly_budget() > 0;
+    callers.AddRow({absl::StrCat("@", t.team()), Count(t.requests()), Count(t.cache_hits()),
+                    Count(t.clicks()), Count(t.upstream_errors()),
+                    budgeted ? Count(t.monthly_budget()) : "-",
+                    budgeted ? Count(t.budget_left()) : "-"});
+    for (const pb::CallerUsage& c : response.callers()) {
+      if (c.team() == t.team()) {
+        add_caller(c, "  ");
+      }
+    }
+  }
+  bool teamless_header = false;
+  for (const pb::CallerUsage& c : response.callers()) {
+    if (by_team && !c.team().empty()) {
+      continue;
+    }
+    if (by_team && !teamless_header) {
+      teamless_header = true;
+      callers.AddRow({"(no team)", "", "", "", "", "", ""});
+    }
+    add_caller(c, by_team ? "  " : "");
+  }
+  for (const pb::CallerUsage& c : response.callers()) {
     for (const pb::DailyUsage& d : c.days()) {
       days.AddRow({c.caller(), d.date(), Count(d.requests()), Count(d.cache_hits()),
                    Count(d.clicks()), Count(d.upstream_errors())});

@@ -80,6 +80,7 @@ int RunHistory(Connection& connection, const std::string& ip, const HistoryOptio
 
 struct ClicksOptions {
   std::string caller;  // "" = every caller (auditors, open mode)
+  std::string team;    // "" = not by team; else that team's callers
   std::string ip;      // "" = every IP
   std::optional<absl::Time> since;
   std::optional<absl::Time> until;
@@ -93,12 +94,14 @@ int RunClicks(Connection& connection, const ClicksOptions& options, Output outpu
 
 struct UsageOptions {
   std::string caller;  // "" = every caller
+  std::string team;    // "" = not by team; else that team's callers
   std::optional<absl::Time> since;
   std::optional<absl::Time> until;
   bool days = false;  // also print the per-day rows
 };
 
-// GetUsage.
+// GetUsage. With teams in the answer, each team's row comes first with its callers beneath
+// (indented), then the callers in no team.
 int RunUsage(Connection& connection, const UsageOptions& options, bool json);
 
 // grpc.health.v1.Health/Check for `service` ("" = the server as a whole; verdictd also answers

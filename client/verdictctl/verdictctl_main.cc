@@ -44,6 +44,8 @@ ABSL_FLAG(std::string, api_key_file, "",
           "Bearer <key>`; default: $VERDICT_API_KEY. Never a flag's value: flags show in ps");
 ABSL_FLAG(std::string, caller, "",
           "x-caller metadata (open mode); for `usage`, also whose usage to show");
+ABSL_FLAG(std::string, team, "",
+          "usage, clicks: only that team's callers (a team lead's or an auditor's view)");
 ABSL_FLAG(bool, json, false, "One JSON object per line instead of a table");
 ABSL_FLAG(bool, csv, false, "history, clicks: CSV (RFC 4180, with a header) instead of a table");
 ABSL_FLAG(std::string, ip, "", "clicks: only the clicks for this IP");
@@ -77,8 +79,9 @@ constexpr char kShortUsage[] = R"(usage: verdictctl [FLAGS] SUBCOMMAND [OPERANDS
   check IP [--ua=UA] [--max_age=DURATION] [--cache_only]
   batch FILE|- [--ua=UA] [--max_age=DURATION] [--cache_only]
   history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N] [--csv]
-  clicks [IP] [--caller=NAME] [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N] [--csv]
-  usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
+  clicks [IP] [--caller=NAME|--team=NAME] [--since=TIME] [--until=TIME] [--limit=N]
+         [--page_size=N] [--csv]
+  usage [--caller=NAME|--team=NAME] [--since=TIME] [--until=TIME] [--days]
   health [SERVICE]
   hash-key < KEY
   migrate --from=SQLITE_FILE --to=POSTGRESQL_URI [--db_password_file=FILE]
@@ -96,15 +99,17 @@ subcommands:
       max_batch; results in input order. Progress bar on stderr when it is a terminal.
   history IP [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N] [--csv]
       Stored verdicts for IP, newest first, following page tokens to the end or N rows.
-  clicks [IP] [--caller=NAME] [--since=TIME] [--until=TIME] [--limit=N] [--page_size=N] [--csv]
+  clicks [IP] [--caller=NAME|--team=NAME] [--since=TIME] [--until=TIME] [--limit=N]
+         [--page_size=N] [--csv]
       The click ledger, newest first: every request sent to ClickPatrol (and every one that
-      never left), who it was spent for, its outcome (verdict, error, pending, not_sent),
-      HTTP status, latency and the verdict it produced; of one IP and/or one caller (no
-      --caller: every caller, for auditors and in open mode); --since/--until bound the
-      time it was requested.
-  usage [--caller=NAME] [--since=TIME] [--until=TIME] [--days]
-      Clicks, cache hits and requests per caller (no --caller: every caller), and the
-      ClickPatrol allowance; --days adds per-day rows.
+      never left), who it was spent for and its team, its outcome (verdict, error, pending,
+      not_sent), HTTP status, latency and the verdict it produced; of one IP and/or one
+      caller or team (neither: every caller, for auditors and in open mode); --since/--until
+      bound the time it was requested.
+  usage [--caller=NAME|--team=NAME] [--since=TIME] [--until=TIME] [--days]
+      Clicks, cache hits and requests per caller (no --caller or --team: every caller), each
+      team's sum and budget with its callers beneath, and the ClickPatrol allowance; --days
+      adds per-day rows. A caller may read its own, a team lead its team's, an auditor all.
   health [SERVICE]
       grpc.health.v1 status of the server (or of SERVICE, e.g. verdict.v1.VerdictService):
       prints SERVING and exits 0, or prints NOT_SERVING (the store is unusable) and exits
@@ -126,6 +131,7 @@ flags for every subcommand:
                        as `authorization: Bearer KEY`; else $VERDICT_API_KEY. There is no
                        flag that takes the key itself: flags show up in `ps`
   --caller=NAME        sent as x-caller (the caller's name in open mode)
+  --team=NAME          usage, clicks: that team's callers only
   --json               one JSON object per line (proto JSON, lowerCamelCase, defaults
                        included): check: the response; batch: one result per input line,
                        in order; history: one verdict per line; clicks: one click per
@@ -479,6 +485,7 @@ int Main(int argc, char** argv) {
   if (command == "clicks") {
     ClicksOptions clicks;
     clicks.caller = absl::GetFlag(FLAGS_caller);
+    clicks.team = absl::GetFlag(FLAGS_team);
     clicks.ip = operands.empty() ? absl::GetFlag(FLAGS_ip) : operands[0];
     clicks.since = since;
     clicks.until = until;
@@ -488,6 +495,7 @@ int Main(int argc, char** argv) {
   }
   UsageOptions usage;
   usage.caller = absl::GetFlag(FLAGS_caller);
+  usage.team = absl::GetFlag(FLAGS_team);
   usage.since = since;
   usage.until = until;
   usage.days = absl::GetFlag(FLAGS_days);

@@ -94,13 +94,14 @@ TEST_F(VerdictctlAuditTest, ClicksTableJsonAndCsvListTheLedgerNewestFirst) {
   ASSERT_EQ(table.exit_code, 0) << table.err;
   std::vector<std::string> lines = Lines(table.out);
   ASSERT_EQ(lines.size(), 4u) << table.out;
-  EXPECT_THAT(
-      std::vector<std::string>(absl::StrSplit(lines[0], ' ', absl::SkipEmpty())),
-      ElementsAre("REQUESTED_AT", "CALLER", "IP", "OUTCOME", "HTTP", "LATENCY", "SCORE", "ERROR"));
-  EXPECT_THAT(lines[1], HasSubstr("signup  9.9.9.9  verdict  200"));
-  EXPECT_THAT(lines[2], HasSubstr("signup  1.1.1.1  error    503"));
+  EXPECT_THAT(std::vector<std::string>(absl::StrSplit(lines[0], ' ', absl::SkipEmpty())),
+              ElementsAre("REQUESTED_AT", "CALLER", "TEAM", "IP", "OUTCOME", "HTTP", "LATENCY",
+                          "SCORE", "ERROR"));
+  // Open mode has no teams: the TEAM column says "-".
+  EXPECT_THAT(lines[1], HasSubstr("signup  -     9.9.9.9  verdict  200"));
+  EXPECT_THAT(lines[2], HasSubstr("signup  -     1.1.1.1  error    503"));
   EXPECT_THAT(lines[2], HasSubstr("ClickPatrol returned HTTP 503"));
-  EXPECT_THAT(lines[3], HasSubstr("ads     8.8.8.8  verdict  200"));
+  EXPECT_THAT(lines[3], HasSubstr("ads     -     8.8.8.8  verdict  200"));
 
   CommandResult json = Ctl({"clicks", "--json", "--caller=signup"});
   ASSERT_EQ(json.exit_code, 0) << json.err;
@@ -123,15 +124,16 @@ TEST_F(VerdictctlAuditTest, ClicksTableJsonAndCsvListTheLedgerNewestFirst) {
   EXPECT_THAT(CsvCells(records[0]),
               ElementsAre("id", "requested_at", "caller", "ip", "outcome", "billed", "http_status",
                           "latency_ms", "error", "completed_at", "score", "proxy", "tor", "vpn",
-                          "crawler", "bot", "verdict_checked_at", "user_agent"));
+                          "crawler", "bot", "verdict_checked_at", "user_agent", "team"));
   const std::vector<std::string> error_row = CsvCells(records[2]);
-  ASSERT_EQ(error_row.size(), 18u) << records[2];
+  ASSERT_EQ(error_row.size(), 19u) << records[2];
+  EXPECT_EQ(error_row[18], "") << "open mode has no teams";
   EXPECT_EQ(error_row[2], "signup");
   EXPECT_EQ(error_row[4], "error");
   EXPECT_EQ(error_row[6], "503");
   EXPECT_EQ(error_row[10], "") << "no verdict, no score";
   const std::vector<std::string> agent_row = CsvCells(records[3]);
-  ASSERT_EQ(agent_row.size(), 18u) << records[3];
+  ASSERT_EQ(agent_row.size(), 19u) << records[3];
   EXPECT_EQ(agent_row[3], "8.8.8.8");
   EXPECT_EQ(agent_row[17], std::string("'") + kFormulaAgent)
       << "read back whole, and never a formula";
