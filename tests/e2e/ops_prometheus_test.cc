@@ -234,11 +234,11 @@ TEST_F(OpsTest, PrometheusCountsTheClicksAndLoadsTheRules) {
       [&names](const std::string& unhealthy) { return !names.empty() && unhealthy.empty(); },
       absl::Seconds(30), absl::Milliseconds(200));
   ASSERT_TRUE(evaluated) << prometheus.Log();
-  EXPECT_THAT(names,
-              UnorderedElementsAre("VerdictdAllowanceNearlyUsed", "VerdictdAllowanceExhausted",
-                                   "VerdictdTokenRejected", "VerdictdCircuitBreakerOpen",
-                                   "VerdictdStoreNotServing", "VerdictdCallerBudgetSpent",
-                                   "VerdictdUpstreamErrorRatioHigh", "VerdictdDown"));
+  EXPECT_THAT(names, UnorderedElementsAre("VerdictdAllowanceNearlyUsed",
+                                          "VerdictdAllowanceExhausted", "VerdictdTokenRejected",
+                                          "VerdictdCircuitBreakerOpen", "VerdictdStoreNotServing",
+                                          "VerdictdCallerBudgetSpent", "VerdictdTeamBudgetSpent",
+                                          "VerdictdUpstreamErrorRatioHigh", "VerdictdDown"));
 
   // A rule on a real series: ClickPatrol rejects the token, and VerdictdTokenRejected becomes
   // pending (firing would take its for: 1m) for this instance.
