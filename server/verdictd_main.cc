@@ -1019,16 +1019,17 @@ class ConfigReloader {
     if (entries.has_value()) {
       std::vector<std::pair<std::string, int64_t>> budgets = BudgetsOf(*entries);
       std::vector<TeamAccount> teams = TeamAccountsOf(*entries);
+      // The teams before the keys: a check that authenticates with a new key must find its
+      // team's callers in place (its claim names them, and the store sums their clicks for the
+      // team budget). A check of an old key meanwhile still counts its caller among the team's
+      // (Engine::TeamCallers adds it).
+      engine_.SetMonthlyBudgets(std::move(budgets));
+      engine_.SetTeams(std::move(teams));
       absl::StatusOr<KeySetChange> change = auth_.Replace(*std::move(entries));
       if (!change.ok()) {  // not reached: keyed at start whenever --api_keys_file is set
         Fail(change.status().message());
         return;
       }
-      // A check that authenticated with the new keys before the teams below are in place
-      // counts its team's budget against its own clicks alone (Engine::TeamCallers); the
-      // store's check a moment later sees the whole team.
-      engine_.SetMonthlyBudgets(std::move(budgets));
-      engine_.SetTeams(std::move(teams));
       keys_summary = absl::StrFormat(
           "%d callers with %d keys%s (%d added, %d removed, %d changed)", change->callers,
           change->keys,

@@ -238,6 +238,8 @@ void Engine::ScheduleSpendSync() {
               for (const auto& [caller, clicks] : *month_clicks) {
                 spend_.Observe(caller, clicks);
               }
+              // Every team's callers now include every process's clicks.
+              spend_.ForgetTeamCounts();
             }
           }
           store->ClicksSince(
@@ -1675,10 +1677,11 @@ absl::Status Engine::MayRead(absl::string_view what, const Reader& reader,
     }
   }
   if (reader.auditor || (!caller.empty() && caller == reader.caller)) {
-    // An auditor may ask about a team nobody is in; it is still told the name is wrong.
+    // An auditor is told when no caller is in the team (a typo, or a team declared without
+    // callers); anyone else gets PERMISSION_DENIED below and learns no team's name.
     if (!known_team) {
       return absl::InvalidArgumentError(
-          absl::StrCat("no team ", QuoteForError(team), " in the keys file"));
+          absl::StrCat("no caller of the keys file is in team ", QuoteForError(team)));
     }
     return absl::OkStatus();
   }
@@ -1846,6 +1849,8 @@ void Engine::SyncSpendThen(std::function<void()> then) {
       for (const auto& [caller, clicks] : *month_clicks) {
         spend_.Observe(caller, clicks);
       }
+      // Every team's callers now include every process's clicks.
+      spend_.ForgetTeamCounts();
     }
     store_.ClicksSince(period, [this, then = std::move(then)](
                                    absl::StatusOr<VerdictStore::ClickCounts> period_clicks) {
@@ -1938,9 +1943,13 @@ TeamBudgetStatus Engine::TeamBudgetOf(const TeamAccount& team) {
 void Engine::SetTeams(std::vector<TeamAccount> teams) {
   std::map<std::string, TeamAccount> by_name = TeamsByName(std::move(teams));
   absl::flat_hash_map<std::string, std::string> team_of = TeamOfCaller(by_name);
-  absl::MutexLock lock(&budgets_mu_);
-  teams_ = std::move(by_name);
-  team_of_caller_ = std::move(team_of);
+  {
+    absl::MutexLock lock(&budgets_mu_);
+    teams_ = std::move(by_name);
+    team_of_caller_ = std::move(team_of);
+  }
+  // A team's count from the store was of its old callers.
+  spend_.ForgetTeamCounts();
 }
 
 std::vector<TeamBudgetStatus> Engine::TeamBudgets() {

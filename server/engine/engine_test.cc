@@ -1998,7 +1998,7 @@ TEST_F(EngineTest, ALeadReadsItsTeamsCallersAndAMemberOnlyItsOwn) {
   auditor.team = "opps";
   absl::Status unknown = UsageOf(engine(), auditor).status();
   EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(unknown.message(), "no team \"opps\" in the keys file");
+  EXPECT_EQ(unknown.message(), "no caller of the keys file is in team \"opps\"");
   auditor.team = "ops";
   auditor.caller = "cron";
   EXPECT_EQ(UsageOf(engine(), auditor).status().code(), absl::StatusCode::kInvalidArgument);

@@ -95,6 +95,7 @@ void SpendTracker::Refund(const std::string& caller) {
     --it->second.spent;
   }
   period_clicks_ = std::max<int64_t>(0, period_clicks_ - 1);
+  team_floor_.clear();
 }
 
 int64_t SpendTracker::SpentThisMonth(const std::string& caller) {
@@ -132,6 +133,11 @@ int64_t SpendTracker::TeamSpentThisMonth(const std::string& team,
 void SpendTracker::ObserveTeam(const std::string& team, int64_t month_clicks) {
   absl::MutexLock lock(&mu_);
   RaiseLocked(team_floor_, team, month_clicks);
+}
+
+void SpendTracker::ForgetTeamCounts() {
+  absl::MutexLock lock(&mu_);
+  team_floor_.clear();
 }
 
 void SpendTracker::ObservePeriod(int64_t period_clicks) {

@@ -70,7 +70,8 @@ class SpendTracker {
   bool TryReserve(const std::string& caller, int64_t monthly_budget) {
     return Reserve(caller, monthly_budget) == Reservation::kReserved;
   }
-  // Returns a reservation whose request never left.
+  // Returns a reservation whose request never left. Forgets the teams' store counts too (see
+  // ForgetTeamCounts): one of them may hold the refunded click.
   void Refund(const std::string& caller);
   int64_t SpentThisMonth(const std::string& caller);
   // The billed clicks of `team`'s callers this month (at least as many as last observed).
@@ -80,6 +81,12 @@ class SpendTracker {
   void Observe(const std::string& caller, int64_t month_clicks);
   // The same for a team: the store counted `month_clicks` for its callers together.
   void ObserveTeam(const std::string& team, int64_t month_clicks);
+  // Drops every team's store count, so that a team's clicks are its callers' sum again: after
+  // the callers' counts were read from the store (they then include every process's clicks),
+  // after a refund, and when membership changes. A count only ever rises, so one that no longer
+  // holds (a click given back, a caller moved out) would otherwise refuse the team until the
+  // month ends.
+  void ForgetTeamCounts();
   // The same for the clicks of the current allowance period, every caller's.
   void ObservePeriod(int64_t period_clicks);
 
@@ -112,9 +119,10 @@ class SpendTracker {
   const Clock& clock_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, CallerMonth> callers_ ABSL_GUARDED_BY(mu_);
-  // The store's last count per team (ObserveTeam, after every claim of a team member): a floor
-  // under the callers' sum, which misses the clicks of other processes until their callers are
-  // observed. The store enforces the budgets; this only refuses early what it would refuse.
+  // The store's last count per team (ObserveTeam, after every claim of a team member), until
+  // ForgetTeamCounts: a floor under the callers' sum, which misses the clicks of other processes
+  // until their callers are observed. The store enforces the budgets; this only refuses early
+  // what it would refuse.
   absl::flat_hash_map<std::string, CallerMonth> team_floor_ ABSL_GUARDED_BY(mu_);
   absl::Time period_start_ ABSL_GUARDED_BY(mu_);
   absl::Time period_end_ ABSL_GUARDED_BY(mu_);

@@ -57,6 +57,38 @@ TEST(SpendTrackerTest, ATeamBudgetIsSharedByItsCallersAndResetMonthly) {
   EXPECT_EQ(spend.Reserve("web", 0, &team), R::kReserved);
 }
 
+// The store's count for a team only ever rises, so it must be dropped whenever it may no longer
+// hold; else the team would stay refused until the month ends.
+TEST(SpendTrackerTest, ATeamsStoreCountIsForgottenOnARefundASyncOrAMove) {
+  FakeClock clock(Utc(2026, 12, 10));
+  SpendTracker spend(AllowanceOptions{}, clock, {{"ads", 5}, {"web", 4}}, 9);
+  const TeamBudget team{"growth", {"ads", "web"}, 10};
+  using R = SpendTracker::Reservation;
+  // The engine's sequence for a click that never left: reserved, claimed (the store counts it:
+  // 10 of 10), then not sent and given back.
+  ASSERT_EQ(spend.Reserve("ads", 0, &team), R::kReserved);
+  spend.ObserveTeam("growth", 10);
+  EXPECT_EQ(spend.Reserve("web", 0, &team), R::kTeamBudgetSpent) << "10 of 10 while it is out";
+  spend.Refund("ads");
+  EXPECT_EQ(spend.TeamSpentThisMonth("growth", team.callers), 9);
+  EXPECT_EQ(spend.Reserve("web", 0, &team), R::kReserved) << "the click given back is free again";
+  // Another process's count, then a sync of every caller's count from the store.
+  spend.ObserveTeam("growth", 10);
+  spend.Observe("ads", 5);
+  spend.Observe("web", 4);  // the store says 9: the other process's last click was not sent
+  EXPECT_EQ(spend.TeamSpentThisMonth("growth", team.callers), 10) << "web's own reservation";
+  spend.Refund("web");
+  spend.ObserveTeam("growth", 10);
+  spend.ForgetTeamCounts();
+  EXPECT_EQ(spend.TeamSpentThisMonth("growth", team.callers), 9);
+  // A caller moved out of the team (a reload) takes its clicks with it.
+  spend.ObserveTeam("growth", 9);
+  spend.ForgetTeamCounts();
+  const TeamBudget smaller{"growth", {"ads"}, 10};
+  EXPECT_EQ(spend.TeamSpentThisMonth("growth", smaller.callers), 5);
+  EXPECT_EQ(spend.Reserve("ads", 0, &smaller), R::kReserved);
+}
+
 TEST(SpendTrackerTest, AllowanceCountsClicksPerPeriodFromTheResetDay) {
   FakeClock clock(Utc(2026, 11, 20));
   AllowanceOptions options;

@@ -64,6 +64,22 @@ class TeamsTest : public ::testing::Test {
     return verdictd_->stub().GetUsage(KeyContext(key).get(), request, response);
   }
 
+  // Sends SIGHUP and waits for the reload's line in the log; what the log says since.
+  std::string Reload() {
+    const std::string before = verdictd_->Log();
+    EXPECT_EQ(kill(verdictd_->pid(), SIGHUP), 0);
+    EXPECT_TRUE(WaitUntil(
+        "the reload in the log",
+        [&] {
+          const std::string log = verdictd_->Log();
+          return log.size() > before.size() &&
+                 absl::StrContains(log.substr(before.size()), "configuration reloaded:");
+        },
+        absl::Seconds(10)));
+    const std::string log = verdictd_->Log();
+    return log.size() > before.size() ? log.substr(before.size()) : "";
+  }
+
   TempDir dir_;
   // Latency so that the concurrent misses really overlap at the budget check.
   Simulator sim_{dir_, kToken, {"--latency=50ms"}};
@@ -171,7 +187,7 @@ TEST_F(TeamsTest, ALeadReadsItsTeamAMemberItsOwnAndAnAuditorEverything) {
   EXPECT_EQ(FindCaller(usage, "solo")->team(), "");
   status = TeamUsage(kAuditKey, "growht", &usage);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(status.error_message(), "no team \"growht\" in the keys file");
+  EXPECT_EQ(status.error_message(), "no caller of the keys file is in team \"growht\"");
 
   // The click audit of the team, in pages of 2, bound to the team.
   pb::ListClicksRequest request;
@@ -219,7 +235,7 @@ TEST_F(TeamsTest, ALeadReadsItsTeamAMemberItsOwnAndAnAuditorEverything) {
   EXPECT_EQ(sim_.Requests(), 7) << "reading spends nothing";
 }
 
-TEST_F(TeamsTest, AReloadMovesACallerIntoTheTeamWithoutARestart) {
+TEST_F(TeamsTest, AReloadMovesACallerIntoTheTeamAndOutWithoutARestart) {
   pb::CheckIpResponse r;
   ASSERT_TRUE(KeyedCheck(verdictd_->stub(), kSoloKey, "11.32.0.1", &r).ok());
   pb::GetUsageResponse usage;
@@ -227,17 +243,7 @@ TEST_F(TeamsTest, AReloadMovesACallerIntoTheTeamWithoutARestart) {
             grpc::StatusCode::PERMISSION_DENIED);
 
   WriteFile(keys_path_, KeysFile(/*solo_in_growth=*/true), 0600);
-  const std::string before = verdictd_->Log();
-  ASSERT_EQ(kill(verdictd_->pid(), SIGHUP), 0);
-  ASSERT_TRUE(WaitUntil(
-      "the reload in the log",
-      [&] {
-        const std::string log = verdictd_->Log();
-        return log.size() > before.size() &&
-               absl::StrContains(log.substr(before.size()), "configuration reloaded:");
-      },
-      absl::Seconds(10)));
-  EXPECT_THAT(verdictd_->Log().substr(before.size()),
+  EXPECT_THAT(Reload(),
               HasSubstr("5 callers with 5 keys in 1 team (0 added, 0 removed, 1 changed)"));
   usage.Clear();
   ASSERT_TRUE(KeyedUsage(verdictd_->stub(), kLeadKey, "solo", &usage).ok());
@@ -248,6 +254,17 @@ TEST_F(TeamsTest, AReloadMovesACallerIntoTheTeamWithoutARestart) {
   ASSERT_EQ(usage.teams_size(), 1);
   EXPECT_EQ(usage.teams(0).clicks(), 1) << "solo's click now counts for the team";
   EXPECT_EQ(usage.teams(0).budget_left(), kTeamBudget - 1);
+
+  // And out again: its click leaves with it.
+  WriteFile(keys_path_, KeysFile(/*solo_in_growth=*/false), 0600);
+  Reload();
+  EXPECT_EQ(KeyedUsage(verdictd_->stub(), kLeadKey, "solo", &usage).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  usage.Clear();
+  ASSERT_TRUE(TeamUsage(kLeadKey, "growth", &usage).ok());
+  ASSERT_EQ(usage.teams_size(), 1);
+  EXPECT_EQ(usage.teams(0).clicks(), 0);
+  EXPECT_EQ(usage.teams(0).budget_left(), kTeamBudget);
 }
 
 }  // namespace
