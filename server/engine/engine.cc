@@ -1712,23 +1712,12 @@ void Engine::Clicks(ClicksQuery query, ClicksCallback done) {
     done(std::move(may));
     return;
   }
-  if (query.team.empty()) {
-    BeginStoreRead();
-    store_.Clicks(std::move(query.query), [this, done = std::move(done)](
-                                              absl::StatusOr<std::vector<ClickRecord>> clicks) {
-      if (!clicks.ok() && clicks.status().code() != absl::StatusCode::kInvalidArgument) {
-        clicks = absl::UnavailableError(
-            absl::StrCat("verdict store unavailable: ", clicks.status().message()));
-      }
-      done(std::move(clicks));
-      EndStoreRead();
-    });
-    return;
-  }
   // A team's page: the first query.limit clicks of each of its callers after the cursor, merged
   // newest first, cut to query.limit. Each is an index range scan of one caller, so a page costs
-  // callers x limit rows however large the ledger grows.
-  const std::vector<std::string> callers = TeamCallers(query.team, "");
+  // callers x limit rows however large the ledger grows. Without a team it is the one query.
+  const std::vector<std::string> callers = query.team.empty()
+                                               ? std::vector<std::string>{query.query.caller}
+                                               : TeamCallers(query.team, "");
   if (callers.empty()) {
     done(std::vector<ClickRecord>());
     return;

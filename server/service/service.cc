@@ -176,21 +176,24 @@ int64_t MicrosOrLimit(absl::Time t) {
   return absl::ToUnixMicros(t);
 }
 
+// The four counters of a CallerUsage, a DailyUsage or a TeamUsage.
+template <typename Message>
+void SetCounts(const UsageCounts& counts, Message* out) {
+  out->set_clicks(counts.clicks);
+  out->set_cache_hits(counts.cache_hits);
+  out->set_requests(counts.requests);
+  out->set_upstream_errors(counts.upstream_errors);
+}
+
 void ToProto(const UsageReport& report, pb::GetUsageResponse* out) {
   for (const CallerUsageReport& caller : report.callers) {
     pb::CallerUsage* usage = out->add_callers();
     usage->set_caller(caller.caller);
-    usage->set_clicks(caller.total.clicks);
-    usage->set_cache_hits(caller.total.cache_hits);
-    usage->set_requests(caller.total.requests);
-    usage->set_upstream_errors(caller.total.upstream_errors);
+    SetCounts(caller.total, usage);
     for (const DailyUsage& row : caller.days) {
       pb::DailyUsage* day = usage->add_days();
       day->set_date(absl::FormatCivilTime(row.day));
-      day->set_clicks(row.counts.clicks);
-      day->set_cache_hits(row.counts.cache_hits);
-      day->set_requests(row.counts.requests);
-      day->set_upstream_errors(row.counts.upstream_errors);
+      SetCounts(row.counts, day);
     }
     if (caller.budget.has_value()) {
       usage->set_monthly_budget(caller.budget->monthly_budget);
@@ -201,10 +204,7 @@ void ToProto(const UsageReport& report, pb::GetUsageResponse* out) {
   for (const TeamUsageReport& team : report.teams) {
     pb::TeamUsage* usage = out->add_teams();
     usage->set_team(team.team);
-    usage->set_clicks(team.total.clicks);
-    usage->set_cache_hits(team.total.cache_hits);
-    usage->set_requests(team.total.requests);
-    usage->set_upstream_errors(team.total.upstream_errors);
+    SetCounts(team.total, usage);
     usage->set_monthly_budget(team.budget.monthly_budget);
     usage->set_budget_left(team.budget.left);
     for (const std::string& caller : team.callers) {
@@ -438,7 +438,14 @@ absl::StatusOr<VerdictServiceImpl::HistoryPage> VerdictServiceImpl::HistoryPageF
   if (!page_size.ok()) {
     return page_size.status();
   }
-  PageCursor bound{query.ip, MicrosOrLimit(query.since), MicrosOrLimit(query.until), 0, 0};
+  PageCursor bound{query.ip,
+                   MicrosOrLimit(query.since),
+                   MicrosOrLimit(query.until),
+                   0,
+                   0,
+                   PageCursor::Kind::kHistory,
+                   "",
+                   ""};
   if (!request.page_token().empty()) {
     absl::StatusOr<PageCursor> cursor = page_tokens_.Decode(request.page_token());
     if (!cursor.ok()) {
